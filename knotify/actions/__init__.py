@@ -1,0 +1,15 @@
+"""Action kinds. A new kind is one module here plus one line in :data:`KINDS`."""
+
+from __future__ import annotations
+
+from knotify.actions.base import Action, ActionContext, Outcome
+from knotify.actions.exec import ExecAction, ServiceAction
+from knotify.actions.log import LogAction
+
+KINDS: dict[str, type[Action]] = {
+    "exec": ExecAction,
+    "service": ServiceAction,
+    "log": LogAction,
+}
+
+__all__ = ["KINDS", "Action", "ActionContext", "Outcome"]

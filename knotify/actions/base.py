@@ -1,0 +1,66 @@
+"""What every action kind provides, and the outcome it reports."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from knotify.config import Config
+    from knotify.event import Event
+    from knotify.schema import Table
+    from knotify.tracker import Transition
+
+OK = "ok"
+FAILED = "failed"
+TIMEOUT = "timeout"
+ERROR = "error"
+SKIPPED = "skipped"
+INTERRUPTED = "interrupted"
+PENDING = "pending"
+RUNNING = "running"
+SILENCED = "silenced"
+FINAL = (OK, FAILED, TIMEOUT, ERROR, SKIPPED, INTERRUPTED, SILENCED)
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: str
+    exit_code: int | None = None
+    output: str = ""
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class ActionContext:
+    """Everything an action may use about the event that triggered it."""
+
+    event: Event
+    transition: Transition
+    rule: str
+    fields: dict[str, str]
+    log: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Action(ABC):
+    """One configured action. Subclasses register themselves with :func:`register`."""
+
+    kind: ClassVar[str]
+    #: True when running it twice would matter: its start is journaled before it runs,
+    #: so a router crash never repeats it.
+    durable_start: ClassVar[bool] = True
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, table: Table, config: Config) -> Action:
+        """Build from a ``[[rule.action]]`` table; raise ConfigError naming the bad key."""
+
+    @abstractmethod
+    async def run(self, ctx: ActionContext) -> Outcome:
+        """Do it. Must respect its own timeout and never raise for an expected failure."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A one-line summary for check-config and logs (no secrets)."""

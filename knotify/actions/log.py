@@ -1,0 +1,41 @@
+"""``log`` action: one structured log line per firing."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from knotify.actions.base import OK, Action, ActionContext, Outcome
+from knotify.templates import Template, TemplateError
+
+if TYPE_CHECKING:
+    from knotify.config import Config
+    from knotify.schema import Table
+
+DEFAULT_MESSAGE = "{kind} {subject} on {host}: {prev_state} -> {state}"
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class LogAction(Action):
+    kind = "log"
+    durable_start = False
+
+    def __init__(self, message: Template, level: str) -> None:
+        self.message = message
+        self.level = level
+
+    @classmethod
+    def from_config(cls, table: Table, config: Config) -> LogAction:
+        text = table.text("message", DEFAULT_MESSAGE)
+        try:
+            message = Template(text)
+        except TemplateError as exc:
+            raise table.error("message", str(exc)) from None
+        return cls(message, table.text("level", "info", choices=LEVELS))
+
+    async def run(self, ctx: ActionContext) -> Outcome:
+        text = self.message.render(ctx.fields)
+        getattr(ctx.log, self.level)("rule.log", message=text)
+        return Outcome(OK, detail=text)
+
+    def describe(self) -> str:
+        return f"log {self.level} {self.message.text!r}"

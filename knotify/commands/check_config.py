@@ -1,0 +1,47 @@
+"""knotify check-config: validate a config; exit 0 if valid, else name file, key and reason."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from knotify import config as configmod
+from knotify import paths
+from knotify.schema import ConfigError
+
+HELP = "check a config file: exit 0 if valid, else print file, key and reason and exit 1"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", help="the file to check (default: as -c / search)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.file or paths.find_config(args.config)
+    try:
+        config = configmod.load(path)
+    except ConfigError as exc:
+        print(f"knotify: {exc}", file=sys.stderr)
+        return 1
+    if args.quiet:
+        return 0
+    print(f"OK: {config.path}: {len(config.rules)} rule(s)")
+    print(f"  socket   {config.control_endpoint}" +
+          (f" + {', '.join(config.listen)}" if config.listen else ""))
+    print(f"  journal  {config.journal}")
+    print(f"  spool    {config.hook.spool_dir}")
+    for fifo in config.fifos:
+        print(f"  fifo     {fifo}")
+    for rule in config.rules:
+        match = rule.match
+        parts = [f"{name}={pat.describe()}" for name, pat in (
+            ("kind", match.kind), ("name", match.name), ("vs", match.vs), ("host", match.host),
+            ("state", match.state), ("from", match.prev), ("source", match.source)) if pat]
+        if match.prio_min is not None:
+            parts.append(f"prio={match.prio_min}..{match.prio_max}")
+        on = ",".join(sorted(rule.on))
+        print(f"  rule {rule.id}: on {on} when {' '.join(parts) or 'any event'}")
+        for action in rule.actions:
+            print(f"    - {action.describe()}")
+    return 0

@@ -1,0 +1,35 @@
+"""knotify fifo: read a keepalived notify FIFO and forward each line (as *_fifo_script)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from knotify import fifo
+from knotify.client import settings_for
+from knotify.commands import load_config
+
+HELP = ("read keepalived's notify FIFO and forward its lines in order; use it as "
+        "notify_fifo_script / vrrp_notify_fifo_script (keepalived appends the FIFO path)")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="the FIFO (keepalived passes it as the last argument)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print each line and what happened to it")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    settings = settings_for(config)
+
+    def out(text: str) -> None:
+        print(text, flush=True)
+
+    try:
+        return fifo.run_script_reader(args.path, settings, out=out if args.verbose else None)
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"knotify fifo: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,72 @@
+"""knotify history: events newest first, with the outcome of the actions each triggered."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from knotify.client import RouterRefused, RouterUnavailable, request
+from knotify.commands import fail, load_config
+from knotify.commands.table import clean, fmt_time
+
+HELP = "show events newest first, with the actions each one triggered and how they ended"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--limit", "-n", type=int, default=20, help="how many events (default 20)")
+    parser.add_argument("--host", help="only this host")
+    parser.add_argument("--kind", help="only this kind (INSTANCE, GROUP, VS, RS, ...)")
+    parser.add_argument("--name", help="only this name")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    if not 1 <= args.limit <= 100_000:
+        return fail("--limit must be 1..100000", 2)
+    filters = {k: v for k in ("host", "kind", "name") if (v := getattr(args, k)) is not None}
+    if "kind" in filters:
+        filters["kind"] = filters["kind"].upper()
+    try:
+        answer = request(config, "history", timeout=30.0, limit=args.limit, **filters)
+    except (RouterUnavailable, RouterRefused) as exc:
+        return fail(str(exc))
+    events: list[dict[str, Any]] = answer["events"]
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return 0
+    if not events:
+        print("no events")
+        return 0
+    for ev in events:
+        print(clean(_line(ev)))
+        for act in ev["actions"]:
+            print(clean("    -> " + _action(act)))
+    return 0
+
+
+def _line(ev: dict[str, Any]) -> str:
+    name = ev["name"] + (f" in {ev['vs']}" if ev["vs"] else "")
+    state = ev["reported"]
+    if ev["class"] == "transition":
+        what = f"{ev['prev_state']} -> {ev['state']}"
+    elif ev["class"] == "invalid":
+        what = f"INVALID: {ev['error']}"
+    else:
+        what = f"{state} ({ev['class']})"
+    prio = "" if ev["prio"] is None else f" prio {ev['prio']}"
+    via = " via spool" if ev.get("extra", {}).get("via") == "spool" else ""
+    return (f"{fmt_time(ev['ts_ns'])}  {ev['host']}  {ev['kind']} {name}  {what}{prio}  "
+            f"[{ev['source']}{via} seq {ev['seq']}] {ev['id']}")
+
+
+def _action(act: dict[str, Any]) -> str:
+    text = f"{act['rule']}#{act['index']} {act['kind']}: {act['status']}"
+    if act.get("exit_code") is not None:
+        text += f" (exit {act['exit_code']})"
+    if act.get("started_ns") and act.get("ended_ns"):
+        text += f" in {(act['ended_ns'] - act['started_ns']) / 1e9:.2f}s"
+    if act.get("detail"):
+        text += f" - {act['detail']}"
+    return text

@@ -1,0 +1,24 @@
+"""knotify reload: ask the router to re-read its config (a bad one is refused)."""
+
+from __future__ import annotations
+
+import argparse
+
+from knotify.client import RouterRefused, RouterUnavailable, request
+from knotify.commands import fail, load_config
+
+HELP = "make the running router re-read its config (the old one stays if the new is bad)"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    try:
+        answer = request(config, "reload")
+    except (RouterUnavailable, RouterRefused) as exc:
+        return fail(str(exc))
+    print(answer.get("detail", "reloaded"))
+    return 0

@@ -1,0 +1,46 @@
+"""knotify send: fire an event by hand, exactly as keepalived would."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from knotify import hook, keepalived
+from knotify.client import settings_for
+from knotify.commands import fail, load_config
+
+HELP = "send an event by hand: KIND NAME STATE [PRIO] (e.g. INSTANCE VI_1 MASTER 100)"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", help="INSTANCE, GROUP, VS or RS")
+    parser.add_argument("name", help="instance/group name; for RS: 'RS VS' in one argument")
+    parser.add_argument("state", help="MASTER, BACKUP, FAULT, STOP, DELETED, ... or UP/DOWN")
+    parser.add_argument("prio", nargs="?", help="priority 0..255 (VRRP only)")
+    parser.add_argument("--host", help="host to report (default: this host's name)")
+    parser.add_argument("--timeout", type=float, default=2.0,
+                        help="seconds to wait for the router's ack (default 2)")
+
+
+def run(args: argparse.Namespace) -> int:
+    ts_ns = time.time_ns()
+    config = load_config(args)
+    try:
+        fields = keepalived.build_manual(args.kind, args.name, args.state, args.prio)
+    except keepalived.ParseError as exc:
+        return fail(str(exc), 2)
+    settings = settings_for(config)
+    settings.ack_timeout = max(settings.ack_timeout, args.timeout)
+    if args.host:
+        settings.host = args.host
+    fields["argv"] = [args.kind, args.name, args.state] + ([args.prio] if args.prio else [])
+    event = hook.stamp(fields, settings, "send", ts_ns)
+    result = hook.deliver(event, settings)
+    if result == "acked":
+        print(f"acked {event['id']} (seq {event['seq']})")
+        return 0
+    if result.startswith("spooled:"):
+        print(f"the router did not answer in {settings.ack_timeout:g}s; event {event['id']} "
+              f"spooled to {result[8:]} (delivered when the router runs)")
+        return 0
+    return fail(f"event {event['id']} could not be delivered or spooled")

@@ -1,0 +1,227 @@
+"""The TOML config turned into typed settings and rules.
+
+Every error names the file, the key and what was expected (:class:`ConfigError`).
+With no config file anywhere the embedded ``default.toml`` is used, which works
+without root.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+
+from knotify import keepalived, paths
+from knotify.actions import KINDS as ACTION_KINDS
+from knotify.actions.base import Action
+from knotify.event import KINDS, SYNTHETIC_KINDS
+from knotify.rules import Match, Pattern, Rule, classes_from
+from knotify.schema import ConfigError, Table
+from knotify.tracker import INIT, TRANSITION
+
+EMBEDDED = "<embedded default>"
+
+#: State words a rule may name (wildcards aside): a typo here is an error, not a silent miss.
+KNOWN_STATES = frozenset(
+    keepalived.VRRP_STATES + keepalived.LVS_STATES
+    + ("SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "NO_MASTER", "MASTER_BACK", "PEER_SILENT",
+       "PEER_BACK", "OK", INIT)
+)
+NOTICE_ONLY = frozenset(keepalived.FIFO_ONLY_STATES + (keepalived.UNKNOWN_STATE,))
+
+
+@dataclass(slots=True)
+class Defaults:
+    exec_timeout: float = 30.0
+    service_timeout: float = 90.0
+    systemctl: str = "systemctl"
+
+
+@dataclass(slots=True)
+class HookConfig:
+    ack_timeout: float = 0.25
+    spool_dir: str = ""
+    host: str = ""
+    endpoints: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Config:
+    path: str
+    runtime_dir: str
+    state_dir: str
+    listen: list[str]
+    journal: str
+    fifos: list[str]
+    drain_timeout: float
+    spool_interval: float
+    synchronous: str
+    keep_events: int
+    max_message: int
+    hook: HookConfig
+    log_format: str
+    log_level: str
+    defaults: Defaults
+    rules: list[Rule]
+
+    @property
+    def control_endpoint(self) -> str:
+        return paths.control_endpoint(self.runtime_dir)
+
+    @property
+    def pub_endpoint(self) -> str:
+        return paths.pub_endpoint(self.runtime_dir)
+
+    @property
+    def client_endpoints(self) -> list[str]:
+        return self.hook.endpoints or [self.control_endpoint]
+
+
+def load(path: str | None) -> Config:
+    """Load ``path``, or the embedded default when ``path`` is None."""
+    if path is None:
+        text = resources.files("knotify").joinpath("default.toml").read_text()
+        return parse(text, EMBEDDED)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 ({exc})") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: str) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    top = Table(data, path, "")
+
+    p = top.table("paths")
+    runtime_dir = p.text("runtime_dir", paths.runtime_dir())
+    state_dir = p.text("state_dir", paths.state_dir())
+    for key, value in (("runtime_dir", runtime_dir), ("state_dir", state_dir)):
+        if not os.path.isabs(value):
+            raise p.error(key, f"must be an absolute path, found {value!r}")
+    p.done()
+
+    r = top.table("router")
+    listen = r.strings("listen", [])
+    for i, endpoint in enumerate(listen):
+        if not endpoint.startswith(("tcp://", "ipc://")):
+            raise r.error(f"listen[{i}]", f"expected tcp://HOST:PORT or ipc://PATH, found "
+                          f"{endpoint!r}")
+    journal = r.text("journal", os.path.join(state_dir, "journal.db"))
+    fifos = r.strings("fifos", [])
+    drain_timeout = r.duration("drain_timeout", "10s")
+    spool_interval = r.duration("spool_interval", "1s")
+    if spool_interval <= 0:
+        raise r.error("spool_interval", "must be more than 0")
+    synchronous = r.text("synchronous", "full", choices=("full", "normal"))
+    keep_events = r.integer("keep_events", 1_000_000, lo=1000)
+    max_message = r.integer("max_message", 256 * 1024, lo=4096, hi=64 * 1024 * 1024)
+    r.done()
+
+    h = top.table("hook")
+    hook = HookConfig(
+        ack_timeout=h.duration("ack_timeout", "250ms"),
+        spool_dir=h.text("spool_dir", os.path.join(state_dir, "spool")),
+        host=h.text("host", ""),
+        endpoints=h.strings("endpoints", []),
+    )
+    h.done()
+
+    lg = top.table("log")
+    log_format = lg.text("format", "auto", choices=("auto", "json", "console"))
+    log_level = lg.text("level", "info", choices=("debug", "info", "warning", "error"))
+    lg.done()
+
+    d = top.table("defaults")
+    defaults = Defaults(
+        exec_timeout=d.duration("exec_timeout", "30s"),
+        service_timeout=d.duration("service_timeout", "90s"),
+        systemctl=d.text("systemctl", "systemctl"),
+    )
+    d.done()
+
+    config = Config(
+        path=path, runtime_dir=runtime_dir, state_dir=state_dir, listen=listen,
+        journal=journal, fifos=fifos, drain_timeout=drain_timeout,
+        spool_interval=spool_interval, synchronous=synchronous, keep_events=keep_events,
+        max_message=max_message, hook=hook, log_format=log_format, log_level=log_level,
+        defaults=defaults, rules=[],
+    )
+    seen: set[str] = set()
+    for table in top.tables("rule"):
+        rule = _rule(table, config)
+        if rule.id in seen:
+            raise table.error("id", f"rule id {rule.id!r} is used twice")
+        seen.add(rule.id)
+        config.rules.append(rule)
+    top.done()
+    return config
+
+
+def _pattern(table: Table, key: str, *, upper: bool = False,
+             known: frozenset[str] | None = None) -> Pattern:
+    values = table.strings(key, [], allow_str=True)
+    pattern = Pattern.parse(values, upper=upper)
+    if known is not None:
+        for value in (*pattern.positive, *pattern.negative):
+            if "*" not in value and "?" not in value and value not in known:
+                raise table.error(key, f"unknown value {value!r}; expected one of "
+                                  + ", ".join(sorted(known)))
+    return pattern
+
+
+def _rule(t: Table, config: Config) -> Rule:
+    rule_id = t.text("id", t.where.replace("rule[", "rule-").rstrip("]"))
+    match = Match(
+        kind=_pattern(t, "kind", upper=True, known=frozenset(KINDS + SYNTHETIC_KINDS)),
+        name=_pattern(t, "name"),
+        vs=_pattern(t, "vs"),
+        host=_pattern(t, "host"),
+        state=_pattern(t, "state", upper=True, known=KNOWN_STATES),
+        prev=_pattern(t, "from", upper=True, known=KNOWN_STATES),
+        source=_pattern(t, "source"),
+    )
+    prio = t.raw("prio")
+    if prio is not None:
+        if (not isinstance(prio, list) or len(prio) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in prio)):
+            raise t.error("prio", "expected [MIN, MAX], e.g. prio = [100, 255]")
+        match.prio_min, match.prio_max = prio
+    try:
+        on = classes_from(t.strings("on", [TRANSITION], allow_str=True))
+    except ValueError as exc:
+        raise t.error("on", str(exc)) from None
+    if (match.state.positive and on == {TRANSITION}
+            and all(s in NOTICE_ONLY for s in match.state.positive)):
+        raise t.error("state", f"{', '.join(match.state.positive)} never changes the state, "
+                      "so this rule would never fire; add on = \"every\" (or \"notice\")")
+    actions: list[Action] = []
+    for a in t.tables("action"):
+        kind = a.text("type", choices=tuple(ACTION_KINDS))
+        actions.append(ACTION_KINDS[kind].from_config(a, config))
+        a.done()
+    if not actions:
+        raise t.error("action", "the rule has no [[rule.action]]")
+    rule = Rule(
+        id=rule_id,
+        match=match,
+        on=on,
+        actions=actions,
+        delay=t.duration("delay", 0),
+        skip_if_superseded=t.flag("skip_if_superseded", False),
+        max_age=t.opt_duration("max_age"),
+        description=t.text("description", ""),
+    )
+    t.done()
+    return rule

@@ -1,0 +1,227 @@
+"""The Event model and its wire form.
+
+One Event flows end to end. keepalived's input becomes event fields in
+:mod:`knotify.keepalived`; the hook, the FIFO readers and ``knotify send`` stamp
+them into a wire dict; the router decodes the wire dict here, strictly: an
+unknown version, field or value is refused with a message that names it.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from knotify import keepalived
+
+WIRE_VERSION = 1
+MAX_MESSAGE = 256 * 1024
+
+KINDS = ("INSTANCE", "GROUP", "VS", "RS")
+#: Kinds the router makes itself; never accepted from the wire.
+SYNTHETIC_KINDS = ("CLUSTER", "PEER")
+INVALID = "INVALID"
+SOURCES = ("hook", "fifo", "send", "spool", "cluster", "agent")
+STATES_BY_KIND = {
+    "INSTANCE": keepalived.VRRP_STATES,
+    "GROUP": keepalived.SCRIPT_STATES + (keepalived.UNKNOWN_STATE,),
+    "VS": keepalived.LVS_STATES,
+    "RS": keepalived.LVS_STATES,
+}
+_ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_")
+
+Key = tuple[str, str, str, str]
+
+
+class WireError(ValueError):
+    """A message the router refuses; the text says which field and why."""
+
+
+@dataclass(slots=True)
+class Event:
+    id: str
+    host: str
+    kind: str
+    name: str
+    state: str
+    prio: int | None = None
+    vs: str = ""
+    seq: int = 0
+    ts_ns: int = 0
+    source: str = "send"
+    form: str = ""
+    argv: list[str] | None = None
+    raw: str | None = None
+    error: str | None = None
+    recv_ns: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> Key:
+        return (self.host, self.kind, self.name, self.vs)
+
+    @property
+    def label(self) -> str:
+        """How people name the subject: ``VI_1``, ``[10.0.0.5]:tcp:80 in [10.0.0.100]:tcp:80``."""
+        return f"{self.name} in {self.vs}" if self.vs else self.name
+
+    def to_wire(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "v": WIRE_VERSION,
+            "id": self.id,
+            "host": self.host,
+            "kind": self.kind,
+            "name": self.name,
+            "state": self.state,
+            "prio": self.prio,
+            "vs": self.vs,
+            "seq": self.seq,
+            "ts_ns": self.ts_ns,
+            "source": self.source,
+            "form": self.form,
+        }
+        if self.argv is not None:
+            data["argv"] = self.argv
+        if self.raw is not None:
+            data["raw"] = self.raw
+        if self.error is not None:
+            data["error"] = self.error
+        if self.extra:
+            data["extra"] = self.extra
+        return data
+
+
+_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    # name: (types, required)
+    "v": (int, True),
+    "id": (str, True),
+    "host": (str, True),
+    "kind": (str, True),
+    "name": (str, True),
+    "state": (str, True),
+    "prio": ((int, type(None)), False),
+    "vs": (str, False),
+    "seq": (int, False),
+    "ts_ns": (int, False),
+    "source": (str, True),
+    "form": (str, False),
+    "argv": (list, False),
+    "raw": (str, False),
+    "error": (str, False),
+    "extra": (dict, False),
+}
+
+
+def decode_event(data: object, recv_ns: int | None = None) -> Event:
+    """An Event from a wire dict, or WireError naming the first thing that is wrong."""
+    if not isinstance(data, dict):
+        raise WireError(f"event must be a JSON object, found {type(data).__name__}")
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise WireError(f"event has unknown field(s): {', '.join(map(repr, unknown))}")
+    for name, (types, required) in _FIELDS.items():
+        if name not in data:
+            if required:
+                raise WireError(f"event is missing the field {name!r}")
+            continue
+        value = data[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise WireError(f"event field {name!r} has the wrong type ({type(value).__name__})")
+    if data["v"] != WIRE_VERSION:
+        raise WireError(f"event version {data['v']!r} is not supported (this router speaks 1)")
+    ident = data["id"]
+    if not 8 <= len(ident) <= 64 or not set(ident) <= _ID_CHARS:
+        raise WireError(f"event id {ident[:80]!r} must be 8..64 letters, digits, '-' or '_'")
+    host = keepalived.safe_text(data["host"])
+    if not 1 <= len(host) <= 255 or any(c in host for c in "\n\r\0"):
+        raise WireError("event host must be 1..255 characters without newlines")
+    source = data["source"]
+    if source not in SOURCES:
+        raise WireError(f"event source {source!r} is not one of {', '.join(SOURCES)}")
+    kind = data["kind"]
+    state = data["state"]
+    name = keepalived.safe_text(data["name"])
+    vs = keepalived.safe_text(data.get("vs", ""))
+    error = data.get("error")
+    if kind == INVALID:
+        if state != INVALID:
+            raise WireError("an INVALID event must have state INVALID")
+    else:
+        if kind not in KINDS:
+            raise WireError(f"event kind {kind[:40]!r} is not one of {', '.join(KINDS)}")
+        if state not in STATES_BY_KIND[kind]:
+            raise WireError(f"event state {state[:40]!r} is not a {kind} state")
+        if not name:
+            raise WireError("event name is empty")
+        if (kind == "RS") != bool(vs):
+            raise WireError("an RS event needs its virtual server in 'vs'; other kinds have none")
+    if len(name) > keepalived.MAX_NAME or len(vs) > keepalived.MAX_NAME:
+        raise WireError(f"event name or vs is longer than {keepalived.MAX_NAME} characters")
+    prio = data.get("prio")
+    if prio is not None and not 0 <= prio <= 255:
+        raise WireError(f"event prio {prio} is outside 0..255")
+    seq = data.get("seq", 0)
+    ts_ns = data.get("ts_ns", 0)
+    if seq < 0 or ts_ns < 0 or seq >= 2**63 or ts_ns >= 2**63:
+        raise WireError("event seq and ts_ns must be in 0..2^63")
+    argv = data.get("argv")
+    if argv is not None and (
+        len(argv) > 256 or not all(isinstance(w, str) and len(w) <= 4096 for w in argv)
+    ):
+        raise WireError("event argv must be at most 256 strings of at most 4096 characters")
+    raw = data.get("raw")
+    if raw is not None and len(raw) > 4096:
+        raise WireError("event raw line is longer than 4096 characters")
+    if error is not None and len(error) > 2000:
+        error = error[:2000]
+    form = data.get("form", "")
+    if len(form) > 32:
+        raise WireError("event form is longer than 32 characters")
+    return Event(
+        id=ident,
+        host=host,
+        kind=kind,
+        name=name,
+        state=state,
+        prio=prio,
+        vs=vs,
+        seq=seq,
+        ts_ns=ts_ns or time.time_ns(),
+        source=source,
+        form=form,
+        argv=argv,
+        raw=raw,
+        error=error,
+        recv_ns=recv_ns if recv_ns is not None else time.time_ns(),
+        extra=data.get("extra") or {},
+    )
+
+
+def decode_message(payload: bytes, limit: int = MAX_MESSAGE) -> dict[str, Any]:
+    """A request dict from one wire frame; WireError if it is too big, not JSON or unversioned."""
+    if len(payload) > limit:
+        raise WireError(f"message of {len(payload)} bytes is over the {limit}-byte limit")
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireError(f"message is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise WireError("message must be a JSON object")
+    if data.get("v") != WIRE_VERSION:
+        raise WireError(
+            f"message version {data.get('v')!r} is not supported (this router speaks 1)"
+        )
+    if not isinstance(data.get("op"), str):
+        raise WireError("message has no 'op'")
+    return data
+
+
+def encode(data: dict[str, Any]) -> bytes:
+    """Compact JSON, ASCII-only (the hook looks for ``{"v":1,"ok":true`` at the start)."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def reply(ok: bool, **fields: Any) -> bytes:
+    return encode({"v": WIRE_VERSION, "ok": ok, **fields})

@@ -1,0 +1,169 @@
+"""Runs actions: one at a time per (host, kind, name, vs), in event order; keys in parallel.
+
+A run is journaled as pending in the same transaction as its event. An action
+whose repetition would matter (``durable_start``) is marked running, committed,
+and only then started, so a crash leaves it "interrupted", never repeated. Pending
+runs survive a restart and run then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from knotify.actions.base import (
+    ERROR,
+    INTERRUPTED,
+    SKIPPED,
+    Action,
+    ActionContext,
+    Outcome,
+)
+from knotify.event import Event, Key
+from knotify.journal import Journal
+from knotify.rules import Rule
+from knotify.templates import event_fields
+from knotify.tracker import Tracker, Transition
+
+
+@dataclass(slots=True)
+class Run:
+    rowid: int
+    event: Event
+    transition: Transition
+    rule: Rule
+    index: int
+    action: Action
+    queued_mono: float
+    started_ns: int | None = None
+
+
+class Executor:
+    def __init__(self, journal: Journal, tracker: Callable[[], Tracker], log: Any,
+                 publish: Callable[[str, dict[str, Any]], None]) -> None:
+        self.journal = journal
+        self._tracker = tracker
+        self.log = log
+        self.publish = publish
+        self.queues: dict[Key, deque[Run]] = {}
+        self.workers: dict[Key, asyncio.Task[None]] = {}
+        self.active: dict[Key, Run] = {}
+        self.updates: list[tuple[int, Outcome, int | None, int]] = []
+        self.stopping = False
+        self.counts: dict[str, int] = {}
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def submit(self, run: Run) -> None:
+        key = run.event.key
+        queue = self.queues.get(key)
+        if queue is None:
+            queue = self.queues[key] = deque()
+        queue.append(run)
+        if key not in self.workers:
+            self.workers[key] = asyncio.get_running_loop().create_task(self._work(key))
+
+    def flush(self) -> None:
+        """Write finished runs' outcomes (inside the caller's transaction, if any)."""
+        if not self.updates:
+            return
+        updates, self.updates = self.updates, []
+        with self.journal.transaction():
+            for rowid, outcome, started, ended in updates:
+                self.journal.finish_run(rowid, outcome, started, ended)
+
+    async def _work(self, key: Key) -> None:
+        queue = self.queues[key]
+        try:
+            while queue and not self.stopping:
+                run = queue[0]
+                await self._one(key, run)
+                queue.popleft()
+        finally:
+            self.workers.pop(key, None)
+            self.active.pop(key, None)
+            if not queue:
+                self.queues.pop(key, None)
+
+    async def _one(self, key: Key, run: Run) -> None:
+        rule, ev, tr = run.rule, run.event, run.transition
+        log = self.log.bind(event_id=ev.id, rule=rule.id, action=run.action.kind,
+                            run=run.rowid)
+        if rule.delay:
+            wait = run.queued_mono + rule.delay - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        reason = self._skip_reason(key, run)
+        if reason:
+            self._record(run, Outcome(SKIPPED, detail=reason), log)
+            return
+        run.started_ns = time.time_ns()
+        if run.action.durable_start:
+            with self.journal.transaction():
+                self.journal.start_run(run.rowid, run.started_ns)
+        self.active[key] = run
+        ctx = ActionContext(ev, tr, rule.id, event_fields(ev, tr, rule.id), log)
+        try:
+            outcome = await run.action.run(ctx)
+        except asyncio.CancelledError:
+            self._record(run, Outcome(INTERRUPTED, detail="router shut down while it ran"), log)
+            raise
+        except Exception as exc:  # an action bug must not stop the key's queue
+            log.exception("action.crashed")
+            outcome = Outcome(ERROR, detail=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.active.pop(key, None)
+        self._record(run, outcome, log)
+
+    def _skip_reason(self, key: Key, run: Run) -> str:
+        rule = run.rule
+        if rule.skip_if_superseded:
+            current = self._tracker().states.get(key)
+            if current is not None and current.epoch > run.transition.epoch:
+                return (f"superseded: {key[2]} is now {current.state} "
+                        f"(event {current.event_id}) before this action started")
+        if rule.max_age is not None:
+            age = (time.time_ns() - run.event.recv_ns) / 1e9
+            if age > rule.max_age:
+                return f"expired: {age:.1f}s old, rule max_age is {rule.max_age:g}s"
+        return ""
+
+    def _record(self, run: Run, outcome: Outcome, log: Any) -> None:
+        ended = time.time_ns()
+        self.updates.append((run.rowid, outcome, run.started_ns, ended))
+        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+        if outcome.status in ("ok", "skipped"):
+            level = "info" if run.action.durable_start else "debug"
+        else:
+            level = "warning"
+        getattr(log, level)(
+            "action.done", status=outcome.status, exit_code=outcome.exit_code,
+            detail=outcome.detail or None,
+            seconds=round((ended - run.started_ns) / 1e9, 3) if run.started_ns else None,
+        )
+        self.publish("action", {
+            "event_id": run.event.id, "run": run.rowid, "rule": run.rule.id,
+            "kind": run.action.kind, "status": outcome.status, "exit_code": outcome.exit_code,
+            "detail": outcome.detail, "host": run.event.host, "name": run.event.name,
+            "state": run.transition.state,
+        })
+        if run.action.durable_start:
+            self.flush()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop starting new runs; let the running ones finish within ``timeout``, then cancel."""
+        self.stopping = True
+        tasks = list(self.workers.values())
+        if tasks:
+            _, still = await asyncio.wait(tasks, timeout=timeout)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.gather(*still, return_exceptions=True)
+        self.flush()

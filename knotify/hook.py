@@ -1,0 +1,216 @@
+"""knotify-notify: the program keepalived runs for every notify hook.
+
+It takes the time first, parses the words keepalived gave it, stamps the event
+(host, per-host sequence, unique id, raw argv) and hands it to the router over
+ZeroMQ, waiting a bounded time for the ack. Without an ack it writes the event
+to the spool and still exits 0: keepalived must never wait on knotify, and no
+event is dropped because the router is down.
+
+This module is on keepalived's hot path: it imports the standard library's
+cheapest parts only (no pyzmq, json, re or typing).
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.time_ns()
+
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from knotify import fastjson, keepalived, paths, spool  # noqa: E402
+
+DEFAULT_ACK_TIMEOUT = 0.25
+WIRE_VERSION = 1
+USAGE = "usage: knotify-notify [-c FILE] WORDS...  (" + keepalived.USAGE + ")"
+
+
+class Settings:
+    """What the hook needs from the config: where to send, how long to wait, where to spool."""
+
+    def __init__(self) -> None:
+        rundir = paths.runtime_dir()
+        self.endpoints: list[str] = [paths.control_endpoint(rundir)]
+        self.ack_timeout = DEFAULT_ACK_TIMEOUT
+        self.spool_dir = os.path.join(paths.state_dir(), "spool")
+        self.host = os.uname().nodename
+        self.problems: list[str] = []
+
+
+def load_settings(config_path: str | None) -> Settings:
+    """Settings from the config file (if any) and the environment.
+
+    A broken config must not cost an event: problems are collected and reported,
+    and the defaults are used for whatever could not be read.
+    """
+    settings = Settings()
+    if config_path:
+        try:
+            import tomllib
+
+            with open(config_path, "rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, ValueError) as exc:
+            settings.problems.append(f"config {config_path}: {exc}; using defaults")
+            data = {}
+        _apply(settings, data)
+    from knotify.units import parse_duration
+
+    env_timeout = os.environ.get("KNOTIFY_ACK_TIMEOUT")
+    if env_timeout:
+        try:
+            settings.ack_timeout = parse_duration(env_timeout)
+        except ValueError as exc:
+            settings.problems.append(f"KNOTIFY_ACK_TIMEOUT: {exc}")
+    env_endpoint = os.environ.get("KNOTIFY_ENDPOINT")
+    if env_endpoint:
+        settings.endpoints = [e for e in env_endpoint.split(",") if e]
+    return settings
+
+
+def _apply(settings: Settings, data: dict[str, object]) -> None:
+    from knotify.units import parse_duration
+
+    section = data.get("paths")
+    rundir = paths.runtime_dir()
+    statedir = paths.state_dir()
+    if isinstance(section, dict):
+        rundir = str(section.get("runtime_dir") or rundir)
+        statedir = str(section.get("state_dir") or statedir)
+    settings.endpoints = [paths.control_endpoint(rundir)]
+    settings.spool_dir = os.path.join(statedir, "spool")
+    hook = data.get("hook")
+    if not isinstance(hook, dict):
+        return
+    if isinstance(hook.get("endpoints"), list):
+        settings.endpoints = [e for e in hook["endpoints"] if isinstance(e, str)]
+    if "ack_timeout" in hook:
+        try:
+            settings.ack_timeout = parse_duration(hook["ack_timeout"])
+        except ValueError as exc:
+            settings.problems.append(f"[hook] ack_timeout: {exc}")
+    if isinstance(hook.get("spool_dir"), str):
+        settings.spool_dir = hook["spool_dir"]
+    if isinstance(hook.get("host"), str) and hook["host"]:
+        settings.host = hook["host"]
+
+
+def new_id() -> str:
+    return os.urandom(16).hex()
+
+
+def stamp(
+    fields: dict[str, object], settings: Settings, source: str, ts_ns: int
+) -> dict[str, object]:
+    """A complete wire event: the parsed fields plus host, sequence, time and id."""
+    event: dict[str, object] = {
+        "v": WIRE_VERSION,
+        "id": new_id(),
+        "host": settings.host,
+        "seq": spool.next_seq(settings.spool_dir),
+        "ts_ns": ts_ns,
+        "source": source,
+    }
+    event.update(fields)
+    return event
+
+
+def deliver(event: dict[str, object], settings: Settings, send: bool = True) -> str:
+    """Send one event and wait for its ack; spool it if none comes. Returns what happened.
+
+    ``send=False`` spools straight away (a caller that just saw the router fail).
+    """
+    payload = fastjson.dumps({"v": WIRE_VERSION, "op": "event", "event": event}).encode()
+    deadline = time.monotonic() + settings.ack_timeout
+    want = b'"id":"' + str(event["id"]).encode() + b'"'
+    for endpoint in settings.endpoints if send else ():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            reply = _request(endpoint, payload, left, settings)
+        except (OSError, ValueError, RuntimeError):
+            continue
+        # The router answers compact JSON; an ack names the event's id and says ok.
+        if reply.startswith(b'{"v":1,"ok":true') and want in reply:
+            return "acked"
+    try:
+        path = spool.write(settings.spool_dir, event)
+    except OSError as exc:
+        _complain(f"router did not ack and the spool {settings.spool_dir} failed ({exc}); "
+                  "event: " + fastjson.dumps(event))
+        return "lost"
+    return "spooled:" + path
+
+
+def _request(endpoint: str, payload: bytes, timeout: float, settings: Settings) -> bytes:
+    from knotify import zmtp
+
+    return zmtp.request(endpoint, payload, timeout)
+
+
+def _complain(message: str) -> None:
+    """One line on stderr and one in syslog (keepalived discards the hook's stderr)."""
+    try:
+        sys.stderr.write("knotify-notify: " + message + "\n")
+    except OSError:
+        pass
+    try:
+        import syslog
+
+        syslog.openlog("knotify-notify", syslog.LOG_PID, syslog.LOG_DAEMON)
+        syslog.syslog(syslog.LOG_WARNING, message[:2000])
+    except OSError:
+        pass
+
+
+def split_options(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``-c FILE`` / ``--config FILE`` / ``--config=FILE`` before the words; ``--`` ends options."""
+    config = None
+    words = list(argv)
+    while words:
+        first = words[0]
+        if first in ("-c", "--config") and len(words) >= 2:
+            config = words[1]
+            del words[:2]
+        elif first.startswith("--config="):
+            config = first.split("=", 1)[1]
+            del words[0]
+        elif first == "--":
+            del words[0]
+            break
+        else:
+            break
+    return config, words
+
+
+def main(argv: list[str] | None = None) -> int:
+    ts_ns = _T0 if argv is None else time.time_ns()
+    args = sys.argv[1:] if argv is None else argv
+    if args in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    config, words = split_options(args)
+    settings = load_settings(paths.find_config(config))
+    for problem in settings.problems:
+        _complain(problem)
+    status = 0
+    try:
+        fields = keepalived.parse_argv(words)
+    except keepalived.ParseError as exc:
+        _complain(f"{exc} (argv: {keepalived.safe_text(' '.join(args))[:300]!r})")
+        fields = {"kind": "INVALID", "name": "", "state": "INVALID", "prio": None, "vs": "",
+                  "form": "invalid", "error": str(exc)}
+        status = 2
+    fields["argv"] = args
+    try:
+        event = stamp(fields, settings, "hook", ts_ns)
+        deliver(event, settings)
+    except Exception as exc:  # never a traceback on keepalived's path
+        _complain(f"internal error: {type(exc).__name__}: {exc}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""The journal: SQLite (WAL) holding every event, the state table and every action run.
+
+An event is acked only after the transaction that holds it commits. The router
+is the only writer; the CLI reads through the router, never this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from knotify.actions.base import INTERRUPTED, PENDING, RUNNING, Outcome
+from knotify.event import Event, Key
+from knotify.tracker import KeyState, Transition
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    rowid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    vs TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    effective TEXT,
+    prio INTEGER,
+    seq INTEGER NOT NULL,
+    ts_ns INTEGER NOT NULL,
+    recv_ns INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    form TEXT NOT NULL DEFAULT '',
+    class TEXT NOT NULL,
+    prev_state TEXT,
+    prev_since_ns INTEGER,
+    epoch INTEGER,
+    error TEXT,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS events_key ON events (host, kind, name, vs);
+CREATE TABLE IF NOT EXISTS state (
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    vs TEXT NOT NULL,
+    state TEXT NOT NULL,
+    prio INTEGER,
+    since_ns INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    PRIMARY KEY (host, kind, name, vs)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+    rowid INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    started_ns INTEGER,
+    ended_ns INTEGER,
+    exit_code INTEGER,
+    output TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_event ON runs (event_id);
+CREATE INDEX IF NOT EXISTS runs_open ON runs (status) WHERE status IN ('pending', 'running');
+"""
+
+EVENT_COLUMNS = (
+    "rowid, id, host, kind, name, vs, state, effective, prio, seq, ts_ns, recv_ns, source, "
+    "form, class, prev_state, prev_since_ns, epoch, error, data"
+)
+
+
+class JournalError(RuntimeError):
+    """The journal could not be written (disk full, locked, I/O error)."""
+
+
+class Journal:
+    def __init__(self, path: str, synchronous: str = "full") -> None:
+        self.path = path
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA busy_timeout = 2000")
+        mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise JournalError(f"{path}: cannot switch SQLite to WAL mode (got {mode})")
+        self.db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        self.db.executescript(SCHEMA)
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise JournalError(f"{path}: journal schema {row[0]} is newer than this knotify")
+        self._in_tx = False
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE .. COMMIT; any SQLite error rolls back and becomes JournalError."""
+        if self._in_tx:
+            yield
+            return
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: {exc}") from exc
+        self._in_tx = True
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise JournalError(f"{self.path}: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
+        finally:
+            self._in_tx = False
+
+    def _rollback(self) -> None:
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    # -- events and state -------------------------------------------------------------
+
+    def seen(self, event_id: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone()
+        return row is not None
+
+    def add_event(self, ev: Event, tr: Transition) -> None:
+        data: dict[str, Any] = {}
+        if ev.argv is not None:
+            data["argv"] = ev.argv
+        if ev.raw is not None:
+            data["raw"] = ev.raw
+        if ev.extra:
+            data["extra"] = ev.extra
+        self.db.execute(
+            f"INSERT INTO events ({EVENT_COLUMNS}) VALUES "
+            "(NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                ev.id, ev.host, ev.kind, ev.name, ev.vs, ev.state, tr.state, ev.prio, ev.seq,
+                ev.ts_ns, ev.recv_ns, ev.source, ev.form, tr.cls, tr.prev_state,
+                tr.prev_since_ns, tr.epoch, ev.error,
+                json.dumps(data, ensure_ascii=True) if data else None,
+            ),
+        )
+
+    def put_state(self, key: Key, ks: KeyState) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*key, ks.state, ks.prio, ks.since_ns, ks.event_id, ks.seq, ks.epoch, ks.updated_ns),
+        )
+
+    def load_states(self) -> dict[Key, KeyState]:
+        out: dict[Key, KeyState] = {}
+        for row in self.db.execute("SELECT * FROM state"):
+            out[(row[0], row[1], row[2], row[3])] = KeyState(*row[4:])
+        return out
+
+    def event_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def prune(self, keep: int) -> int:
+        """Drop the oldest events (and their runs) beyond ``keep``; open runs are kept."""
+        row = self.db.execute("SELECT max(rowid) FROM events").fetchone()
+        if not row or row[0] is None or row[0] <= keep:
+            return 0
+        cutoff = row[0] - keep
+        with self.transaction():
+            self.db.execute(
+                "DELETE FROM runs WHERE status NOT IN ('pending', 'running') AND event_id IN "
+                "(SELECT id FROM events WHERE rowid <= ?)", (cutoff,))
+            cur = self.db.execute(
+                "DELETE FROM events WHERE rowid <= ? AND id NOT IN "
+                "(SELECT event_id FROM runs WHERE status IN ('pending', 'running'))", (cutoff,))
+        return cur.rowcount
+
+    # -- action runs --------------------------------------------------------------------
+
+    def add_run(self, event_id: str, rule: str, idx: int, kind: str, status: str = PENDING,
+                detail: str | None = None) -> int:
+        cur = self.db.execute(
+            "INSERT INTO runs (event_id, rule, idx, kind, status, created_ns, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (event_id, rule, idx, kind, status, time.time_ns(), detail),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def start_run(self, rowid: int, started_ns: int) -> None:
+        self.db.execute("UPDATE runs SET status = ?, started_ns = ? WHERE rowid = ?",
+                        (RUNNING, started_ns, rowid))
+
+    def finish_run(self, rowid: int, outcome: Outcome, started_ns: int | None,
+                   ended_ns: int) -> None:
+        self.db.execute(
+            "UPDATE runs SET status = ?, started_ns = coalesce(started_ns, ?), ended_ns = ?, "
+            "exit_code = ?, output = ?, detail = ? WHERE rowid = ?",
+            (outcome.status, started_ns, ended_ns, outcome.exit_code, outcome.output or None,
+             outcome.detail or None, rowid),
+        )
+
+    def interrupt_running(self) -> int:
+        """Runs that were under way when the router died: marked, never repeated."""
+        with self.transaction():
+            cur = self.db.execute(
+                "UPDATE runs SET status = ?, ended_ns = ?, detail = ? WHERE status = ?",
+                (INTERRUPTED, time.time_ns(),
+                 "the router stopped while this ran; not repeated", RUNNING),
+            )
+        return cur.rowcount
+
+    def pending_runs(self) -> list[tuple[int, str, str, int, str]]:
+        """(rowid, event_id, rule, idx, kind) of runs not started yet, oldest first."""
+        return list(self.db.execute(
+            "SELECT rowid, event_id, rule, idx, kind FROM runs WHERE status = 'pending' "
+            "ORDER BY rowid"))
+
+    # -- reading back -------------------------------------------------------------------
+
+    def load_event(self, event_id: str) -> tuple[Event, Transition] | None:
+        row = self.db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?",
+                              (event_id,)).fetchone()
+        return _row_event(row) if row else None
+
+    def status(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT host, kind, name, vs, state, prio, since_ns, event_id, seq, epoch, "
+            "updated_ns FROM state ORDER BY host, kind, name, vs")
+        keys = ("host", "kind", "name", "vs", "state", "prio", "since_ns", "event_id", "seq",
+                "transitions", "updated_ns")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def history(self, limit: int = 50, *, host: str | None = None, kind: str | None = None,
+                name: str | None = None, before: int | None = None) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[object] = []
+        for column, value in (("host", host), ("kind", kind), ("name", name)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if before is not None:
+            where.append("rowid < ?")
+            args.append(before)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = self.db.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events {clause} ORDER BY rowid DESC LIMIT ?",
+            (*args, limit)).fetchall()
+        out = [_row_dict(row) for row in rows]
+        by_id = {item["id"]: item for item in out}
+        if by_id:
+            marks = ",".join("?" * len(by_id))
+            for run in self.db.execute(
+                "SELECT rowid, event_id, rule, idx, kind, status, created_ns, started_ns, "
+                f"ended_ns, exit_code, output, detail FROM runs WHERE event_id IN ({marks}) "
+                "ORDER BY rowid", tuple(by_id)):
+                by_id[run[1]]["actions"].append({
+                    "run": run[0], "rule": run[2], "index": run[3], "kind": run[4],
+                    "status": run[5], "created_ns": run[6], "started_ns": run[7],
+                    "ended_ns": run[8], "exit_code": run[9], "output": run[10],
+                    "detail": run[11],
+                })
+        return out
+
+    def run_counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT status, count(*) FROM runs GROUP BY status"))
+
+
+def _row_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    data = json.loads(row[19]) if row[19] else {}
+    return {
+        "rowid": row[0], "id": row[1], "host": row[2], "kind": row[3], "name": row[4],
+        "vs": row[5], "reported": row[6], "state": row[7], "prio": row[8], "seq": row[9],
+        "ts_ns": row[10], "recv_ns": row[11], "source": row[12], "form": row[13],
+        "class": row[14], "prev_state": row[15], "prev_since_ns": row[16], "epoch": row[17],
+        "error": row[18], "argv": data.get("argv"), "raw": data.get("raw"),
+        "extra": data.get("extra") or {}, "actions": [],
+    }
+
+
+def _row_event(row: tuple[Any, ...]) -> tuple[Event, Transition]:
+    d = _row_dict(row)
+    ev = Event(
+        id=d["id"], host=d["host"], kind=d["kind"], name=d["name"], state=d["reported"],
+        prio=d["prio"], vs=d["vs"], seq=d["seq"], ts_ns=d["ts_ns"], source=d["source"],
+        form=d["form"], argv=d["argv"], raw=d["raw"], error=d["error"], recv_ns=d["recv_ns"],
+        extra=d["extra"],
+    )
+    tr = Transition(d["class"], d["state"] or d["reported"], d["prev_state"] or "",
+                    d["prev_since_ns"], d["epoch"] or 0)
+    return ev, tr

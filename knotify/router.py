@@ -1,0 +1,519 @@
+"""knotifyd: intake → journal → ack → state tracker → rules → actions.
+
+One asyncio loop. Intake reads everything that is waiting on a socket, journals
+the whole batch in one transaction (group commit), then acks: nothing is acked
+before it is on disk. Actions run in :class:`~knotify.executor.Executor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from knotify import __version__, spool
+from knotify import config as configmod
+from knotify import log as logmod
+from knotify.event import Event, WireError, decode_event, decode_message, encode, reply
+from knotify.executor import Executor, Run
+from knotify.fifo import AsyncFifoReader, event_from_line
+from knotify.journal import Journal, JournalError
+from knotify.rules import fired
+from knotify.schema import ConfigError
+from knotify.tracker import INVALID_CLASS, STALE, TRANSITION, Tracker, Transition
+
+MAX_BATCH = 2000
+FLUSH_INTERVAL = 0.2
+PRUNE_EVERY = 10_000
+
+
+class RouterError(RuntimeError):
+    """The router cannot start; the message says why and what to do."""
+
+
+class Router:
+    def __init__(self, config: configmod.Config, log: Any = None) -> None:
+        self.config = config
+        self.log = log or logmod.get()
+        self.tracker = Tracker()
+        self.journal: Journal | None = None
+        self.executor: Executor | None = None
+        self.ctx = zmq.asyncio.Context()
+        self.sockets: list[zmq.asyncio.Socket] = []
+        self.pub: zmq.Socket[bytes] | None = None
+        self._sync_ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self.stop_event = asyncio.Event()
+        self.started = time.time()
+        self.stats = {"received": 0, "journaled": 0, "duplicates": 0, "rejected": 0,
+                      "journal_errors": 0, "spool_replayed": 0}
+        self.fifo_readers: list[AsyncFifoReader] = []
+        self._lock_fd: int | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._since_prune = 0
+        self._journal_failing = False
+
+    # -- start-up -----------------------------------------------------------------------
+
+    def _take_runtime_dir(self) -> None:
+        rundir = self.config.runtime_dir
+        os.makedirs(rundir, mode=0o750, exist_ok=True)
+        if os.stat(rundir).st_uid == os.geteuid():
+            os.chmod(rundir, 0o750)
+        fd = os.open(os.path.join(rundir, "router.lock"), os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RouterError(
+                f"another knotify router (pid {holder}) is running on {rundir}; refusing to "
+                "take over its socket (stop it first, or give this one another runtime_dir)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _bind(self) -> None:
+        control = self.config.control_endpoint
+        path = control[len("ipc://"):]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # stale: we hold the lock, so no live router owns it
+        for endpoint in [control, *self.config.listen]:
+            sock = self.ctx.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message)
+            sock.setsockopt(zmq.RCVHWM, 100_000)
+            sock.setsockopt(zmq.SNDHWM, 100_000)
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                sock.close()
+                raise RouterError(f"cannot bind {endpoint}: {exc}") from None
+            self.sockets.append(sock)
+        self._sync_ctx = zmq.Context()
+        self.pub = self._sync_ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 10_000)
+        pub_path = self.config.pub_endpoint[len("ipc://"):]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pub_path)
+        self.pub.bind(self.config.pub_endpoint)
+
+    def _recover(self) -> None:
+        assert self.journal is not None and self.executor is not None
+        interrupted = self.journal.interrupt_running()
+        if interrupted:
+            self.log.warning("runs.interrupted", count=interrupted,
+                             reason="router stopped while they ran; not repeated")
+        rules = {rule.id: rule for rule in self.config.rules}
+        resumed = 0
+        for rowid, event_id, rule_id, idx, kind in self.journal.pending_runs():
+            loaded = self.journal.load_event(event_id)
+            rule = rules.get(rule_id)
+            if loaded is None or rule is None or idx >= len(rule.actions) \
+                    or rule.actions[idx].kind != kind:
+                from knotify.actions.base import SKIPPED, Outcome
+
+                with self.journal.transaction():
+                    self.journal.finish_run(rowid, Outcome(
+                        SKIPPED, detail="its rule or action is no longer in the config"),
+                        None, time.time_ns())
+                continue
+            ev, tr = loaded
+            self.executor.submit(Run(rowid, ev, tr, rule, idx, rule.actions[idx],
+                                     time.monotonic()))
+            resumed += 1
+        if resumed:
+            self.log.info("runs.resumed", count=resumed)
+
+    # -- intake -------------------------------------------------------------------------
+
+    def ingest(self, events: list[Event]) -> list[bool]:
+        """Journal, classify and route a batch in one transaction; True per new event.
+
+        Raises JournalError (and forgets the batch's effect on state) if the commit fails.
+        """
+        assert self.journal is not None and self.executor is not None
+        results: list[bool] = []
+        accepted: list[tuple[Event, Transition]] = []
+        runs: list[Run] = []
+        rules = self.config.rules
+        now_mono = time.monotonic()
+        try:
+            with self.journal.transaction():
+                self.executor.flush()
+                for ev in events:
+                    if self.journal.seen(ev.id):
+                        results.append(False)
+                        continue
+                    tr = self.tracker.observe(ev)
+                    self.journal.add_event(ev, tr)
+                    if tr.cls not in (STALE, INVALID_CLASS):
+                        current = self.tracker.states.get(ev.key)
+                        if current is not None:
+                            self.journal.put_state(ev.key, current)
+                        for rule in fired(rules, ev, tr):
+                            for idx, action in enumerate(rule.actions):
+                                rowid = self.journal.add_run(ev.id, rule.id, idx, action.kind)
+                                runs.append(Run(rowid, ev, tr, rule, idx, action, now_mono))
+                    accepted.append((ev, tr))
+                    results.append(True)
+        except JournalError as exc:
+            self.stats["journal_errors"] += 1
+            self.tracker = Tracker(self._reload_states())
+            if not self._journal_failing:
+                self.log.error("journal.write_failed", error=str(exc), events=len(events),
+                               hint="events are not acked; hooks spool them until it recovers")
+            self._journal_failing = True
+            raise
+        if self._journal_failing:
+            self.log.warning("journal.recovered")
+            self._journal_failing = False
+        self.stats["journaled"] += len(accepted)
+        self.stats["duplicates"] += len(events) - len(accepted)
+        for ev, tr in accepted:
+            self._announce(ev, tr)
+        for run in runs:
+            self.executor.submit(run)
+        self._since_prune += len(accepted)
+        if self._since_prune >= PRUNE_EVERY:
+            self._since_prune = 0
+            self._prune()
+        return results
+
+    def _reload_states(self) -> dict[Any, Any]:
+        assert self.journal is not None
+        try:
+            return self.journal.load_states()
+        except Exception:
+            return self.tracker.states
+
+    def _announce(self, ev: Event, tr: Transition) -> None:
+        fields = {"event_id": ev.id, "host": ev.host, "kind": ev.kind, "name": ev.name,
+                  "state": ev.state, "prio": ev.prio, "class": tr.cls, "seq": ev.seq,
+                  "source": ev.source}
+        if ev.vs:
+            fields["vs"] = ev.vs
+        if tr.cls == TRANSITION:
+            duration = tr.duration_s(ev.ts_ns)
+            self.log.info("event.transition", prev=tr.prev_state, **fields,
+                          after_s=round(duration, 3) if duration is not None else None)
+        elif tr.cls == INVALID_CLASS:
+            self.log.warning("event.invalid", error=ev.error, argv=ev.argv, raw=ev.raw,
+                             **fields)
+        elif tr.cls == STALE:
+            self.log.warning("event.stale", now=tr.state, **fields,
+                             reason="older than the state already known for this key")
+        else:
+            self.log.debug("event." + tr.cls, **fields)
+        self.publish("event", {**fields, "prev_state": tr.prev_state, "effective": tr.state,
+                               "ts_ns": ev.ts_ns})
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        if self.pub is None:
+            return
+        with contextlib.suppress(zmq.ZMQError):
+            self.pub.send_multipart([topic.encode(), encode(data)], flags=zmq.NOBLOCK)
+
+    def _prune(self) -> None:
+        assert self.journal is not None
+        try:
+            dropped = self.journal.prune(self.config.keep_events)
+        except JournalError as exc:
+            self.log.warning("journal.prune_failed", error=str(exc))
+            return
+        if dropped:
+            self.log.info("journal.pruned", events=dropped, keep=self.config.keep_events)
+
+    async def _serve(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            try:
+                frames = await sock.recv_multipart()
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.ETERM or self.stop_event.is_set():
+                    return
+                self.log.warning("socket.recv_failed", error=str(exc))
+                continue
+            batch = [frames]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(await sock.recv_multipart(flags=zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            self._handle(sock, batch)
+
+    def _handle(self, sock: zmq.asyncio.Socket, batch: list[list[bytes]]) -> None:
+        replies: list[list[bytes]] = []
+        pending: list[tuple[list[bytes], list[Event], list[dict[str, Any]], bool]] = []
+        commands: list[tuple[list[bytes], dict[str, Any]]] = []
+        now = time.time_ns()
+        for frames in batch:
+            envelope, payload = frames[:-1], frames[-1]
+            self.stats["received"] += 1
+            try:
+                msg = decode_message(payload, self.config.max_message)
+                op = msg["op"]
+                if op == "event":
+                    pending.append((envelope, [decode_event(msg.get("event"), now)], [], False))
+                elif op == "events":
+                    items = msg.get("events")
+                    if not isinstance(items, list):
+                        raise WireError("'events' must be a list")
+                    good, bad = [], []
+                    for i, item in enumerate(items):
+                        try:
+                            good.append(decode_event(item, now))
+                        except WireError as exc:
+                            bad.append({"index": i, "error": str(exc)})
+                            self._rejected(str(exc), envelope)
+                    pending.append((envelope, good, bad, True))
+                else:
+                    commands.append((envelope, msg))
+            except WireError as exc:
+                self._rejected(str(exc), envelope)
+                replies.append([*envelope, reply(False, error=str(exc))])
+        events = [ev for _, evs, _, _ in pending for ev in evs]
+        if events:
+            try:
+                self.ingest(events)
+            except JournalError as exc:
+                for envelope, _evs, _bad, _many in pending:
+                    replies.append([*envelope, reply(False, error=f"journal unavailable: {exc}")])
+                pending = []
+        for envelope, evs, bad, many in pending:
+            if many:
+                replies.append([*envelope, reply(True, ids=[e.id for e in evs], rejected=bad)])
+            else:
+                replies.append([*envelope, reply(True, id=evs[0].id)])
+        if commands and self.executor is not None:
+            with contextlib.suppress(JournalError):
+                self.executor.flush()  # answers show every outcome known so far
+        for envelope, msg in commands:
+            replies.append([*envelope, self._command(msg)])
+        for frames in replies:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.send_multipart(frames, flags=zmq.NOBLOCK)
+
+    def _rejected(self, reason: str, envelope: list[bytes]) -> None:
+        self.stats["rejected"] += 1
+        self.log.warning("wire.rejected", reason=reason)
+
+    # -- commands (the CLI's surface) ----------------------------------------------------
+
+    def _command(self, msg: dict[str, Any]) -> bytes:
+        assert self.journal is not None
+        op = msg["op"]
+        try:
+            if op == "ping":
+                return reply(True, version=__version__, pid=os.getpid(),
+                             uptime_s=round(time.time() - self.started, 3))
+            if op == "status":
+                return reply(True, states=self.journal.status(), router=self.info())
+            if op == "history":
+                limit = msg.get("limit", 50)
+                if type(limit) is not int or not 1 <= limit <= 100_000:
+                    raise WireError("history 'limit' must be an integer 1..100000")
+                filters = {k: msg.get(k) for k in ("host", "kind", "name")}
+                for k, v in filters.items():
+                    if v is not None and not isinstance(v, str):
+                        raise WireError(f"history {k!r} must be a string")
+                return reply(True, events=self.journal.history(limit, **filters))
+            if op == "stats":
+                return reply(True, router=self.info())
+            if op == "reload":
+                ok, detail = self.reload()
+                return reply(ok, detail=detail) if ok else reply(False, error=detail)
+            raise WireError(f"unknown op {op[:40]!r}")
+        except WireError as exc:
+            self._rejected(str(exc), [])
+            return reply(False, error=str(exc))
+
+    def info(self) -> dict[str, Any]:
+        ex = self.executor
+        return {
+            "version": __version__, "pid": os.getpid(), "config": self.config.path,
+            "uptime_s": round(time.time() - self.started, 3), "journal": self.config.journal,
+            "endpoints": [self.config.control_endpoint, *self.config.listen],
+            "fifos": self.config.fifos, "rules": len(self.config.rules),
+            "keys": len(self.tracker.states),
+            "spool_depth": spool.depth(self.config.hook.spool_dir),
+            "actions_queued": ex.queued if ex else 0,
+            "actions_running": len(ex.active) if ex else 0,
+            "action_outcomes": dict(ex.counts) if ex else {},
+            **self.stats,
+        }
+
+    def reload(self) -> tuple[bool, str]:
+        path = None if self.config.path == configmod.EMBEDDED else self.config.path
+        try:
+            new = configmod.load(path)
+        except ConfigError as exc:
+            self.log.error("config.reload_refused", error=str(exc),
+                           detail="the running config stays in force")
+            return False, f"new config refused, old one kept: {exc}"
+        fixed = [name for name in ("runtime_dir", "state_dir", "listen", "journal", "fifos")
+                 if getattr(new, name) != getattr(self.config, name)]
+        self.config.rules = new.rules
+        self.config.defaults = new.defaults
+        self.config.hook = new.hook
+        detail = f"config reloaded: {len(new.rules)} rules"
+        if fixed:
+            detail += f"; changes to {', '.join(fixed)} need a restart"
+        self.log.info("config.reloaded", rules=len(new.rules), restart_needed=fixed or None)
+        return True, detail
+
+    # -- spool and FIFO sources -----------------------------------------------------------
+
+    def replay_spool(self) -> int:
+        """Journal what the hooks spooled; files are removed only after the commit."""
+        total = 0
+        spool_dir = self.config.hook.spool_dir
+        while True:
+            paths = spool.pending(spool_dir, limit=MAX_BATCH)
+            if not paths:
+                return total
+            events: list[Event] = []
+            done: list[str] = []
+            now = time.time_ns()
+            for path, content in spool.read(paths):
+                try:
+                    data = json.loads(content)
+                    ev = decode_event(data, now)
+                except (ValueError, WireError) as exc:
+                    self._quarantine(path, str(exc))
+                    continue
+                ev.extra = {**ev.extra, "via": "spool"}
+                events.append(ev)
+                done.append(path)
+            if events:
+                try:
+                    self.ingest(events)
+                except JournalError:
+                    return total  # files stay; retried on the next scan
+            spool.remove(done)
+            self.stats["spool_replayed"] += len(events)
+            total += len(events)
+            if len(paths) < MAX_BATCH:
+                return total
+
+    def _quarantine(self, path: str, reason: str) -> None:
+        bad = os.path.join(self.config.hook.spool_dir, "bad")
+        os.makedirs(bad, mode=0o750, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.rename(path, os.path.join(bad, os.path.basename(path)))
+        self.log.error("spool.bad_file", path=path, reason=reason,
+                       moved_to=bad)
+
+    async def _spool_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.spool_interval)
+            try:
+                count = self.replay_spool()
+            except OSError as exc:
+                self.log.warning("spool.scan_failed", error=str(exc))
+                continue
+            if count:
+                self.log.info("spool.replayed", events=count)
+
+    def _fifo_lines(self, lines: list[tuple[str, int]]) -> None:
+        host = self.config.hook.host or os.uname().nodename
+        spool_dir = self.config.hook.spool_dir
+        wire = [event_from_line(line, host, spool.next_seq(spool_dir), ts) for line, ts in lines]
+        events = [decode_event(w) for w in wire]
+        try:
+            self.ingest(events)
+        except JournalError:
+            # Never drop a FIFO line: it waits in the spool until the journal is back.
+            for w in wire:
+                try:
+                    spool.write(spool_dir, w)
+                except OSError as exc:
+                    self.log.critical("fifo.line_lost", line=w.get("raw"), error=str(exc))
+
+    async def _flush_loop(self) -> None:
+        assert self.executor is not None
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                self.executor.flush()
+            except JournalError as exc:
+                self.log.warning("journal.flush_failed", error=str(exc))
+
+    # -- main -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._take_runtime_dir()
+        try:
+            self.journal = Journal(self.config.journal, self.config.synchronous)
+        except (OSError, Exception) as exc:
+            raise RouterError(f"cannot open the journal {self.config.journal}: {exc}") from None
+        self.tracker = Tracker(self.journal.load_states())
+        self.executor = Executor(self.journal, lambda: self.tracker, self.log, self.publish)
+        self._bind_signals(loop)
+        try:
+            self._recover()
+            replayed = self.replay_spool()
+            self._bind()
+            self.log.info(
+                "router.started", version=__version__, pid=os.getpid(), config=self.config.path,
+                endpoints=[self.config.control_endpoint, *self.config.listen],
+                journal=self.config.journal, rules=len(self.config.rules),
+                keys=len(self.tracker.states), spool_replayed=replayed, fifos=self.config.fifos,
+            )
+            for sock in self.sockets:
+                self._tasks.append(loop.create_task(self._serve(sock)))
+            self._tasks.append(loop.create_task(self._spool_loop()))
+            self._tasks.append(loop.create_task(self._flush_loop()))
+            for path in self.config.fifos:
+                reader = AsyncFifoReader(path, self.config.hook.spool_dir, self._fifo_lines,
+                                         self.log)
+                self.fifo_readers.append(reader)
+                self._tasks.append(loop.create_task(reader.run()))
+            await self.stop_event.wait()
+        finally:
+            await self._shutdown()
+
+    def _bind_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGINT, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def stop(self) -> None:
+        if not self.stop_event.is_set():
+            self.log.info("router.stopping", drain_timeout=self.config.drain_timeout)
+        self.stop_event.set()
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sock in self.sockets:
+            sock.close(linger=0)
+        if self.pub is not None:
+            self.pub.close(linger=0)
+        if self.executor is not None:
+            running = len(self.executor.active)
+            await self.executor.drain(self.config.drain_timeout)
+            left = self.executor.queued
+            self.log.info("router.drained", were_running=running, left_pending=left)
+        if self.journal is not None:
+            self.journal.close()
+        self.ctx.term()
+        if self._sync_ctx is not None:
+            self._sync_ctx.term()
+        for endpoint in (self.config.control_endpoint, self.config.pub_endpoint):
+            with contextlib.suppress(OSError):
+                os.unlink(endpoint[len("ipc://"):])
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self.log.info("router.stopped")

@@ -1,0 +1,124 @@
+"""The on-disk spool: where events wait when the router does not answer in time.
+
+Layout (maildir-like, so a reader never sees half a file)::
+
+    SPOOL/seq          the per-host sequence counter (8 bytes, under flock)
+    SPOOL/tmp/NAME     being written
+    SPOOL/new/NAME     complete; NAME = <seq, 20 digits>-<id>.json, so sorting is ordering
+
+Writing uses the standard library only (the hook imports this module).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from knotify import fastjson
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+SEQ_FILE = "seq"
+
+
+def _ensure(path: str, mode: int = 0o750) -> None:
+    try:
+        os.makedirs(path, mode=mode, exist_ok=True)
+    except FileExistsError:
+        pass
+
+
+def next_seq(spool_dir: str) -> int:
+    """The next per-host sequence number: it only grows, even across racing processes.
+
+    Returns 0 when the counter cannot be used (no permission, read-only disk);
+    0 means "unknown" and is never used to order events.
+    """
+    try:
+        _ensure(spool_dir)
+        fd = os.open(os.path.join(spool_dir, SEQ_FILE), os.O_RDWR | os.O_CREAT, 0o660)
+    except OSError:
+        return 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = os.pread(fd, 32, 0)
+        try:
+            value = int(raw.strip() or b"0") + 1
+        except ValueError:
+            value = 1
+        data = b"%020d\n" % value
+        os.pwrite(fd, data, 0)
+        return value
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)  # also releases the lock
+
+
+def file_name(event: dict[str, object]) -> str:
+    seq = event.get("seq")
+    return f"{seq if isinstance(seq, int) else 0:020d}-{event['id']}.json"
+
+
+def write(spool_dir: str, event: dict[str, object]) -> str:
+    """Store one event durably and atomically; returns the final path."""
+    tmp_dir = os.path.join(spool_dir, "tmp")
+    new_dir = os.path.join(spool_dir, "new")
+    _ensure(tmp_dir)
+    _ensure(new_dir)
+    name = file_name(event)
+    tmp = os.path.join(tmp_dir, name)
+    data = fastjson.dumps(event).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    final = os.path.join(new_dir, name)
+    os.rename(tmp, final)
+    dfd = os.open(new_dir, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return final
+
+
+def pending(spool_dir: str, limit: int = 10_000) -> list[str]:
+    """Paths of spooled events, oldest first, at most ``limit``."""
+    new_dir = os.path.join(spool_dir, "new")
+    try:
+        names = [n for n in os.listdir(new_dir) if n.endswith(".json")]
+    except FileNotFoundError:
+        return []
+    names.sort()
+    return [os.path.join(new_dir, n) for n in names[:limit]]
+
+
+def depth(spool_dir: str) -> int:
+    try:
+        return sum(1 for n in os.listdir(os.path.join(spool_dir, "new")) if n.endswith(".json"))
+    except FileNotFoundError:
+        return 0
+
+
+def read(paths: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(path, content) for each readable file; vanished files are skipped."""
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                yield path, fh.read()
+        except FileNotFoundError:
+            continue
+
+
+def remove(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

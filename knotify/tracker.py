@@ -1,0 +1,107 @@
+"""Current state per (host, kind, name, vs), and what each new event means for it.
+
+keepalived reports one change several times (``notify_master`` and the generic
+``notify`` and the FIFO), reports news that is not a change (``MASTER_PRIORITY``),
+and its scripts can arrive out of order. :meth:`Tracker.observe` sorts that out
+into a :class:`Transition` whose ``cls`` rules match on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from knotify import keepalived
+from knotify.event import INVALID, Event, Key
+
+INIT = "INIT"
+
+#: The state a FIFO-only report implies ({UNKNOWN} implies nothing).
+EFFECTIVE = {
+    "MASTER_PRIORITY": "MASTER",
+    "BACKUP_PRIORITY": "BACKUP",
+    "MASTER_RX_LOWER_PRI": "MASTER",
+    keepalived.UNKNOWN_STATE: None,
+}
+
+TRANSITION = "transition"
+REPEAT = "repeat"
+NOTICE = "notice"
+STALE = "stale"
+INVALID_CLASS = "invalid"
+RULE_CLASSES = (TRANSITION, REPEAT, NOTICE)
+
+
+@dataclass(slots=True)
+class KeyState:
+    state: str
+    prio: int | None
+    since_ns: int
+    event_id: str
+    seq: int
+    epoch: int
+    updated_ns: int
+
+
+@dataclass(slots=True, frozen=True)
+class Transition:
+    """What one event meant: its class, the state it leads to, and where it came from."""
+
+    cls: str
+    state: str
+    prev_state: str
+    prev_since_ns: int | None
+    epoch: int
+
+    def duration_s(self, ts_ns: int) -> float | None:
+        """How long the previous state lasted, up to this event."""
+        if self.prev_since_ns is None:
+            return None
+        return max(0.0, (ts_ns - self.prev_since_ns) / 1e9)
+
+
+class Tracker:
+    """The state table. Pure bookkeeping: no I/O, so it is cheap to test exhaustively."""
+
+    def __init__(self, states: dict[Key, KeyState] | None = None) -> None:
+        self.states: dict[Key, KeyState] = states or {}
+
+    def epoch(self, key: Key) -> int:
+        current = self.states.get(key)
+        return current.epoch if current else 0
+
+    def observe(self, ev: Event) -> Transition:
+        """Classify ``ev`` against the current state and update the table."""
+        if ev.kind == INVALID:
+            return Transition(INVALID_CLASS, INVALID, "", None, 0)
+        key = ev.key
+        current = self.states.get(key)
+        effective = EFFECTIVE.get(ev.state, ev.state)
+        if current is None:
+            if effective is None:
+                return Transition(NOTICE, ev.state, INIT, None, 0)
+            self.states[key] = KeyState(
+                effective, ev.prio, ev.ts_ns, ev.id, ev.seq, 1, ev.recv_ns
+            )
+            return Transition(TRANSITION, effective, INIT, None, 1)
+        same = effective is None or effective == current.state
+        if ev.seq and current.seq and ev.seq < current.seq:
+            # Older than what this key has already seen from its host: it cannot
+            # change the state (a newer report won), but agreeing reports are repeats.
+            cls = REPEAT if same and ev.state == current.state else STALE
+            return Transition(cls, current.state, current.state, current.since_ns, current.epoch)
+        current.seq = max(current.seq, ev.seq)
+        current.updated_ns = ev.recv_ns
+        if ev.prio is not None and not (ev.kind == "GROUP" and ev.prio == 0):
+            current.prio = ev.prio
+        if same:
+            cls = REPEAT if ev.state == current.state else NOTICE
+            return Transition(cls, current.state, current.state, current.since_ns, current.epoch)
+        assert effective is not None
+        prev_state, prev_since = current.state, current.since_ns
+        current.state = effective
+        current.since_ns = ev.ts_ns
+        current.event_id = ev.id
+        current.epoch += 1
+        if ev.prio is not None:
+            current.prio = ev.prio
+        return Transition(TRANSITION, effective, prev_state, prev_since, current.epoch)
