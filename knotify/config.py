@@ -46,6 +46,14 @@ class HookConfig:
     endpoints: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True, frozen=True)
+class FifoSource:
+    """A FIFO the router reads itself; ``host`` labels its events (default: this host)."""
+
+    path: str
+    host: str = ""
+
+
 @dataclass(slots=True)
 class Config:
     path: str
@@ -53,7 +61,7 @@ class Config:
     state_dir: str
     listen: list[str]
     journal: str
-    fifos: list[str]
+    fifos: list[FifoSource]
     drain_timeout: float
     spool_interval: float
     synchronous: str
@@ -119,7 +127,7 @@ def parse(text: str, path: str) -> Config:
             raise r.error(f"listen[{i}]", f"expected tcp://HOST:PORT or ipc://PATH, found "
                           f"{endpoint!r}")
     journal = r.text("journal", os.path.join(state_dir, "journal.db"))
-    fifos = r.strings("fifos", [])
+    fifos = _fifos(r)
     drain_timeout = r.duration("drain_timeout", "10s")
     spool_interval = r.duration("spool_interval", "1s")
     if spool_interval <= 0:
@@ -167,6 +175,26 @@ def parse(text: str, path: str) -> Config:
         config.rules.append(rule)
     top.done()
     return config
+
+
+def _fifos(r: Table) -> list[FifoSource]:
+    out: list[FifoSource] = []
+    raw = r.raw("fifos", [])
+    if not isinstance(raw, list):
+        raise r.error("fifos", "expected a list of paths or {path = ..., host = ...} tables")
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            source = FifoSource(item)
+        elif isinstance(item, dict):
+            t = Table(item, r.path, r.key(f"fifos[{i}]"))
+            source = FifoSource(t.text("path"), t.text("host", ""))
+            t.done()
+        else:
+            raise r.error(f"fifos[{i}]", "expected a path or a {path = ..., host = ...} table")
+        if not os.path.isabs(source.path):
+            raise r.error(f"fifos[{i}]", f"must be an absolute path, found {source.path!r}")
+        out.append(source)
+    return out
 
 
 def _pattern(table: Table, key: str, *, upper: bool = False,

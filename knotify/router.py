@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -342,7 +343,7 @@ class Router:
             "version": __version__, "pid": os.getpid(), "config": self.config.path,
             "uptime_s": round(time.time() - self.started, 3), "journal": self.config.journal,
             "endpoints": [self.config.control_endpoint, *self.config.listen],
-            "fifos": self.config.fifos, "rules": len(self.config.rules),
+            "fifos": [f.path for f in self.config.fifos], "rules": len(self.config.rules),
             "keys": len(self.tracker.states),
             "spool_depth": spool.depth(self.config.hook.spool_dir),
             "actions_queued": ex.queued if ex else 0,
@@ -423,8 +424,7 @@ class Router:
             if count:
                 self.log.info("spool.replayed", events=count)
 
-    def _fifo_lines(self, lines: list[tuple[str, int]]) -> None:
-        host = self.config.hook.host or os.uname().nodename
+    def _fifo_lines(self, lines: list[tuple[str, int]], host: str) -> None:
         spool_dir = self.config.hook.spool_dir
         wire = [event_from_line(line, host, spool.next_seq(spool_dir), ts) for line, ts in lines]
         events = [decode_event(w) for w in wire]
@@ -467,14 +467,17 @@ class Router:
                 "router.started", version=__version__, pid=os.getpid(), config=self.config.path,
                 endpoints=[self.config.control_endpoint, *self.config.listen],
                 journal=self.config.journal, rules=len(self.config.rules),
-                keys=len(self.tracker.states), spool_replayed=replayed, fifos=self.config.fifos,
+                keys=len(self.tracker.states), spool_replayed=replayed,
+                fifos=[f.path for f in self.config.fifos],
             )
             for sock in self.sockets:
                 self._tasks.append(loop.create_task(self._serve(sock)))
             self._tasks.append(loop.create_task(self._spool_loop()))
             self._tasks.append(loop.create_task(self._flush_loop()))
-            for path in self.config.fifos:
-                reader = AsyncFifoReader(path, self.config.hook.spool_dir, self._fifo_lines,
+            for source in self.config.fifos:
+                host = source.host or self.config.hook.host or os.uname().nodename
+                reader = AsyncFifoReader(source.path, self.config.hook.spool_dir,
+                                         functools.partial(self._fifo_lines, host=host),
                                          self.log)
                 self.fifo_readers.append(reader)
                 self._tasks.append(loop.create_task(reader.run()))

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  journal  {config.journal}")
     print(f"  spool    {config.hook.spool_dir}")
     for fifo in config.fifos:
-        print(f"  fifo     {fifo}")
+        print(f"  fifo     {fifo.path}" + (f" (host {fifo.host})" if fifo.host else ""))
     for rule in config.rules:
         match = rule.match
         parts = [f"{name}={pat.describe()}" for name, pat in (
