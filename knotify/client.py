@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from knotify import hook, zmtp
-from knotify.config import Config
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -19,23 +18,16 @@ class RouterRefused(RuntimeError):
     pass
 
 
-def settings_for(config: Config) -> hook.Settings:
-    """The hook's send settings from a loaded config (one source of truth for both)."""
-    settings = hook.Settings()
-    settings.endpoints = list(config.client_endpoints)
-    settings.ack_timeout = config.hook.ack_timeout
-    settings.spool_dir = config.hook.spool_dir
-    if config.hook.host:
-        settings.host = config.hook.host
-    return settings
-
-
-def request(config: Config, op: str, timeout: float = DEFAULT_TIMEOUT,
+def request(settings: hook.Settings, op: str, timeout: float = DEFAULT_TIMEOUT,
             **fields: Any) -> dict[str, Any]:
-    """Send ``op`` to the router; raise RouterUnavailable or RouterRefused with the reason."""
+    """Send ``op`` to the router; raise RouterUnavailable or RouterRefused with the reason.
+
+    ``settings`` come from :func:`knotify.hook.load_settings`, which reads only where
+    the router is: a config with a mistake elsewhere must not lock the CLI out.
+    """
     payload = json.dumps({"v": 1, "op": op, **fields}).encode()
     errors = []
-    for endpoint in config.client_endpoints:
+    for endpoint in settings.endpoints:
         try:
             raw = zmtp.request(endpoint, payload, timeout)
         except (OSError, ValueError) as exc:

@@ -116,8 +116,10 @@ class RouterProcess:
         self.kenv = kenv
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = kenv.root / "router.log"
+        self._offset = 0
 
     def start(self, wait: bool = True, extra: list[str] | None = None) -> RouterProcess:
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "knotify.cli", "run", "--log-format", "json",
@@ -134,12 +136,14 @@ class RouterProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"router exited {self.proc.returncode}:\n{self.log_text()}")
-            return any(r.get("event") == "router.started" for r in self.records())
+            return any(r.get("event") == "router.started"
+                       for r in self.records(since=self._offset))
         wait_for(ready, timeout, what="the router to start")
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self, since: int = 0) -> list[dict[str, Any]]:
+        """JSON log records, from byte offset ``since`` of the log file."""
         out = []
-        for line in self.log_text().splitlines():
+        for line in self.log_text()[since:].splitlines():
             if line.startswith("{"):
                 try:
                     out.append(json.loads(line))

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from knotify import config as configmod
-from knotify import paths
+from knotify import hook, paths
 from knotify.schema import ConfigError
 
 
@@ -22,3 +22,11 @@ def load_config(args: argparse.Namespace) -> configmod.Config:
 def fail(message: str, code: int = 1) -> int:
     print(f"knotify: {message}", file=sys.stderr)
     return code
+
+
+def client_settings(args: argparse.Namespace) -> hook.Settings:
+    """Where the router is, read leniently (as the hook does), with problems on stderr."""
+    settings = hook.load_settings(paths.find_config(args.config))
+    for problem in settings.problems:
+        print(f"knotify: warning: {problem}", file=sys.stderr)
+    return settings

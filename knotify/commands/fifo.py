@@ -6,8 +6,7 @@ import argparse
 import sys
 
 from knotify import fifo
-from knotify.client import settings_for
-from knotify.commands import load_config
+from knotify.commands import client_settings
 
 HELP = ("read keepalived's notify FIFO and forward its lines in order; use it as "
         "notify_fifo_script / vrrp_notify_fifo_script (keepalived appends the FIFO path)")
@@ -20,8 +19,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args)
-    settings = settings_for(config)
+    settings = client_settings(args)
 
     def out(text: str) -> None:
         print(text, flush=True)

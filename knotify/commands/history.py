@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from knotify.client import RouterRefused, RouterUnavailable, request
-from knotify.commands import fail, load_config
+from knotify.commands import client_settings, fail
 from knotify.commands.table import clean, fmt_time
 
 HELP = "show events newest first, with the actions each one triggered and how they ended"
@@ -22,14 +22,14 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args)
+    settings = client_settings(args)
     if not 1 <= args.limit <= 100_000:
         return fail("--limit must be 1..100000", 2)
     filters = {k: v for k in ("host", "kind", "name") if (v := getattr(args, k)) is not None}
     if "kind" in filters:
         filters["kind"] = filters["kind"].upper()
     try:
-        answer = request(config, "history", timeout=30.0, limit=args.limit, **filters)
+        answer = request(settings, "history", timeout=30.0, limit=args.limit, **filters)
     except (RouterUnavailable, RouterRefused) as exc:
         return fail(str(exc))
     events: list[dict[str, Any]] = answer["events"]

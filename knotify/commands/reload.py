@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from knotify.client import RouterRefused, RouterUnavailable, request
-from knotify.commands import fail, load_config
+from knotify.commands import client_settings, fail
 
 HELP = "make the running router re-read its config (the old one stays if the new is bad)"
 
@@ -15,9 +15,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args)
+    settings = client_settings(args)
     try:
-        answer = request(config, "reload")
+        answer = request(settings, "reload")
     except (RouterUnavailable, RouterRefused) as exc:
         return fail(str(exc))
     print(answer.get("detail", "reloaded"))

@@ -6,8 +6,7 @@ import argparse
 import time
 
 from knotify import hook, keepalived
-from knotify.client import settings_for
-from knotify.commands import fail, load_config
+from knotify.commands import client_settings, fail
 
 HELP = "send an event by hand: KIND NAME STATE [PRIO] (e.g. INSTANCE VI_1 MASTER 100)"
 
@@ -24,12 +23,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ts_ns = time.time_ns()
-    config = load_config(args)
     try:
         fields = keepalived.build_manual(args.kind, args.name, args.state, args.prio)
     except keepalived.ParseError as exc:
         return fail(str(exc), 2)
-    settings = settings_for(config)
+    settings = client_settings(args)
     settings.ack_timeout = max(settings.ack_timeout, args.timeout)
     if args.host:
         settings.host = args.host

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from knotify.client import RouterRefused, RouterUnavailable, request
-from knotify.commands import fail, load_config
+from knotify.commands import client_settings, fail
 from knotify.commands.table import fmt_time, render
 from knotify.units import format_duration
 
@@ -20,9 +20,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args)
+    settings = client_settings(args)
     try:
-        answer = request(config, "status")
+        answer = request(settings, "status")
     except (RouterUnavailable, RouterRefused) as exc:
         return fail(str(exc))
     states: list[dict[str, Any]] = answer["states"]

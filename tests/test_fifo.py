@@ -1,0 +1,213 @@
+"""keepalived's notify FIFO, written the way keepalived writes it, read by knotify.
+
+keepalived creates the FIFO, holds it open O_RDWR|O_NONBLOCK and writes one line per
+write(); on reload and stop it closes and unlinks it (the reader sees EOF) and a reload
+makes a new one. These tests do exactly that with a real FIFO.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import KEnv, RouterProcess, wait_for
+
+LOG_RULE = """
+[[rule]]
+id = "log-all"
+on = "every"
+[[rule.action]]
+type = "log"
+"""
+
+
+class FakeKeepalivedFifo:
+    """The writer side, as keepalived does it (lib/notify.c)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def create(self) -> None:
+        os.mkfifo(self.path, 0o600)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+
+    def write(self, *lines: str) -> None:
+        assert self.fd is not None
+        for line in lines:
+            os.write(self.fd, (line + "\n").encode())
+
+    def close(self, unlink: bool = True) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if unlink and self.path.exists():
+            self.path.unlink()
+
+
+START = ['GROUP "G1" BACKUP 0', 'INSTANCE "VI_1" BACKUP 100', 'INSTANCE "VI_2" BACKUP 100']
+MASTER = ['INSTANCE "VI_2" MASTER 100', 'INSTANCE "VI_1" MASTER 100', 'GROUP "G1" MASTER 0']
+AFTER_RELOAD = ['INSTANCE "VI_3" DELETED 100', 'GROUP "G1" MASTER 0']
+STOP = ['INSTANCE "VI_1" STOP 100', 'INSTANCE "VI_2" STOP 100', 'GROUP "G1" STOP 0']
+
+
+def raws(kenv: KEnv) -> list[str]:
+    return [e["raw"] for e in reversed(kenv.history())]
+
+
+def test_router_reads_fifo_in_order_across_reload_and_stop(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    fifo_path = kenv.root / "vrrp.fifo"
+    kenv.write_config(LOG_RULE + f'\n[router]\nfifos = [{{path = "{fifo_path}", '
+                      'host = "node1"}]\n')
+    ka = FakeKeepalivedFifo(fifo_path)
+    # keepalived starts before the router: lines wait in the pipe buffer.
+    ka.create()
+    ka.write(*START)
+    router.start()
+    wait_for(lambda: len(kenv.history()) == 3, what="the start-up lines")
+    ka.write(*MASTER, 'INSTANCE "VI_1" MASTER_PRIORITY 40',
+             'INSTANCE "VI_2" MASTER_RX_LOWER_PRI 100')
+    # Reload: close + unlink (EOF), then a new FIFO with new lines before the reader is back.
+    ka.close()
+    ka.create()
+    ka.write(*AFTER_RELOAD)
+    wait_for(lambda: len(kenv.history()) == 10, what="lines after the reload")
+    ka.write(*STOP)
+    ka.close()
+    wait_for(lambda: len(kenv.history()) == 13, what="the STOP lines")
+    expected = START + MASTER + ['INSTANCE "VI_1" MASTER_PRIORITY 40',
+                                 'INSTANCE "VI_2" MASTER_RX_LOWER_PRI 100'] + AFTER_RELOAD + STOP
+    assert raws(kenv) == expected
+    events = list(reversed(kenv.history()))
+    assert all(e["host"] == "node1" and e["source"] == "fifo" for e in events)
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    states = {(s["kind"], s["name"]): (s["state"], s["prio"]) for s in kenv.status()}
+    assert states[("INSTANCE", "VI_1")] == ("STOP", 100)
+    assert states[("INSTANCE", "VI_3")] == ("DELETED", 100)
+    assert states[("GROUP", "G1")] == ("STOP", 0)
+    classes = [e["class"] for e in events]
+    assert classes[6:8] == ["notice", "notice"]
+    # The router is still fine after keepalived is gone.
+    assert router.alive
+
+
+def test_router_fifo_bad_line_is_journaled_as_invalid_and_reading_goes_on(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    fifo_path = kenv.root / "vrrp.fifo"
+    kenv.write_config(LOG_RULE + f'\n[router]\nfifos = ["{fifo_path}"]\n')
+    ka = FakeKeepalivedFifo(fifo_path)
+    ka.create()
+    router.start()
+    ka.write('INSTANCE "VI_1" BACKUP 100', "GARBAGE LINE", 'INSTANCE "VI_1" SOMETHING 100',
+             'INSTANCE "VI_1" MASTER 100')
+    wait_for(lambda: len(kenv.history()) == 4, what="four lines")
+    events = list(reversed(kenv.history()))
+    assert [e["class"] for e in events] == ["transition", "invalid", "invalid", "transition"]
+    assert "GARBAGE LINE" in events[1]["error"]
+    assert "SOMETHING" in events[2]["error"]
+    ka.close()
+
+
+def _fifo_script(kenv: KEnv, fifo_path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "knotify.cli", "fifo", "--verbose", str(fifo_path)],
+        env=kenv.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_fifo_script_catches_stop_lines_written_after_sigterm(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    fifo_path = kenv.root / "vrrp.fifo"
+    kenv.write_config(LOG_RULE)
+    router.start()
+    ka = FakeKeepalivedFifo(fifo_path)
+    ka.create()
+    ka.write(*START)
+    reader = _fifo_script(kenv, fifo_path)
+    wait_for(lambda: len(kenv.history()) == 3, what="the start-up lines")
+    # keepalived's shutdown: SIGTERM to the fifo script first, then the STOP lines.
+    reader.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    ka.write(*STOP)
+    reader.wait(5)
+    ka.close()
+    assert raws(kenv) == START + STOP
+    assert reader.returncode == 0
+
+
+def test_fifo_script_exits_on_reload_so_only_one_reader_remains(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    fifo_path = kenv.root / "vrrp.fifo"
+    kenv.write_config(LOG_RULE)
+    router.start()
+    ka = FakeKeepalivedFifo(fifo_path)
+    ka.create()
+    old = _fifo_script(kenv, fifo_path)
+    ka.write('INSTANCE "VI_1" BACKUP 100')
+    wait_for(lambda: len(kenv.history()) == 1, what="the first line")
+    # keepalived's reload: close + unlink + new FIFO, SIGTERM the old script, start a new one.
+    ka.close()
+    ka.create()
+    old.send_signal(signal.SIGTERM)
+    new = _fifo_script(kenv, fifo_path)
+    ka.write('INSTANCE "VI_1" MASTER 100', 'GROUP "G1" MASTER 0')
+    old.wait(5)
+    wait_for(lambda: len(kenv.history()) == 3, what="lines after the reload")
+    time.sleep(0.5)
+    assert len(kenv.history()) == 3, "each line exactly once"
+    new.send_signal(signal.SIGTERM)
+    new.wait(5)
+    ka.close()
+
+
+def test_second_fifo_reader_waits_for_the_first(kenv: KEnv, router: RouterProcess) -> None:
+    fifo_path = kenv.root / "vrrp.fifo"
+    kenv.write_config(LOG_RULE)
+    router.start()
+    ka = FakeKeepalivedFifo(fifo_path)
+    ka.create()
+    first = _fifo_script(kenv, fifo_path)
+    ka.write('INSTANCE "VI_1" BACKUP 100')
+    wait_for(lambda: len(kenv.history()) == 1, what="the first reader to run")
+    second = _fifo_script(kenv, fifo_path)
+    ka.write(*[f'INSTANCE "VI_{i}" BACKUP 100' for i in range(2, 40)])
+    wait_for(lambda: len(kenv.history()) == 39, what="all lines")
+    assert first.stdout is not None
+    first.send_signal(signal.SIGTERM)
+    first.wait(5)
+    out, _ = first.communicate()
+    assert out.count("acked") == 39, "the first reader read everything; the second waited"
+    ka.write('INSTANCE "VI_99" MASTER 100')
+    wait_for(lambda: len(kenv.history()) == 40, what="the second reader to take over")
+    second.send_signal(signal.SIGTERM)
+    out2, _ = second.communicate(timeout=5)
+    assert out2.count("acked") == 1
+    ka.close()
+
+
+def test_fifo_script_spools_when_router_is_down(kenv: KEnv, router: RouterProcess) -> None:
+    fifo_path = kenv.root / "vrrp.fifo"
+    kenv.write_config(LOG_RULE)
+    ka = FakeKeepalivedFifo(fifo_path)
+    ka.create()
+    reader = _fifo_script(kenv, fifo_path)
+    ka.write(*START)
+    wait_for(lambda: len(kenv.spooled()) == 3, 10, what="three spooled lines")
+    reader.send_signal(signal.SIGTERM)
+    ka.write(*STOP)
+    reader.wait(5)
+    ka.close()
+    # Even with the router down, the STOP lines written after SIGTERM were kept.
+    assert len(kenv.spooled()) == 6
+    router.start()
+    wait_for(lambda: len(kenv.history()) == 6, what="the spooled lines")
+    assert raws(kenv) == START + STOP
