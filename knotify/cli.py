@@ -8,7 +8,7 @@ from importlib import import_module
 
 from knotify import __version__
 
-COMMANDS = ("run", "send", "status", "history", "check_config", "fifo", "reload")
+COMMANDS = ("run", "send", "status", "history", "check_config", "fifo", "reload", "keygen")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ without root.
 
 from __future__ import annotations
 
+import grp
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from knotify.actions.base import Action
 from knotify.event import KINDS, SYNTHETIC_KINDS
 from knotify.rules import Match, Pattern, Rule, classes_from
 from knotify.schema import ConfigError, Table
+from knotify.security import must_be_root_only
 from knotify.tracker import INIT, TRANSITION
 
 EMBEDDED = "<embedded default>"
@@ -38,12 +40,22 @@ class Defaults:
     systemctl: str = "systemctl"
 
 
+@dataclass(slots=True, frozen=True)
+class CurveKeys:
+    """CURVE key files: the router's (secret + authorised clients) or a client's."""
+
+    secret_key: str
+    clients: str = ""       # router: folder of authorised client public keys
+    server_key: str = ""    # client: the router's public key
+
+
 @dataclass(slots=True)
 class HookConfig:
     ack_timeout: float = 0.25
     spool_dir: str = ""
     host: str = ""
     endpoints: list[str] = field(default_factory=list)
+    curve: CurveKeys | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -60,6 +72,9 @@ class Config:
     runtime_dir: str
     state_dir: str
     listen: list[str]
+    curve: CurveKeys | None
+    insecure: bool
+    group: str | None
     journal: str
     fifos: list[FifoSource]
     drain_timeout: float
@@ -102,6 +117,9 @@ def load(path: str | None) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", f"not UTF-8 ({exc})") from None
+    refusal = must_be_root_only(path)
+    if refusal:
+        raise ConfigError(path, "", refusal + " (a config decides what root runs)")
     return parse(text, path)
 
 
@@ -118,6 +136,12 @@ def parse(text: str, path: str) -> Config:
     for key, value in (("runtime_dir", runtime_dir), ("state_dir", state_dir)):
         if not os.path.isabs(value):
             raise p.error(key, f"must be an absolute path, found {value!r}")
+    group = p.opt_text("group")
+    if group is not None:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise p.error("group", f"no such group {group!r}") from None
     p.done()
 
     r = top.table("router")
@@ -126,6 +150,18 @@ def parse(text: str, path: str) -> Config:
         if not endpoint.startswith(("tcp://", "ipc://")):
             raise r.error(f"listen[{i}]", f"expected tcp://HOST:PORT or ipc://PATH, found "
                           f"{endpoint!r}")
+    insecure = r.flag("insecure", False)
+    curve = None
+    if r.has("curve"):
+        c = r.table("curve")
+        curve = CurveKeys(secret_key=_key_file(c, "secret_key", secret=True),
+                          clients=c.text("clients"))
+        if not os.path.isdir(curve.clients):
+            raise c.error("clients", f"{curve.clients} is not a folder of client public keys")
+        c.done()
+    if any(e.startswith("tcp://") for e in listen) and curve is None and not insecure:
+        raise r.error("listen", "TCP needs [router.curve] (keys from `knotify keygen`) so "
+                      "only authorised hosts get in; set insecure = true to allow plain TCP")
     journal = r.text("journal", os.path.join(state_dir, "journal.db"))
     fifos = _fifos(r)
     drain_timeout = r.duration("drain_timeout", "10s")
@@ -144,6 +180,11 @@ def parse(text: str, path: str) -> Config:
         host=h.text("host", ""),
         endpoints=h.strings("endpoints", []),
     )
+    if h.has("curve"):
+        c = h.table("curve")
+        hook.curve = CurveKeys(secret_key=_key_file(c, "secret_key", secret=True),
+                               server_key=_key_file(c, "server_key", secret=False))
+        c.done()
     h.done()
 
     lg = top.table("log")
@@ -160,8 +201,8 @@ def parse(text: str, path: str) -> Config:
     d.done()
 
     config = Config(
-        path=path, runtime_dir=runtime_dir, state_dir=state_dir, listen=listen,
-        journal=journal, fifos=fifos, drain_timeout=drain_timeout,
+        path=path, runtime_dir=runtime_dir, state_dir=state_dir, listen=listen, curve=curve,
+        insecure=insecure, group=group, journal=journal, fifos=fifos, drain_timeout=drain_timeout,
         spool_interval=spool_interval, synchronous=synchronous, keep_events=keep_events,
         max_message=max_message, hook=hook, log_format=log_format, log_level=log_level,
         defaults=defaults, rules=[],
@@ -175,6 +216,20 @@ def parse(text: str, path: str) -> Config:
         config.rules.append(rule)
     top.done()
     return config
+
+
+def _key_file(t: Table, key: str, *, secret: bool) -> str:
+    from knotify import transport
+
+    path = t.text(key)
+    try:
+        if secret:
+            transport.load_secret(path)
+        else:
+            transport.load_public(path)
+    except transport.KeyFileError as exc:
+        raise t.error(key, str(exc)) from None
+    return path
 
 
 def _fifos(r: Table) -> list[FifoSource]:
@@ -225,6 +280,9 @@ def _rule(t: Table, config: Config) -> Rule:
         if (not isinstance(prio, list) or len(prio) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in prio)):
             raise t.error("prio", "expected [MIN, MAX], e.g. prio = [100, 255]")
+        if not 0 <= prio[0] <= prio[1] <= 255:
+            raise t.error("prio", f"expected 0 <= MIN <= MAX <= 255, found {prio}; "
+                          "this range would never match")
         match.prio_min, match.prio_max = prio
     try:
         on = classes_from(t.strings("on", [TRANSITION], allow_str=True))

@@ -35,6 +35,7 @@ class Settings:
         self.ack_timeout = DEFAULT_ACK_TIMEOUT
         self.spool_dir = os.path.join(paths.state_dir(), "spool")
         self.host = os.uname().nodename
+        self.curve: tuple[str, str] | None = None  # (router public key, own secret key)
         self.problems: list[str] = []
 
 
@@ -94,6 +95,13 @@ def _apply(settings: Settings, data: dict[str, object]) -> None:
         settings.spool_dir = hook["spool_dir"]
     if isinstance(hook.get("host"), str) and hook["host"]:
         settings.host = hook["host"]
+    curve = hook.get("curve")
+    if isinstance(curve, dict):
+        server, secret = curve.get("server_key"), curve.get("secret_key")
+        if isinstance(server, str) and isinstance(secret, str):
+            settings.curve = (server, secret)
+        else:
+            settings.problems.append("[hook.curve] needs server_key and secret_key paths")
 
 
 def new_id() -> str:
@@ -145,6 +153,16 @@ def deliver(event: dict[str, object], settings: Settings, send: bool = True) -> 
 
 
 def _request(endpoint: str, payload: bytes, timeout: float, settings: Settings) -> bytes:
+    if settings.curve and endpoint.startswith("tcp://"):
+        # CURVE needs libzmq: only remote hosts pay pyzmq's import cost.
+        from knotify import transport
+
+        try:
+            keys = transport.load_client(*settings.curve)
+        except transport.KeyFileError as exc:
+            _complain(f"[hook.curve]: {exc}")
+            raise
+        return transport.curve_request(endpoint, payload, timeout, keys)
     from knotify import zmtp
 
     return zmtp.request(endpoint, payload, timeout)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import grp
 import json
 import os
 import signal
@@ -19,8 +20,9 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 
-from knotify import __version__, spool
+from knotify import __version__, spool, transport
 from knotify import config as configmod
 from knotify import log as logmod
 from knotify.event import Event, WireError, decode_event, decode_message, encode, reply
@@ -34,6 +36,7 @@ from knotify.tracker import INVALID_CLASS, STALE, TRANSITION, Tracker, Transitio
 MAX_BATCH = 2000
 FLUSH_INTERVAL = 0.2
 PRUNE_EVERY = 10_000
+ZAP_DOMAIN = "knotify"
 
 
 class RouterError(RuntimeError):
@@ -57,17 +60,39 @@ class Router:
                       "journal_errors": 0, "spool_replayed": 0}
         self.fifo_readers: list[AsyncFifoReader] = []
         self._lock_fd: int | None = None
+        self.auth: AsyncioAuthenticator | None = None
+        self._clients_mark: tuple[int, int] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._since_prune = 0
         self._journal_failing = False
 
     # -- start-up -----------------------------------------------------------------------
 
+    def _gid(self) -> int:
+        return grp.getgrnam(self.config.group).gr_gid if self.config.group else -1
+
+    def _own(self, path: str, mode: int) -> None:
+        """Set mode (and the configured group) on a path this process owns."""
+        st = os.stat(path)
+        if st.st_uid != os.geteuid():
+            return
+        gid = self._gid()
+        if gid >= 0 and st.st_gid != gid:
+            os.chown(path, -1, gid)
+        os.chmod(path, mode)
+
     def _take_runtime_dir(self) -> None:
         rundir = self.config.runtime_dir
         os.makedirs(rundir, mode=0o750, exist_ok=True)
-        if os.stat(rundir).st_uid == os.geteuid():
-            os.chmod(rundir, 0o750)
+        self._own(rundir, 0o750)
+        # The hook may run as another user (keepalived_script): with a group set, the
+        # spool is writable by that group and the socket connectable by it.
+        os.makedirs(self.config.state_dir, mode=0o750, exist_ok=True)
+        spool_dir = self.config.hook.spool_dir
+        os.makedirs(spool_dir, mode=0o750, exist_ok=True)
+        if self.config.group:
+            self._own(self.config.state_dir, 0o750)
+            self._own(spool_dir, 0o2770)
         fd = os.open(os.path.join(rundir, "router.lock"), os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,17 +112,37 @@ class Router:
         path = control[len("ipc://"):]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # stale: we hold the lock, so no live router owns it
+        curve = self.config.curve
+        if curve is not None and any(e.startswith("tcp://") for e in self.config.listen):
+            public, secret = transport.load_secret(curve.secret_key)
+            self.auth = AsyncioAuthenticator(self.ctx)
+            self.auth.start()
+            self.auth.configure_curve(domain=ZAP_DOMAIN, location=curve.clients)
+            self._watch_clients()
+            self.log.info("curve.enabled", clients=transport.clients_in(curve.clients),
+                          keys=curve.clients)
         for endpoint in [control, *self.config.listen]:
             sock = self.ctx.socket(zmq.ROUTER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message)
             sock.setsockopt(zmq.RCVHWM, 100_000)
             sock.setsockopt(zmq.SNDHWM, 100_000)
+            if endpoint.startswith("tcp://"):
+                if curve is not None:
+                    sock.curve_server = True
+                    sock.curve_publickey = public
+                    sock.curve_secretkey = secret
+                    sock.zap_domain = ZAP_DOMAIN.encode()
+                else:
+                    self.log.warning("tcp.insecure", endpoint=endpoint,
+                                     reason="insecure = true: anyone who reaches it can send")
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
                 sock.close()
                 raise RouterError(f"cannot bind {endpoint}: {exc}") from None
+            if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+                self._own(endpoint[len("ipc://"):], 0o660 if self.config.group else 0o600)
             self.sockets.append(sock)
         self._sync_ctx = zmq.Context()
         self.pub = self._sync_ctx.socket(zmq.PUB)
@@ -107,6 +152,7 @@ class Router:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pub_path)
         self.pub.bind(self.config.pub_endpoint)
+        self._own(pub_path, 0o660 if self.config.group else 0o600)
 
     def _recover(self) -> None:
         assert self.journal is not None and self.executor is not None
@@ -365,6 +411,9 @@ class Router:
         self.config.rules = new.rules
         self.config.defaults = new.defaults
         self.config.hook = new.hook
+        if self.auth is not None and self.config.curve is not None:
+            # New client keys dropped into the folder take effect on reload.
+            self.auth.configure_curve(domain=ZAP_DOMAIN, location=self.config.curve.clients)
         detail = f"config reloaded: {len(new.rules)} rules"
         if fixed:
             detail += f"; changes to {', '.join(fixed)} need a restart"
@@ -413,9 +462,27 @@ class Router:
         self.log.error("spool.bad_file", path=path, reason=reason,
                        moved_to=bad)
 
+    def _watch_clients(self) -> None:
+        """Re-read the authorised client keys when their folder changes."""
+        curve = self.config.curve
+        if self.auth is None or curve is None:
+            return
+        try:
+            st = os.stat(curve.clients)
+            mark = (st.st_mtime_ns, st.st_ino)
+        except OSError:
+            mark = (0, 0)
+        if mark != self._clients_mark:
+            if self._clients_mark is not None:
+                self.auth.configure_curve(domain=ZAP_DOMAIN, location=curve.clients)
+                self.log.info("curve.clients_changed",
+                              clients=transport.clients_in(curve.clients))
+            self._clients_mark = mark
+
     async def _spool_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.spool_interval)
+            self._watch_clients()
             try:
                 count = self.replay_spool()
             except OSError as exc:
@@ -511,6 +578,8 @@ class Router:
             self.log.info("router.drained", were_running=running, left_pending=left)
         if self.journal is not None:
             self.journal.close()
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
         if self._sync_ctx is not None:
             self._sync_ctx.term()

@@ -19,6 +19,7 @@ import subprocess
 from typing import TYPE_CHECKING, Any
 
 from knotify.actions.base import ERROR, FAILED, OK, TIMEOUT, Action, ActionContext, Outcome
+from knotify.security import must_be_root_only
 from knotify.templates import Template, TemplateError
 
 if TYPE_CHECKING:
@@ -188,6 +189,10 @@ class ExecAction(Action):
         kill_grace = table.duration("kill_grace", "2s")
         cwd = table.text("cwd", "/")
         user, group = _run_as(table)
+        if user is None or pwd.getpwnam(user).pw_uid == 0:
+            refusal = must_be_root_only(program)
+            if refusal:
+                raise table.error("argv", refusal)
         return cls(argv, env, timeout, kill_grace, cwd, user, group)
 
     async def run(self, ctx: ActionContext) -> Outcome:
@@ -226,6 +231,10 @@ class ServiceAction(Action):
         systemctl = table.text("systemctl", config.defaults.systemctl)
         if not os.path.isabs(systemctl) and "/" in systemctl:
             raise table.error("systemctl", "must be an absolute path or a bare name")
+        resolved = resolve_program(systemctl)
+        refusal = must_be_root_only(resolved) if resolved else None
+        if refusal:
+            raise table.error("systemctl", refusal)
         timeout = table.duration("timeout", config.defaults.service_timeout)
         kill_grace = table.duration("kill_grace", "2s")
         return cls(command, unit, systemctl, timeout, kill_grace)
