@@ -1,9 +1,9 @@
 """Runs actions: one at a time per (host, kind, name, vs), in event order; keys in parallel.
 
-A run is journaled as pending in the same transaction as its event. An action
-whose repetition would matter (``durable_start``) is marked running, committed,
-and only then started, so a crash leaves it "interrupted", never repeated. Pending
-runs survive a restart and run then.
+A run is journaled as pending in the same transaction as its event. Before it
+starts it is marked running and committed (the starts of one loop turn share a
+commit), so a crash leaves it "interrupted", never repeated: at most once. Pending
+runs survive a restart and run then. Outcomes are committed the same way.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from knotify.actions.base import (
     Outcome,
 )
 from knotify.event import Event, Key
-from knotify.journal import Journal
+from knotify.journal import Journal, JournalError
 from knotify.rules import Rule
 from knotify.templates import event_fields
 from knotify.tracker import Tracker, Transition
@@ -55,6 +55,8 @@ class Executor:
         self.updates: list[tuple[int, Outcome, int | None, int]] = []
         self.stopping = False
         self.counts: dict[str, int] = {}
+        self._starting: list[tuple[Run, asyncio.Future[None]]] = []
+        self._commit_scheduled = False
 
     @property
     def queued(self) -> int:
@@ -74,9 +76,43 @@ class Executor:
         if not self.updates:
             return
         updates, self.updates = self.updates, []
-        with self.journal.transaction():
-            for rowid, outcome, started, ended in updates:
-                self.journal.finish_run(rowid, outcome, started, ended)
+        try:
+            with self.journal.transaction():
+                for rowid, outcome, started, ended in updates:
+                    self.journal.finish_run(rowid, outcome, started, ended)
+        except JournalError:
+            self.updates[:0] = updates  # kept for the next try
+            raise
+
+    def _schedule_commit(self) -> None:
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit)
+
+    def _commit(self) -> None:
+        """One transaction for every start and outcome of this loop turn (group commit)."""
+        self._commit_scheduled = False
+        batch, self._starting = self._starting, []
+        try:
+            with self.journal.transaction():
+                self.flush()
+                for run, _ in batch:
+                    self.journal.start_run(run.rowid, run.started_ns or time.time_ns())
+        except JournalError as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _mark_started(self, run: Run) -> None:
+        """Journal that ``run`` starts, before it starts: after a crash it is never repeated."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._starting.append((run, fut))
+        self._schedule_commit()
+        await fut
 
     async def _work(self, key: Key) -> None:
         queue = self.queues[key]
@@ -105,8 +141,16 @@ class Executor:
             return
         run.started_ns = time.time_ns()
         if run.action.durable_start:
-            with self.journal.transaction():
-                self.journal.start_run(run.rowid, run.started_ns)
+            while True:
+                try:
+                    await self._mark_started(run)
+                    break
+                except JournalError as exc:
+                    # Not journaled as started means not started: wait for the journal.
+                    log.error("action.start_not_journaled", error=str(exc), retry_in_s=1.0)
+                    await asyncio.sleep(1.0)
+                    if self.stopping:
+                        raise asyncio.CancelledError from None
         self.active[key] = run
         ctx = ActionContext(ev, tr, rule.id, event_fields(ev, tr, rule.id), log)
         try:
@@ -139,7 +183,7 @@ class Executor:
         self.updates.append((run.rowid, outcome, run.started_ns, ended))
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         if outcome.status in ("ok", "skipped"):
-            level = "info" if run.action.durable_start else "debug"
+            level = "debug" if run.action.kind == "log" else "info"
         else:
             level = "warning"
         getattr(log, level)(
@@ -153,8 +197,7 @@ class Executor:
             "detail": outcome.detail, "host": run.event.host, "name": run.event.name,
             "state": run.transition.state,
         })
-        if run.action.durable_start:
-            self.flush()
+        self._schedule_commit()
 
     async def drain(self, timeout: float) -> None:
         """Stop starting new runs; let the running ones finish within ``timeout``, then cancel."""

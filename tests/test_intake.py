@@ -84,8 +84,10 @@ def test_200_concurrent_hooks_all_journaled_and_parsed(kenv: KEnv, router: Route
     assert len(set(seqs)) == 200, "the per-host sequence must never repeat"
     ids = {e["id"] for e in events}
     assert len(ids) == 200
-    # Acked, so nothing may be left in the spool.
-    assert kenv.spooled() == []
+    # 200 processes on 2 cores: a hook may miss its 250 ms ack and spool an event the
+    # router did journal; the replay is then recognised as a duplicate, not a new event.
+    wait_for(lambda: kenv.spooled() == [], 10, what="the spool to drain")
+    assert len(kenv.history()) == 200
 
 
 def test_router_down_hooks_spool_within_bound_then_all_arrive(

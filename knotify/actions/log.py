@@ -17,7 +17,6 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 
 class LogAction(Action):
     kind = "log"
-    durable_start = False
 
     def __init__(self, message: Template, level: str) -> None:
         self.message = message
