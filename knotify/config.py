@@ -82,6 +82,7 @@ class Config:
     synchronous: str
     keep_events: int
     max_message: int
+    max_parallel: int
     hook: HookConfig
     log_format: str
     log_level: str
@@ -171,6 +172,7 @@ def parse(text: str, path: str) -> Config:
     synchronous = r.text("synchronous", "full", choices=("full", "normal"))
     keep_events = r.integer("keep_events", 1_000_000, lo=1000)
     max_message = r.integer("max_message", 256 * 1024, lo=4096, hi=64 * 1024 * 1024)
+    max_parallel = r.integer("max_parallel_actions", 32, lo=1, hi=10_000)
     r.done()
 
     h = top.table("hook")
@@ -204,7 +206,8 @@ def parse(text: str, path: str) -> Config:
         path=path, runtime_dir=runtime_dir, state_dir=state_dir, listen=listen, curve=curve,
         insecure=insecure, group=group, journal=journal, fifos=fifos, drain_timeout=drain_timeout,
         spool_interval=spool_interval, synchronous=synchronous, keep_events=keep_events,
-        max_message=max_message, hook=hook, log_format=log_format, log_level=log_level,
+        max_message=max_message, max_parallel=max_parallel, hook=hook, log_format=log_format,
+        log_level=log_level,
         defaults=defaults, rules=[],
     )
     seen: set[str] = set()

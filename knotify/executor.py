@@ -44,8 +44,11 @@ class Run:
 
 class Executor:
     def __init__(self, journal: Journal, tracker: Callable[[], Tracker], log: Any,
-                 publish: Callable[[str, dict[str, Any]], None]) -> None:
+                 publish: Callable[[str, dict[str, Any]], None], max_parallel: int = 32) -> None:
         self.journal = journal
+        # Many keys changing at once (a whole cluster failing over) must not fork a
+        # process per key at the same moment: at most this many actions run at a time.
+        self.slots = asyncio.Semaphore(max_parallel)
         self._tracker = tracker
         self.log = log
         self.publish = publish
@@ -128,17 +131,24 @@ class Executor:
                 self.queues.pop(key, None)
 
     async def _one(self, key: Key, run: Run) -> None:
-        rule, ev, tr = run.rule, run.event, run.transition
+        rule, ev = run.rule, run.event
         log = self.log.bind(event_id=ev.id, rule=rule.id, action=run.action.kind,
                             run=run.rowid)
         if rule.delay:
             wait = run.queued_mono + rule.delay - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        reason = self._skip_reason(key, run)
-        if reason:
-            self._record(run, Outcome(SKIPPED, detail=reason), log)
-            return
+        async with self.slots:
+            if self.stopping:
+                return  # not started: stays pending in the journal for the next start
+            reason = self._skip_reason(key, run)
+            if reason:
+                self._record(run, Outcome(SKIPPED, detail=reason), log)
+                return
+            await self._start_and_run(key, run, log)
+
+    async def _start_and_run(self, key: Key, run: Run, log: Any) -> None:
+        rule, ev, tr = run.rule, run.event, run.transition
         run.started_ns = time.time_ns()
         if run.action.durable_start:
             while True:

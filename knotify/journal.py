@@ -93,7 +93,8 @@ class Journal:
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, mode=0o750, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA busy_timeout = 2000")
+        # Short: the router's loop waits on it; a locked journal means "no ack, spool".
+        self.db.execute("PRAGMA busy_timeout = 500")
         mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise JournalError(f"{path}: cannot switch SQLite to WAL mode (got {mode})")

@@ -524,7 +524,8 @@ class Router:
         except (OSError, Exception) as exc:
             raise RouterError(f"cannot open the journal {self.config.journal}: {exc}") from None
         self.tracker = Tracker(self.journal.load_states())
-        self.executor = Executor(self.journal, lambda: self.tracker, self.log, self.publish)
+        self.executor = Executor(self.journal, lambda: self.tracker, self.log, self.publish,
+                                 self.config.max_parallel)
         self._bind_signals(loop)
         try:
             self._recover()
