@@ -233,3 +233,45 @@ type = "log"
         locker.close()
     wait_for(lambda: len(kenv.history()) == 6, 30, what="the locked-out events to arrive")
     assert kenv.spooled() == []
+
+
+def test_reloads_under_load_lose_and_repeat_nothing(kenv: KEnv, router: RouterProcess) -> None:
+    out = kenv.root / "acted.txt"
+    rules = f"""
+[[rule]]
+id = "act"
+name = "VI_0"
+on = "every"
+[[rule.action]]
+type = "exec"
+argv = ["{appender(kenv, out)}", "{{id}}"]
+"""
+    kenv.write_config(rules)
+    router.start()
+    from conftest import ROOT
+
+    sender = kenv.root / "sender.py"
+    sender.write_text(SENDER.format(root=str(ROOT)))
+    procs = [subprocess.Popen([sys.executable, str(sender), str(kenv.config), f"s{n}", "600",
+                               str(kenv.root / f"sent{n}.txt")], env=kenv.env) for n in range(2)]
+    reloads = 0
+    while any(p.poll() is None for p in procs):
+        # Alternate a good config and a bad one; neither may cost or repeat an event.
+        if reloads % 2:
+            kenv.write_config(rules + "\n[[rule]]\nid = 7\n")
+            assert kenv.cli("reload", check=False).returncode == 1
+        else:
+            kenv.write_config(rules.replace('id = "act"', f'id = "act{reloads}"'))
+            kenv.cli("reload")
+        reloads += 1
+        time.sleep(0.05)
+    assert all(p.wait(60) == 0 for p in procs)
+    assert reloads >= 4
+    sent = [ln.split()[0] for n in range(2)
+            for ln in (kenv.root / f"sent{n}.txt").read_text().splitlines()]
+    wait_for(lambda: kenv.spooled() == [], 30, what="the spool to drain")
+    events = kenv.history(limit=5000)
+    assert sorted(e["id"] for e in events) == sorted(sent)
+    vi0 = {e["id"] for e in events if e["name"] == "VI_0"}
+    wait_for(lambda: len(lines(out)) == len(vi0), 60, what="every VI_0 action")
+    assert sorted(lines(out)) == sorted(vi0)
