@@ -66,6 +66,10 @@ class FifoSource:
     host: str = ""
 
 
+    #: Ask keepalived for its states (JSON dump) whenever the FIFO is (re)opened.
+    resync: bool = False
+    pidfile: str = "/run/keepalived.pid"
+    json_file: str = "/tmp/keepalived.json"
 @dataclass(slots=True)
 class Config:
     path: str
@@ -245,7 +249,9 @@ def _fifos(r: Table) -> list[FifoSource]:
             source = FifoSource(item)
         elif isinstance(item, dict):
             t = Table(item, r.path, r.key(f"fifos[{i}]"))
-            source = FifoSource(t.text("path"), t.text("host", ""))
+            source = FifoSource(t.text("path"), t.text("host", ""), t.flag("resync", False),
+                                t.text("pidfile", "/run/keepalived.pid"),
+                                t.text("json_file", "/tmp/keepalived.json"))
             t.done()
         else:
             raise r.error(f"fifos[{i}]", "expected a path or a {path = ..., host = ...} table")

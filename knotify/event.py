@@ -23,7 +23,7 @@ KINDS = ("INSTANCE", "GROUP", "VS", "RS")
 #: Kinds the router makes itself; never accepted from the wire.
 SYNTHETIC_KINDS = ("CLUSTER", "PEER")
 INVALID = "INVALID"
-SOURCES = ("hook", "fifo", "send", "spool", "cluster", "agent")
+SOURCES = ("hook", "fifo", "send", "spool", "cluster", "agent", "resync")
 STATES_BY_KIND = {
     "INSTANCE": keepalived.VRRP_STATES,
     "GROUP": keepalived.SCRIPT_STATES + (keepalived.UNKNOWN_STATE,),

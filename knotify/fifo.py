@@ -28,6 +28,8 @@ from knotify import hook, keepalived, spool
 
 #: How long ``knotify fifo`` keeps reading after SIGTERM (keepalived SIGKILLs at ~1 s).
 TERM_GRACE = 0.8
+#: After a (re)open, read what waited in the FIFO first, then ask keepalived for its states.
+RESYNC_DELAY = 0.5
 REOPEN_INTERVAL = 0.1
 
 
@@ -88,10 +90,12 @@ class AsyncFifoReader:
     """The router's own FIFO source. ``on_lines`` receives (line, ts_ns) lists in order."""
 
     def __init__(self, path: str, spool_dir: str,
-                 on_lines: Callable[[list[tuple[str, int]]], None], log: Any) -> None:
+                 on_lines: Callable[[list[tuple[str, int]]], None], log: Any,
+                 on_open: Callable[[], None] | None = None) -> None:
         self.path = path
         self.spool_dir = spool_dir
         self.on_lines = on_lines
+        self.on_open = on_open
         self.log = log.bind(fifo=path)
         self.lines_read = 0
         self.opens = 0
@@ -152,6 +156,8 @@ class AsyncFifoReader:
                     self.on_lines([(line, ts) for line in lines])
 
             loop.add_reader(fd, readable)
+            if self.on_open is not None:
+                self.on_open()
             try:
                 await eof.wait()
             finally:
@@ -164,9 +170,30 @@ class AsyncFifoReader:
             await asyncio.sleep(REOPEN_INTERVAL)
 
 
+def _script_resync(pid: int, settings: hook.Settings,
+                   out: Callable[[str], None] | None) -> None:
+    from knotify import resync
+
+    try:
+        instances = resync.snapshot(pid)
+    except resync.ResyncError as exc:
+        hook._complain(f"resync: {exc}")
+        return
+    for event in resync.wire_events(instances, settings.host,
+                                    lambda: spool.next_seq(settings.spool_dir), hook.new_id):
+        result = hook.deliver(event, settings)
+        if out:
+            out(f"{result} resync {event['name']} {event['state']}")
+
+
 def run_script_reader(path: str, settings: hook.Settings, *, once: bool = False,
-                      out: Callable[[str], None] | None = None) -> int:
-    """``knotify fifo PATH``: forward each line to the router (ack or spool), in order."""
+                      out: Callable[[str], None] | None = None,
+                      resync_pid: int | None = None) -> int:
+    """``knotify fifo PATH``: forward each line to the router (ack or spool), in order.
+
+    With ``resync_pid`` (keepalived, our parent when run as its fifo script), each
+    (re)open is followed by a state snapshot from keepalived's JSON dump.
+    """
     term_at: list[float] = []
 
     def on_term(signum: int, frame: object) -> None:
@@ -203,6 +230,7 @@ def run_script_reader(path: str, settings: hook.Settings, *, once: bool = False,
                 time.sleep(1.0)
                 continue
             buf = LineBuffer()
+            resync_due = time.monotonic() + RESYNC_DELAY if resync_pid else None
             try:
                 while True:
                     timeout = 0.5
@@ -210,11 +238,17 @@ def run_script_reader(path: str, settings: hook.Settings, *, once: bool = False,
                         timeout = max(0.0, TERM_GRACE - (time.monotonic() - term_at[0]))
                         if timeout == 0:
                             return 0
+                    elif resync_due is not None:
+                        timeout = max(0.0, min(timeout, resync_due - time.monotonic()))
                     try:
                         ready, _, _ = select.select([fd], [], [], timeout)
                     except InterruptedError:
                         continue
                     if not ready:
+                        if (resync_due is not None and resync_pid and not term_at
+                                and time.monotonic() >= resync_due):
+                            resync_due = None
+                            _script_resync(resync_pid, settings, out)
                         continue
                     try:
                         data = os.read(fd, 65536)
