@@ -85,7 +85,9 @@ def _apply(settings: Settings, data: dict[str, object]) -> None:
     if not isinstance(hook, dict):
         return
     if isinstance(hook.get("endpoints"), list):
-        settings.endpoints = [e for e in hook["endpoints"] if isinstance(e, str)]
+        # An empty list means the default socket, as in Config.client_endpoints.
+        settings.endpoints = ([e for e in hook["endpoints"] if isinstance(e, str)]
+                              or settings.endpoints)
     if "ack_timeout" in hook:
         try:
             settings.ack_timeout = parse_duration(hook["ack_timeout"])
@@ -221,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         fields = {"kind": "INVALID", "name": "", "state": "INVALID", "prio": None, "vs": "",
                   "form": "invalid", "error": str(exc)}
         status = 2
-    fields["argv"] = args
+    # Clipped to what the router accepts (256 words of 4096 characters): an over-long argv
+    # must not get the whole event refused, spooled and then quarantined.
+    fields["argv"] = [word[:4096] for word in args[:256]]
     try:
         event = stamp(fields, settings, "hook", ts_ns)
         deliver(event, settings)

@@ -179,9 +179,12 @@ def build_manual(kind: str, name: str, state: str, prio: str | None) -> dict[str
     kind = kind.upper()
     state = state.upper()
     if kind in VRRP_KINDS:
-        if state not in VRRP_STATES:
+        # keepalived sends the FIFO-only states for instances only (and the router refuses
+        # them for groups), so a GROUP accepts the script states and {UNKNOWN}.
+        states = VRRP_STATES if kind == "INSTANCE" else SCRIPT_STATES + (UNKNOWN_STATE,)
+        if state not in states:
             raise ParseError(
-                f"state {state!r} is not a {kind} state; expected one of " + ", ".join(VRRP_STATES)
+                f"state {state!r} is not a {kind} state; expected one of " + ", ".join(states)
             )
         value = _prio(prio, "send") if prio is not None else (0 if kind == "GROUP" else None)
         return _fields(kind, _name(name, "send"), state, value, form="send")

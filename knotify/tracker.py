@@ -102,6 +102,5 @@ class Tracker:
         current.since_ns = ev.ts_ns
         current.event_id = ev.id
         current.epoch += 1
-        if ev.prio is not None:
-            current.prio = ev.prio
+        # (prio was updated above, where a group's constant 0 is ignored)
         return Transition(TRANSITION, effective, prev_state, prev_since, current.epoch)

@@ -1,0 +1,170 @@
+"""``{field}`` templates: parsing, errors, escapes, and every field rendered from an event."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from knotify.event import Event
+from knotify.templates import FIELDS, Template, TemplateError, event_fields
+from knotify.tracker import INIT, NOTICE, REPEAT, TRANSITION, Transition
+
+S = 1_000_000_000
+
+
+def render(text: str, **values: str) -> str:
+    fields = dict.fromkeys(FIELDS, "")
+    fields.update(values)
+    return Template(text).render(fields)
+
+
+def test_plain_text_is_kept() -> None:
+    assert render("no fields here") == "no fields here"
+    assert render("") == ""
+
+
+@pytest.mark.parametrize("name", sorted(FIELDS))
+def test_every_known_field_is_accepted(name: str) -> None:
+    template = Template(f"<{{{name}}}>")
+    assert template.fields == {name}
+    assert render(f"<{{{name}}}>", **{name: "V"}) == "<V>"
+
+
+def test_fields_and_literals_interleave() -> None:
+    t = Template("{kind} {subject} on {host}: {prev_state} -> {state}")
+    assert t.fields == {"kind", "subject", "host", "prev_state", "state"}
+    assert t.render(dict.fromkeys(FIELDS, "") | {
+        "kind": "INSTANCE", "subject": "VI_1", "host": "kb1", "prev_state": "BACKUP",
+        "state": "MASTER"}) == "INSTANCE VI_1 on kb1: BACKUP -> MASTER"
+
+
+def test_spaces_inside_braces_are_allowed() -> None:
+    assert render("{ name }", name="VI_1") == "VI_1"
+
+
+def test_a_field_may_repeat() -> None:
+    assert render("{name}/{name}", name="x") == "x/x"
+
+
+@pytest.mark.parametrize(("text", "result"), [
+    ("{{", "{"), ("}}", "}"), ("{{name}}", "{name}"), ("{{{name}}}", "{N}"),
+    ("a {{literal}} b {name}", "a {literal} b N"), ("}}{{", "}{"),
+    ('{{"json": "{name}"}}', '{"json": "N"}'),
+])
+def test_double_braces_are_literal_braces(text: str, result: str) -> None:
+    assert render(text, name="N") == result
+
+
+@pytest.mark.parametrize("text", ["{nme}", "{}", "{NAME}", "{name.upper}", "{name!r}",
+                                  "{name:>10}", "{name[0]}", "{__class__}", "{a{name}"])
+def test_unknown_field_is_named_with_the_known_ones(text: str) -> None:
+    with pytest.raises(TemplateError) as info:
+        Template(text)
+    message = str(info.value)
+    assert message.startswith("unknown field {")
+    assert repr(text) in message
+    assert "known: id, host, kind, name" in message
+
+
+@pytest.mark.parametrize(("text", "position"), [("{", 0), ("a{name", 1), ("{{ {x", 3)])
+def test_unclosed_brace_names_the_position(text: str, position: int) -> None:
+    with pytest.raises(TemplateError) as info:
+        Template(text)
+    assert str(info.value) == f"unclosed '{{' at position {position} in {text!r}"
+
+
+@pytest.mark.parametrize(("text", "position"), [("}", 0), ("x}y", 1), ("{name}}", 6)])
+def test_single_closing_brace_says_to_double_it(text: str, position: int) -> None:
+    with pytest.raises(TemplateError) as info:
+        Template(text)
+    assert str(info.value) == f"single '}}' at position {position} in {text!r} (write '}}}}')"
+
+
+@pytest.mark.parametrize("value", ["{name}", "{{", "}", "$(id)", "`id`", "a'b\"c\nd",
+                                   "%s %(x)s", "\\x00"])
+def test_values_are_never_expanded(value: str) -> None:
+    assert render("[{name}]", name=value) == f"[{value}]"
+
+
+def test_repr_shows_text() -> None:
+    assert repr(Template("{name}")) == "Template('{name}')"
+
+
+# --------------------------------------------------------------------------- event_fields
+
+TS = 1_795_568_597_827_334_895
+
+
+def _event(**changes: object) -> Event:
+    base: dict[str, object] = dict(
+        id="abcdef0123456789", host="kb1", kind="RS", name="[10.0.0.5]:tcp:80",
+        state="DOWN", prio=None, vs="FWM 5", seq=42, ts_ns=TS, source="fifo", form="fifo",
+        extra={"detail": "kb1 and kb2 are MASTER"},
+    )
+    base.update(changes)
+    return Event(**base)  # type: ignore[arg-type]
+
+
+def test_event_fields_cover_every_documented_field() -> None:
+    fields = event_fields(_event(), Transition(TRANSITION, "DOWN", "UP", TS - 184 * S, 3),
+                          rule="rs-down")
+    assert set(fields) == set(FIELDS)
+    when = dt.datetime.fromtimestamp(TS / 1e9).astimezone()
+    assert fields == {
+        "id": "abcdef0123456789",
+        "host": "kb1",
+        "kind": "RS",
+        "name": "[10.0.0.5]:tcp:80",
+        "vs": "FWM 5",
+        "subject": "[10.0.0.5]:tcp:80 in FWM 5",
+        "state": "DOWN",
+        "reported": "DOWN",
+        "prev_state": "UP",
+        "from": "UP",
+        "prio": "",
+        "seq": "42",
+        "ts": when.isoformat(timespec="milliseconds"),
+        "ts_ns": str(TS),
+        "time": when.strftime("%H:%M:%S"),
+        "duration": "3m04s",
+        "duration_s": "184.000",
+        "class": "transition",
+        "source": "fifo",
+        "rule": "rs-down",
+        "detail": "kb1 and kb2 are MASTER",
+    }
+    assert ".827" in fields["ts"]  # milliseconds, truncated from ns
+
+
+def test_event_fields_effective_versus_reported_state_and_prio() -> None:
+    ev = _event(kind="INSTANCE", name="VI_3", vs="", state="MASTER_PRIORITY", prio=40,
+                extra={})
+    fields = event_fields(ev, Transition(NOTICE, "MASTER", "MASTER", TS - S, 2))
+    assert (fields["state"], fields["reported"], fields["prio"]) == (
+        "MASTER", "MASTER_PRIORITY", "40")
+    assert fields["subject"] == "VI_3" and fields["vs"] == ""
+    # Only a transition has a duration.
+    assert fields["duration"] == "" and fields["duration_s"] == ""
+    assert fields["class"] == "notice" and fields["rule"] == "" and fields["detail"] == ""
+
+
+def test_event_fields_first_sight_has_init_and_no_duration() -> None:
+    ev = _event(kind="GROUP", name="G1", vs="", state="BACKUP", prio=0)
+    fields = event_fields(ev, Transition(TRANSITION, "BACKUP", INIT, None, 1))
+    assert (fields["prev_state"], fields["from"], fields["duration"], fields["prio"]) == (
+        INIT, INIT, "", "0")
+
+
+def test_event_fields_repeat_has_no_duration() -> None:
+    fields = event_fields(_event(), Transition(REPEAT, "DOWN", "DOWN", TS - 10 * S, 2))
+    assert fields["duration"] == "" and fields["class"] == "repeat"
+
+
+def test_render_with_event_fields_every_field() -> None:
+    text = " ".join(f"{name}={{{name}}}" for name in FIELDS)
+    out = Template(text).render(event_fields(
+        _event(), Transition(TRANSITION, "DOWN", "UP", TS - S // 2, 3), "r1"))
+    assert "subject=[10.0.0.5]:tcp:80 in FWM 5 " in out
+    assert "duration=500ms " in out and "duration_s=0.500 " in out
+    assert "rule=r1 " in out and out.endswith("detail=kb1 and kb2 are MASTER")
