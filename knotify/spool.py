@@ -24,10 +24,24 @@ if TYPE_CHECKING:
 SEQ_FILE = "seq"
 
 
-def _ensure(path: str, mode: int = 0o750) -> None:
+def _ensure(path: str, mode: int | None = None) -> None:
+    """Make ``path`` if missing, with the parent's permissions (not the umask's).
+
+    keepalived runs scripts with umask 0177; a folder the hook creates must still be
+    usable by the hook next time, and by the router, which may run as another user.
+    """
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path.rstrip("/")) or "."
+    _ensure(parent, mode)
     try:
-        os.makedirs(path, mode=mode, exist_ok=True)
+        os.mkdir(path)
     except FileExistsError:
+        return
+    want = mode if mode is not None else (os.stat(parent).st_mode & 0o7777)
+    try:
+        os.chmod(path, want | 0o700)
+    except OSError:
         pass
 
 
@@ -38,11 +52,15 @@ def next_seq(spool_dir: str) -> int:
     0 means "unknown" and is never used to order events.
     """
     try:
-        _ensure(spool_dir)
-        fd = os.open(os.path.join(spool_dir, SEQ_FILE), os.O_RDWR | os.O_CREAT, 0o660)
+        _ensure(spool_dir, 0o750)
+        path = os.path.join(spool_dir, SEQ_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
     except OSError:
         return 0
     try:
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o660 != 0o660:
+            os.fchmod(fd, 0o660)  # the umask (keepalived's is 0177) must not lock others out
         fcntl.flock(fd, fcntl.LOCK_EX)
         raw = os.pread(fd, 32, 0)
         try:

@@ -33,7 +33,7 @@ FIELDS = {
     "duration": "how long the previous state lasted, e.g. 3m04s (empty if unknown)",
     "duration_s": "the same in seconds",
     "class": "transition, repeat or notice",
-    "source": "hook, fifo, send, spool or cluster",
+    "source": "hook, fifo, send, resync (a state snapshot from keepalived) or cluster",
     "rule": "the id of the rule that fired",
     "detail": "extra text for events knotify makes (e.g. which hosts are MASTER)",
 }

@@ -522,3 +522,22 @@ def test_router_refuses_a_broken_config_with_exit_2(kenv: KEnv) -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"knotify: {kenv.config}: router.synchronous: ")
     assert "Traceback" not in proc.stderr
+
+
+def test_program_path_with_a_closing_brace_is_a_path_not_a_template(tmp_path: Path) -> None:
+    import os
+
+    folder = tmp_path / "odd}dir"
+    folder.mkdir()
+    prog = folder / "run}me"
+    prog.write_text("#!/bin/sh\n")
+    prog.chmod(0o755)
+    os.chmod(tmp_path, 0o755)
+    config = configmod.parse(
+        f'[[rule]]\nid = "x"\n[[rule.action]]\ntype = "exec"\nargv = ["{prog}", "{{name}}"]\n',
+        "/etc/knotify/t.toml")
+    action = config.rules[0].actions[0]
+    assert action.describe().startswith(f"exec {prog} {{name}}")
+    with pytest.raises(ConfigError, match=r"the program \(argv\[0\]\) cannot contain"):
+        configmod.parse(f'[[rule]]\nid = "x"\n[[rule.action]]\ntype = "exec"\n'
+                        f'argv = ["{folder}/{{name}}"]\n', "/etc/knotify/t.toml")

@@ -142,9 +142,12 @@ def _run_as(table: Table) -> tuple[str | None, str | None]:
     group = table.opt_text("group")
     if user is not None:
         try:
-            pwd.getpwnam(user)
+            entry = pwd.getpwnam(user)
         except KeyError:
             raise table.error("user", f"no such user {user!r}") from None
+        if group is None:
+            # Like su/runuser: the user's own primary group, never root's by accident.
+            group = grp.getgrgid(entry.pw_gid).gr_name
     if group is not None:
         try:
             grp.getgrnam(group)
@@ -177,7 +180,8 @@ class ExecAction(Action):
         if program is None:
             raise table.error("argv", f"program {words[0]!r} not found (bare names are looked "
                               f"up in {SAFE_PATH}; relative paths are refused)")
-        argv = [Template(program)] + [
+        literal = program.replace("{", "{{").replace("}", "}}")  # a path, never a template
+        argv = [Template(literal)] + [
             _template(table, f"argv[{i}]", w) for i, w in enumerate(words[1:], 1)
         ]
         env_table = table.table("env")
@@ -203,7 +207,8 @@ class ExecAction(Action):
                                  self.user, self.group)
 
     def describe(self) -> str:
-        return "exec " + " ".join(t.text for t in self.argv) + f" (timeout {self.timeout:g}s)"
+        words = [self.argv[0].render({}), *(t.text for t in self.argv[1:])]
+        return "exec " + " ".join(words) + f" (timeout {self.timeout:g}s)"
 
 
 SERVICE_COMMANDS = ("restart", "start", "stop", "reload", "try-restart", "reload-or-restart")
