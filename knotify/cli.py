@@ -8,7 +8,8 @@ from importlib import import_module
 
 from knotify import __version__
 
-COMMANDS = ("run", "send", "status", "history", "check_config", "fifo", "reload", "keygen")
+COMMANDS = ("run", "send", "status", "history", "check_config", "fifo", "reload", "keygen",
+            "silence", "test_alert", "watch", "agent", "forget_peer")
 
 
 def build_parser() -> argparse.ArgumentParser:

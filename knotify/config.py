@@ -16,7 +16,12 @@ from importlib import resources
 from knotify import keepalived, paths
 from knotify.actions import KINDS as ACTION_KINDS
 from knotify.actions.base import Action
+from knotify.alerts.receivers import AlertSettings, Receiver, parse_receivers
+from knotify.alerts.receivers import parse_settings as parse_alert_settings
+from knotify.cluster.settings import AgentSettings, ClusterSettings, parse_agent, parse_cluster
 from knotify.event import KINDS, SYNTHETIC_KINDS
+from knotify.metrics import MetricsSettings
+from knotify.metrics import parse_settings as parse_metrics_settings
 from knotify.rules import Match, Pattern, Rule, classes_from
 from knotify.schema import ConfigError, Table
 from knotify.security import must_be_root_only
@@ -31,6 +36,9 @@ KNOWN_STATES = frozenset(
        "PEER_BACK", "OK", INIT)
 )
 NOTICE_ONLY = frozenset(keepalived.FIFO_ONLY_STATES + (keepalived.UNKNOWN_STATE,))
+#: States only knotify's own CLUSTER and PEER events have.
+SYNTHETIC_STATES = frozenset(("SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "NO_MASTER", "MASTER_BACK",
+                              "PEER_SILENT", "PEER_BACK"))
 
 
 @dataclass(slots=True)
@@ -64,12 +72,12 @@ class FifoSource:
 
     path: str
     host: str = ""
-
-
     #: Ask keepalived for its states (JSON dump) whenever the FIFO is (re)opened.
     resync: bool = False
     pidfile: str = "/run/keepalived.pid"
     json_file: str = "/tmp/keepalived.json"
+
+
 @dataclass(slots=True)
 class Config:
     path: str
@@ -92,6 +100,11 @@ class Config:
     log_level: str
     defaults: Defaults
     rules: list[Rule]
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    receivers: dict[str, Receiver] = field(default_factory=dict)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def control_endpoint(self) -> str:
@@ -206,13 +219,20 @@ def parse(text: str, path: str) -> Config:
     )
     d.done()
 
+    alerts = parse_alert_settings(top)
+    receivers = parse_receivers(top, alerts)
+    cluster = parse_cluster(top)
+    agent = parse_agent(top)
+    metrics = parse_metrics_settings(top)
+
     config = Config(
         path=path, runtime_dir=runtime_dir, state_dir=state_dir, listen=listen, curve=curve,
         insecure=insecure, group=group, journal=journal, fifos=fifos, drain_timeout=drain_timeout,
         spool_interval=spool_interval, synchronous=synchronous, keep_events=keep_events,
         max_message=max_message, max_parallel=max_parallel, hook=hook, log_format=log_format,
         log_level=log_level,
-        defaults=defaults, rules=[],
+        defaults=defaults, rules=[], alerts=alerts, receivers=receivers,
+        cluster=cluster, agent=agent, metrics=metrics,
     )
     seen: set[str] = set()
     for table in top.tables("rule"):
@@ -301,6 +321,11 @@ def _rule(t: Table, config: Config) -> Rule:
             and all(s in NOTICE_ONLY for s in match.state.positive)):
         raise t.error("state", f"{', '.join(match.state.positive)} never changes the state, "
                       "so this rule would never fire; add on = \"every\" (or \"notice\")")
+    synthetic = [s for s in match.state.positive if s in SYNTHETIC_STATES]
+    if synthetic and not any(match.kind.positive and match.kind(k) for k in SYNTHETIC_KINDS):
+        raise t.error("state", f"{', '.join(synthetic)} is a state of knotify's own CLUSTER "
+                      "and PEER events, which reach only rules that name their kind; add "
+                      "kind = [\"CLUSTER\", \"PEER\"] (or the one you mean)")
     actions: list[Action] = []
     for a in t.tables("action"):
         kind = a.text("type", choices=tuple(ACTION_KINDS))
@@ -317,6 +342,7 @@ def _rule(t: Table, config: Config) -> Rule:
         skip_if_superseded=t.flag("skip_if_superseded", False),
         max_age=t.opt_duration("max_age"),
         description=t.text("description", ""),
+        honor_silences=t.flag("honor_silences", False),
     )
     t.done()
     return rule

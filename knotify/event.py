@@ -57,6 +57,11 @@ class Event:
     error: str | None = None
     recv_ns: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: When it happened on the sending host's boot clock (CLOCK_BOOTTIME; a hook's fork
+    #: time), that boot's id, and a hook's pid: what orders one host's reports.
+    mono_ns: int = 0
+    boot: str = ""
+    pid: int = 0
 
     @property
     def key(self) -> Key:
@@ -90,6 +95,12 @@ class Event:
             data["error"] = self.error
         if self.extra:
             data["extra"] = self.extra
+        if self.mono_ns:
+            data["mono_ns"] = self.mono_ns
+        if self.boot:
+            data["boot"] = self.boot
+        if self.pid:
+            data["pid"] = self.pid
         return data
 
 
@@ -111,6 +122,9 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "raw": (str, False),
     "error": (str, False),
     "extra": (dict, False),
+    "mono_ns": (int, False),
+    "boot": (str, False),
+    "pid": (int, False),
 }
 
 
@@ -179,6 +193,9 @@ def decode_event(data: object, recv_ns: int | None = None) -> Event:
     form = data.get("form", "")
     if len(form) > 32:
         raise WireError("event form is longer than 32 characters")
+    mono_ns, boot, pid = data.get("mono_ns", 0), data.get("boot", ""), data.get("pid", 0)
+    if not 0 <= mono_ns < 2**63 or not 0 <= pid < 2**31 or len(boot) > 64:
+        raise WireError("event mono_ns, pid or boot is out of range")
     return Event(
         id=ident,
         host=host,
@@ -196,6 +213,9 @@ def decode_event(data: object, recv_ns: int | None = None) -> Event:
         error=error,
         recv_ns=recv_ns if recv_ns is not None else time.time_ns(),
         extra=data.get("extra") or {},
+        mono_ns=mono_ns,
+        boot=boot,
+        pid=pid,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from knotify.actions.base import (
     ERROR,
     INTERRUPTED,
+    SILENCED,
     SKIPPED,
     Action,
     ActionContext,
@@ -60,6 +61,10 @@ class Executor:
         self.counts: dict[str, int] = {}
         self._starting: list[tuple[Run, asyncio.Future[None]]] = []
         self._commit_scheduled = False
+        #: Given to every action in ``ActionContext.extra`` (the router puts its alert engine here).
+        self.context: dict[str, Any] = {}
+        #: The silence muting an event, if any (rules with ``honor_silences``).
+        self.silenced: Callable[[Event, Transition, str], str | None] | None = None
 
     @property
     def queued(self) -> int:
@@ -145,6 +150,12 @@ class Executor:
             if reason:
                 self._record(run, Outcome(SKIPPED, detail=reason), log)
                 return
+            if (run.rule.honor_silences and self.silenced is not None
+                    and run.action.kind != "alert"):
+                silence = self.silenced(ev, run.transition, rule.id)
+                if silence:
+                    self._record(run, Outcome(SILENCED, detail=silence), log)
+                    return
             await self._start_and_run(key, run, log)
 
     async def _start_and_run(self, key: Key, run: Run, log: Any) -> None:
@@ -162,7 +173,8 @@ class Executor:
                     if self.stopping:
                         raise asyncio.CancelledError from None
         self.active[key] = run
-        ctx = ActionContext(ev, tr, rule.id, event_fields(ev, tr, rule.id), log)
+        ctx = ActionContext(ev, tr, rule.id, event_fields(ev, tr, rule.id), log,
+                            extra={**self.context, "run": run.rowid, "index": run.index})
         try:
             outcome = await run.action.run(ctx)
         except asyncio.CancelledError:

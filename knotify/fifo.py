@@ -33,8 +33,12 @@ RESYNC_DELAY = 0.5
 REOPEN_INTERVAL = 0.1
 
 
-def event_from_line(line: str, host: str, seq: int, ts_ns: int) -> dict[str, object]:
-    """A wire event for one FIFO line; an unparsable line becomes an INVALID event."""
+def event_from_line(line: str, host: str, seq: int, ts_ns: int,
+                    mono_ns: int | None = None) -> dict[str, object]:
+    """A wire event for one FIFO line; an unparsable line becomes an INVALID event.
+
+    ``mono_ns`` is the boot clock when the line was read (keepalived wrote it just before).
+    """
     try:
         fields = keepalived.parse_fifo_line(line)
     except keepalived.ParseError as exc:
@@ -42,7 +46,10 @@ def event_from_line(line: str, host: str, seq: int, ts_ns: int) -> dict[str, obj
                   "form": "fifo", "error": str(exc)}
     fields["raw"] = line[:4096]
     return {"v": 1, "id": hook.new_id(), "host": host, "seq": seq, "ts_ns": ts_ns,
-            "source": "fifo", **fields}
+            "source": "fifo", "boot": hook.boot_id(),
+            "mono_ns": (time.clock_gettime_ns(time.CLOCK_BOOTTIME) if mono_ns is None
+                        else mono_ns),
+            **fields}
 
 
 def lock_path(spool_dir: str, fifo_path: str) -> str:
@@ -87,10 +94,10 @@ class LineBuffer:
 
 
 class AsyncFifoReader:
-    """The router's own FIFO source. ``on_lines`` receives (line, ts_ns) lists in order."""
+    """The router's own FIFO source. ``on_lines`` gets (line, ts_ns, boot clock ns) in order."""
 
     def __init__(self, path: str, spool_dir: str,
-                 on_lines: Callable[[list[tuple[str, int]]], None], log: Any,
+                 on_lines: Callable[[list[tuple[str, int, int]]], None], log: Any,
                  on_open: Callable[[], None] | None = None) -> None:
         self.path = path
         self.spool_dir = spool_dir
@@ -149,11 +156,11 @@ class AsyncFifoReader:
                 if not data:
                     eof.set()
                     return
-                ts = time.time_ns()
+                ts, mono = time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
                 lines = buf.feed(data)
                 if lines:
                     self.lines_read += len(lines)
-                    self.on_lines([(line, ts) for line in lines])
+                    self.on_lines([(line, ts, mono) for line in lines])
 
             loop.add_reader(fd, readable)
             if self.on_open is not None:
@@ -164,7 +171,8 @@ class AsyncFifoReader:
                 loop.remove_reader(fd)
                 os.close(fd)
             if buf.pending.strip():
-                self.on_lines([(buf.pending.decode("utf-8", "backslashreplace"), time.time_ns())])
+                self.on_lines([(buf.pending.decode("utf-8", "backslashreplace"), time.time_ns(),
+                                time.clock_gettime_ns(time.CLOCK_BOOTTIME))])
             # EOF: keepalived closed it (reload or stop) or nobody has it open. Reopen
             # by path; a reload makes a new FIFO, so the path may now be a new inode.
             await asyncio.sleep(REOPEN_INTERVAL)
@@ -175,7 +183,7 @@ def _script_resync(pid: int, settings: hook.Settings,
     from knotify import resync
 
     try:
-        instances = resync.snapshot(pid)
+        instances = resync.snapshot(pid, resync.dump_path())
     except resync.ResyncError as exc:
         hook._complain(f"resync: {exc}")
         return
@@ -260,10 +268,10 @@ def run_script_reader(path: str, settings: hook.Settings, *, once: bool = False,
                         raise
                     if not data:
                         break
-                    ts = time.time_ns()
+                    ts, mono = time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
                     for line in buf.feed(data):
                         event = event_from_line(line, settings.host,
-                                                spool.next_seq(settings.spool_dir), ts)
+                                                spool.next_seq(settings.spool_dir), ts, mono)
                         now = time.monotonic()
                         result = hook.deliver(event, settings, send=now >= skip_until)
                         if result != "acked":

@@ -110,10 +110,45 @@ def new_id() -> str:
     return os.urandom(16).hex()
 
 
+_boot_id = ""
+
+
+def boot_id() -> str:
+    """This boot's id: a CLOCK_BOOTTIME value only means something within one boot."""
+    global _boot_id
+    if not _boot_id:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as fh:
+                _boot_id = fh.read().strip()[:36]
+        except OSError:
+            _boot_id = "?"
+    return _boot_id
+
+
+def fork_clock() -> int:
+    """When this process was forked, in CLOCK_BOOTTIME ns (10 ms steps); 0 if unknown.
+
+    keepalived forks a change's hooks in order, but they may run late and in any order;
+    the fork time (with the pid within one clock tick) is what orders them.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            data = fh.read()
+        start_ticks = int(data[data.rindex(b")") + 2 :].split()[19])
+        return start_ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def stamp(
-    fields: dict[str, object], settings: Settings, source: str, ts_ns: int
+    fields: dict[str, object], settings: Settings, source: str, ts_ns: int,
+    mono_ns: int | None = None,
 ) -> dict[str, object]:
-    """A complete wire event: the parsed fields plus host, sequence, time and id."""
+    """A complete wire event: the parsed fields plus host, sequence, time and id.
+
+    ``mono_ns`` is when the event happened on this host's boot clock; by default this
+    process's fork time (a hook), with its pid to order hooks forked in one tick.
+    """
     event: dict[str, object] = {
         "v": WIRE_VERSION,
         "id": new_id(),
@@ -121,37 +156,55 @@ def stamp(
         "seq": spool.next_seq(settings.spool_dir),
         "ts_ns": ts_ns,
         "source": source,
+        "mono_ns": fork_clock() if mono_ns is None else mono_ns,
+        "boot": boot_id(),
     }
+    if mono_ns is None:
+        event["pid"] = os.getpid()
     event.update(fields)
     return event
 
 
 def deliver(event: dict[str, object], settings: Settings, send: bool = True) -> str:
-    """Send one event and wait for its ack; spool it if none comes. Returns what happened.
+    """Send one event to every router and wait for the acks; spool it for those that did
+    not ack (:func:`knotify.spool.outboxes`). Returns "acked" if at least one router
+    acked, else "spooled:PATH" (or "lost" if even the spool failed).
 
     ``send=False`` spools straight away (a caller that just saw the router fail).
     """
     payload = fastjson.dumps({"v": WIRE_VERSION, "op": "event", "event": event}).encode()
     deadline = time.monotonic() + settings.ack_timeout
     want = b'"id":"' + str(event["id"]).encode() + b'"'
-    for endpoint in settings.endpoints if send else ():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            reply = _request(endpoint, payload, left, settings)
-        except (OSError, ValueError, RuntimeError):
-            continue
+    endpoints = settings.endpoints if send else []
+    missed: list[str] = []
+    for i, endpoint in enumerate(endpoints):
+        # Every router gets the event (they dedupe by id). Each gets a fair share of the
+        # time left, so a dead one cannot starve the ones after it.
+        share = (deadline - time.monotonic()) / (len(endpoints) - i)
+        reply = b""
+        if share > 0:
+            try:
+                reply = _request(endpoint, payload, share, settings)
+            except (OSError, ValueError, RuntimeError):
+                pass
         # The router answers compact JSON; an ack names the event's id and says ok.
-        if reply.startswith(b'{"v":1,"ok":true') and want in reply:
-            return "acked"
-    try:
-        path = spool.write(settings.spool_dir, event)
-    except OSError as exc:
-        _complain(f"router did not ack and the spool {settings.spool_dir} failed ({exc}); "
-                  "event: " + fastjson.dumps(event))
-        return "lost"
-    return "spooled:" + path
+        if not (reply.startswith(b'{"v":1,"ok":true') and want in reply):
+            missed.append(endpoint)
+    acked = bool(endpoints) and len(missed) < len(endpoints)
+    if acked and not missed:
+        return "acked"
+    # The routers that did not ack get it later from their outbox in the spool.
+    paths: list[str] = []
+    for folder in spool.outboxes(settings.spool_dir, settings.endpoints,
+                                 missed if send else settings.endpoints):
+        try:
+            paths.append(spool.write(folder, event))
+        except OSError as exc:
+            _complain(f"router did not ack and the spool {folder} failed ({exc}); "
+                      "event: " + fastjson.dumps(event))
+    if acked:
+        return "acked"
+    return "spooled:" + paths[0] if paths else "lost"
 
 
 def _request(endpoint: str, payload: bytes, timeout: float, settings: Settings) -> bytes:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from knotify.actions.base import INTERRUPTED, PENDING, RUNNING, Outcome
+from knotify.alerts import outbox as alert_outbox
 from knotify.event import Event, Key
 from knotify.tracker import KeyState, Transition
 
@@ -57,6 +58,9 @@ CREATE TABLE IF NOT EXISTS state (
     seq INTEGER NOT NULL,
     epoch INTEGER NOT NULL,
     updated_ns INTEGER NOT NULL,
+    mono_ns INTEGER NOT NULL DEFAULT 0,
+    boot TEXT NOT NULL DEFAULT '',
+    pid INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (host, kind, name, vs)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
@@ -99,13 +103,23 @@ class Journal:
         if str(mode).lower() != "wal":
             raise JournalError(f"{path}: cannot switch SQLite to WAL mode (got {mode})")
         self.db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        self.db.executescript(SCHEMA)
+        self.db.executescript(SCHEMA + alert_outbox.SCHEMA)
+        self._migrate()
         row = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
             raise JournalError(f"{path}: journal schema {row[0]} is newer than this knotify")
         self._in_tx = False
+
+    def _migrate(self) -> None:
+        """Columns added since the first journals were written."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(state)")}
+        for column, decl in (("mono_ns", "INTEGER NOT NULL DEFAULT 0"),
+                             ("boot", "TEXT NOT NULL DEFAULT ''"),
+                             ("pid", "INTEGER NOT NULL DEFAULT 0")):
+            if column not in have:
+                self.db.execute(f"ALTER TABLE state ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         self.db.close()
@@ -153,6 +167,8 @@ class Journal:
             data["raw"] = ev.raw
         if ev.extra:
             data["extra"] = ev.extra
+        if ev.mono_ns:
+            data["clock"] = [ev.mono_ns, ev.boot, ev.pid]
         self.db.execute(
             f"INSERT INTO events ({EVENT_COLUMNS}) VALUES "
             "(NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -166,13 +182,16 @@ class Journal:
 
     def put_state(self, key: Key, ks: KeyState) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*key, ks.state, ks.prio, ks.since_ns, ks.event_id, ks.seq, ks.epoch, ks.updated_ns),
+            "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*key, ks.state, ks.prio, ks.since_ns, ks.event_id, ks.seq, ks.epoch, ks.updated_ns,
+             ks.mono_ns, ks.boot, ks.pid),
         )
 
     def load_states(self) -> dict[Key, KeyState]:
         out: dict[Key, KeyState] = {}
-        for row in self.db.execute("SELECT * FROM state"):
+        for row in self.db.execute(
+                "SELECT host, kind, name, vs, state, prio, since_ns, event_id, seq, epoch, "
+                "updated_ns, mono_ns, boot, pid FROM state"):
             out[(row[0], row[1], row[2], row[3])] = KeyState(*row[4:])
         return out
 
@@ -192,6 +211,7 @@ class Journal:
             cur = self.db.execute(
                 "DELETE FROM events WHERE rowid <= ? AND id NOT IN "
                 "(SELECT event_id FROM runs WHERE status IN ('pending', 'running'))", (cutoff,))
+            alert_outbox.prune(self.db)
         return cur.rowcount
 
     # -- action runs --------------------------------------------------------------------
@@ -279,6 +299,7 @@ class Journal:
                     "ended_ns": run[8], "exit_code": run[9], "output": run[10],
                     "detail": run[11],
                 })
+        alert_outbox.attach_history(self.db, by_id)
         return out
 
     def run_counts(self) -> dict[str, int]:

@@ -23,6 +23,14 @@ JSON_FILE = "/tmp/keepalived.json"
 # vrrp.h (keepalived 2.2.7): INIT 0, BACK 1, MAST 2, FAULT 3, DELETED 97, STOP 98.
 STATES = {1: "BACKUP", 2: "MASTER", 3: "FAULT", 97: "DELETED", 98: "STOP"}
 
+
+def dump_path() -> str:
+    """Where our parent keepalived writes its dump: keepalived 2.2.7 writes
+    ``$TMPDIR/keepalived.json`` (``/tmp`` without TMPDIR), and its scripts share its
+    environment."""
+    return os.path.join(os.environ.get("TMPDIR") or "/tmp", "keepalived.json")
+
+
 _signum: int | None = None
 
 
@@ -115,7 +123,10 @@ def snapshot(pid: int, json_file: str = JSON_FILE, timeout: float = 3.0) -> list
 def wire_events(instances: list[dict[str, Any]], host: str,
                 next_seq: Any, new_id: Any) -> list[dict[str, object]]:
     """Wire events for a snapshot (``next_seq``/``new_id`` stamp them like the hook does)."""
+    from knotify.hook import boot_id
+
     now = time.time_ns()
+    mono = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     events: list[dict[str, object]] = []
     for inst in instances:
         extra = {}
@@ -125,6 +136,6 @@ def wire_events(instances: list[dict[str, Any]], host: str,
             "v": 1, "id": new_id(), "host": host, "seq": next_seq(), "ts_ns": now,
             "source": "resync", "kind": "INSTANCE", "name": inst["name"],
             "state": inst["state"], "prio": inst["prio"], "vs": "", "form": "resync",
-            "extra": extra,
+            "extra": extra, "mono_ns": mono, "boot": boot_id(),
         })
     return events

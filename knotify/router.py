@@ -22,12 +22,16 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from knotify import __version__, spool, transport
+from knotify import __version__, hook, resync, spool, transport
 from knotify import config as configmod
 from knotify import log as logmod
+from knotify import metrics as metricsmod
+from knotify.alerts.engine import OPS as ALERT_OPS
+from knotify.alerts.engine import AlertEngine
+from knotify.cluster.monitor import ClusterMonitor
 from knotify.event import Event, WireError, decode_event, decode_message, encode, reply
 from knotify.executor import Executor, Run
-from knotify.fifo import AsyncFifoReader, event_from_line
+from knotify.fifo import RESYNC_DELAY, AsyncFifoReader, event_from_line
 from knotify.journal import Journal, JournalError
 from knotify.rules import fired
 from knotify.schema import ConfigError
@@ -37,6 +41,11 @@ MAX_BATCH = 2000
 FLUSH_INTERVAL = 0.2
 PRUNE_EVERY = 10_000
 ZAP_DOMAIN = "knotify"
+#: Config values a reload applies at once, and those that need a restart (and are reported).
+LIVE = ("rules", "defaults", "alerts", "receivers", "spool_interval", "drain_timeout",
+        "keep_events", "cluster", "agent")
+RESTART_ONLY = ("runtime_dir", "state_dir", "listen", "curve", "insecure", "group", "journal",
+                "fifos", "synchronous", "max_message", "max_parallel", "metrics")
 
 
 class RouterError(RuntimeError):
@@ -50,6 +59,8 @@ class Router:
         self.tracker = Tracker()
         self.journal: Journal | None = None
         self.executor: Executor | None = None
+        self.alerts: AlertEngine | None = None
+        self.cluster: ClusterMonitor | None = None
         self.ctx = zmq.asyncio.Context()
         self.sockets: list[zmq.asyncio.Socket] = []
         self.pub: zmq.Socket[bytes] | None = None
@@ -62,6 +73,8 @@ class Router:
         self._lock_fd: int | None = None
         self.auth: AsyncioAuthenticator | None = None
         self._clients_mark: tuple[int, int] | None = None
+        self._resync_lock = asyncio.Lock()
+        self._log_settings = (config.log_format, config.log_level)
         self._tasks: list[asyncio.Task[Any]] = []
         self._since_prune = 0
         self._journal_failing = False
@@ -93,6 +106,12 @@ class Router:
         if self.config.group:
             self._own(self.config.state_dir, 0o750)
             self._own(spool_dir, 0o2770)
+            for sub in ("tmp", "new"):
+                os.makedirs(os.path.join(spool_dir, sub), exist_ok=True)
+                self._own(os.path.join(spool_dir, sub), 0o2770)
+            seq = os.path.join(spool_dir, spool.SEQ_FILE)
+            os.close(os.open(seq, os.O_RDWR | os.O_CREAT, 0o660))
+            self._own(seq, 0o660)
         fd = os.open(os.path.join(rundir, "router.lock"), os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -228,6 +247,8 @@ class Router:
         self.stats["duplicates"] += len(events) - len(accepted)
         for ev, tr in accepted:
             self._announce(ev, tr)
+            if self.cluster is not None:
+                self.cluster.observe(ev, tr)
         for run in runs:
             self.executor.submit(run)
         self._since_prune += len(accepted)
@@ -249,6 +270,8 @@ class Router:
                   "source": ev.source}
         if ev.vs:
             fields["vs"] = ev.vs
+        if ev.extra.get("detail"):
+            fields["detail"] = str(ev.extra["detail"])  # what a CLUSTER or PEER event means
         if tr.cls == TRANSITION:
             duration = tr.duration_s(ev.ts_ns)
             self.log.info("event.transition", prev=tr.prev_state, **fields,
@@ -363,7 +386,12 @@ class Router:
                 return reply(True, version=__version__, pid=os.getpid(),
                              uptime_s=round(time.time() - self.started, 3))
             if op == "status":
-                return reply(True, states=self.journal.status(), router=self.info())
+                return reply(True, states=self.journal.status(), router=self.info(),
+                             cluster=self.cluster.view() if self.cluster else {})
+            if op == "heartbeat" and self.cluster is not None:
+                return self.cluster.heartbeat(msg)
+            if op == "peer_forget" and self.cluster is not None:
+                return self.cluster.forget(msg)
             if op == "history":
                 limit = msg.get("limit", 50)
                 if type(limit) is not int or not 1 <= limit <= 100_000:
@@ -378,6 +406,8 @@ class Router:
             if op == "reload":
                 ok, detail = self.reload()
                 return reply(ok, detail=detail) if ok else reply(False, error=detail)
+            if op in ALERT_OPS and self.alerts is not None:
+                return reply(True, **self.alerts.command(op, msg))
             raise WireError(f"unknown op {op[:40]!r}")
         except WireError as exc:
             self._rejected(str(exc), [])
@@ -395,6 +425,7 @@ class Router:
             "actions_queued": ex.queued if ex else 0,
             "actions_running": len(ex.active) if ex else 0,
             "action_outcomes": dict(ex.counts) if ex else {},
+            "alerts": self.alerts.info() if self.alerts else {},
             **self.stats,
         }
 
@@ -406,11 +437,19 @@ class Router:
             self.log.error("config.reload_refused", error=str(exc),
                            detail="the running config stays in force")
             return False, f"new config refused, old one kept: {exc}"
-        fixed = [name for name in ("runtime_dir", "state_dir", "listen", "journal", "fifos")
-                 if getattr(new, name) != getattr(self.config, name)]
-        self.config.rules = new.rules
-        self.config.defaults = new.defaults
-        self.config.hook = new.hook
+        fixed = [name for name in RESTART_ONLY if getattr(new, name) != getattr(self.config, name)]
+        if new.hook.spool_dir != self.config.hook.spool_dir:
+            fixed.append("hook.spool_dir")
+        for name in LIVE:
+            setattr(self.config, name, getattr(new, name))
+        self.config.hook.ack_timeout = new.hook.ack_timeout
+        self.config.hook.host = new.hook.host
+        self.config.hook.endpoints = new.hook.endpoints
+        if (new.log_format, new.log_level) != (self._log_settings):
+            logmod.setup(new.log_format, new.log_level)
+            self._log_settings = (new.log_format, new.log_level)
+        if self.cluster is not None:
+            self.cluster.reload(self.config.cluster)
         if self.auth is not None and self.config.curve is not None:
             # New client keys dropped into the folder take effect on reload.
             self.auth.configure_curve(domain=ZAP_DOMAIN, location=self.config.curve.clients)
@@ -491,9 +530,10 @@ class Router:
             if count:
                 self.log.info("spool.replayed", events=count)
 
-    def _fifo_lines(self, lines: list[tuple[str, int]], host: str) -> None:
+    def _fifo_lines(self, lines: list[tuple[str, int, int]], host: str) -> None:
         spool_dir = self.config.hook.spool_dir
-        wire = [event_from_line(line, host, spool.next_seq(spool_dir), ts) for line, ts in lines]
+        wire = [event_from_line(line, host, spool.next_seq(spool_dir), ts, mono)
+                for line, ts, mono in lines]
         events = [decode_event(w) for w in wire]
         try:
             self.ingest(events)
@@ -504,6 +544,32 @@ class Router:
                     spool.write(spool_dir, w)
                 except OSError as exc:
                     self.log.critical("fifo.line_lost", line=w.get("raw"), error=str(exc))
+
+    def _schedule_resync(self, source: configmod.FifoSource, host: str) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(self._resync(source, host)))
+
+    async def _resync(self, source: configmod.FifoSource, host: str) -> None:
+        """After a FIFO (re)opens: read what waited in it, then ask keepalived for its states."""
+        await asyncio.sleep(RESYNC_DELAY)
+        log = self.log.bind(fifo=source.path)
+        async with self._resync_lock:  # one JSON dump file per host: one request at a time
+            try:
+                pid = resync.read_pidfile(source.pidfile)
+                instances = await asyncio.get_running_loop().run_in_executor(
+                    None, resync.snapshot, pid, source.json_file)
+            except resync.ResyncError as exc:
+                log.warning("resync.failed", error=str(exc))
+                return
+        spool_dir = self.config.hook.spool_dir
+        wire = resync.wire_events(instances, host, lambda: spool.next_seq(spool_dir),
+                                  hook.new_id)
+        try:
+            self.ingest([decode_event(w) for w in wire])
+        except JournalError:
+            for w in wire:
+                with contextlib.suppress(OSError):
+                    spool.write(spool_dir, w)
+        log.info("resync.done", instances=len(instances), host=host)
 
     async def _flush_loop(self) -> None:
         assert self.executor is not None
@@ -526,11 +592,18 @@ class Router:
         self.tracker = Tracker(self.journal.load_states())
         self.executor = Executor(self.journal, lambda: self.tracker, self.log, self.publish,
                                  self.config.max_parallel)
+        self.alerts = AlertEngine(self.config, self.journal, lambda: self.tracker, self.log,
+                                  self.publish)
+        self.executor.context["alerts"] = self.alerts
+        self.executor.silenced = self.alerts.silence_reason
+        self.cluster = ClusterMonitor(self.config, self.journal, lambda: self.tracker,
+                                      self.ingest, self.log)
         self._bind_signals(loop)
         try:
             self._recover()
             replayed = self.replay_spool()
             self._bind()
+            metrics = await self._metrics() if self.config.metrics.listen else None
             self.log.info(
                 "router.started", version=__version__, pid=os.getpid(), config=self.config.path,
                 endpoints=[self.config.control_endpoint, *self.config.listen],
@@ -542,16 +615,32 @@ class Router:
                 self._tasks.append(loop.create_task(self._serve(sock)))
             self._tasks.append(loop.create_task(self._spool_loop()))
             self._tasks.append(loop.create_task(self._flush_loop()))
+            self._tasks.append(loop.create_task(self.alerts.run()))
+            self._tasks.append(loop.create_task(self.cluster.run()))
+            if metrics is not None:
+                self._tasks.append(loop.create_task(metrics.serve_forever()))
             for source in self.config.fifos:
                 host = source.host or self.config.hook.host or os.uname().nodename
+                on_open = (functools.partial(self._schedule_resync, source, host)
+                           if source.resync else None)
                 reader = AsyncFifoReader(source.path, self.config.hook.spool_dir,
                                          functools.partial(self._fifo_lines, host=host),
-                                         self.log)
+                                         self.log, on_open)
                 self.fifo_readers.append(reader)
                 self._tasks.append(loop.create_task(reader.run()))
             await self.stop_event.wait()
         finally:
             await self._shutdown()
+
+    async def _metrics(self) -> asyncio.Server:
+        """Bind the Prometheus port (a bind error stops the start)."""
+        listen = self.config.metrics.listen
+        try:
+            server = await metricsmod.listen(self, self.config.metrics)
+        except OSError as exc:
+            raise RouterError(f"[metrics] listen: cannot bind {listen}: {exc.strerror}") from None
+        self.log.info("metrics.listening", listen=listen)
+        return server
 
     def _bind_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -577,6 +666,8 @@ class Router:
             await self.executor.drain(self.config.drain_timeout)
             left = self.executor.queued
             self.log.info("router.drained", were_running=running, left_pending=left)
+        if self.alerts is not None:
+            await self.alerts.stop(self.config.drain_timeout)
         if self.journal is not None:
             self.journal.close()
         if self.auth is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from knotify.actions.base import Action
-from knotify.event import Event
+from knotify.event import SYNTHETIC_KINDS, Event
 from knotify.tracker import NOTICE, REPEAT, RULE_CLASSES, TRANSITION, Transition
 
 
@@ -91,6 +91,10 @@ class Match:
     def __call__(self, ev: Event, tr: Transition) -> bool:
         if self.kind and not self.kind(ev.kind):
             return False
+        # knotify's own CLUSTER/PEER events reach only rules whose kind names them, so a
+        # rule written for keepalived's events (name = "VI_1") does not fire for them too.
+        if ev.kind in SYNTHETIC_KINDS and not self.kind.positive:
+            return False
         if self.name and not self.name(ev.name):
             return False
         if self.vs and not self.vs(ev.vs):
@@ -135,6 +139,9 @@ class Rule:
     skip_if_superseded: bool = False
     max_age: float | None = None
     description: str = ""
+    #: Exec/service/log actions of this rule are skipped (status "silenced") while a
+    #: silence matches the event; alert actions always honour silences.
+    honor_silences: bool = False
 
     def fires(self, ev: Event, tr: Transition) -> bool:
         return tr.cls in self.on and self.match(ev, tr)

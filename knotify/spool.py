@@ -5,6 +5,8 @@ Layout (maildir-like, so a reader never sees half a file)::
     SPOOL/seq          the per-host sequence counter (8 bytes, under flock)
     SPOOL/tmp/NAME     being written
     SPOOL/new/NAME     complete; NAME = <seq, 20 digits>-<id>.json, so sorting is ordering
+    SPOOL/to/ENDPOINT/{tmp,new}/NAME   the same, for one remote router that missed
+                       events another router got (:func:`outboxes`; knotify agent drains)
 
 Writing uses the standard library only (the hook imports this module).
 """
@@ -104,6 +106,31 @@ def write(spool_dir: str, event: dict[str, object]) -> str:
     finally:
         os.close(dfd)
     return final
+
+
+def endpoint_dir(spool_dir: str, endpoint: str) -> str:
+    """The outbox of one remote router: ``SPOOL/to/<endpoint, '/' and '%' escaped>``."""
+    return os.path.join(spool_dir, "to", endpoint.replace("%", "%25").replace("/", "%2F"))
+
+
+def outboxes(spool_dir: str, endpoints: list[str], missed: list[str]) -> list[str]:
+    """Where an event goes that the ``missed`` routers (of ``endpoints``) did not ack.
+
+    ``SPOOL`` itself is what a local router (an ``ipc://`` endpoint; any one of them is
+    enough) replays, and, with only remote routers, what ``knotify agent`` sends to
+    all of them. A remote (``tcp://``) router that missed an event another router got
+    has its own outbox (:func:`endpoint_dir`), which the agent drains.
+    """
+    local = [e for e in endpoints if e.startswith("ipc://")]
+    if len(endpoints) <= 1 or (not local and len(set(missed)) >= len(set(endpoints))):
+        return [spool_dir]
+    out = []
+    if local and all(e in missed for e in local):
+        out.append(spool_dir)
+    for endpoint in dict.fromkeys(missed):
+        if not endpoint.startswith("ipc://"):
+            out.append(endpoint_dir(spool_dir, endpoint))
+    return out
 
 
 def pending(spool_dir: str, limit: int = 10_000) -> list[str]:

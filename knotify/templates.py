@@ -8,6 +8,7 @@ and every field name is checked when the config is loaded.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Mapping
 from typing import Any
 
 from knotify.event import Event
@@ -48,7 +49,7 @@ class Template:
 
     __slots__ = ("parts", "text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, known: Mapping[str, str] = FIELDS) -> None:
         self.text = text
         self.parts: list[tuple[bool, str]] = []  # (is_field, literal-or-name)
         i, literal = 0, []
@@ -63,9 +64,9 @@ class Template:
                 if end < 0:
                     raise TemplateError(f"unclosed '{{' at position {i} in {text!r}")
                 name = text[i + 1 : end].strip()
-                if name not in FIELDS:
+                if name not in known:
                     raise TemplateError(
-                        f"unknown field {{{name}}} in {text!r}; known: " + ", ".join(FIELDS)
+                        f"unknown field {{{name}}} in {text!r}; known: " + ", ".join(known)
                     )
                 if literal:
                     self.parts.append((False, "".join(literal)))

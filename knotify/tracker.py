@@ -40,6 +40,39 @@ class KeyState:
     seq: int
     epoch: int
     updated_ns: int
+    #: Where the newest report applied so far sits on its host's clock (see :func:`order`).
+    mono_ns: int = 0
+    boot: str = ""
+    pid: int = 0
+
+
+#: A hook's fork time is known to one clock tick (10 ms): closer than that, fall back.
+TICK_NS = 10_000_000
+
+
+def order(ev: Event, cur: KeyState) -> int:
+    """-1 if ``ev`` happened before the report ``cur`` holds, 1 if after, 0 if unknown.
+
+    Within one boot, the boot clock decides (a hook's fork time, a FIFO line's read
+    time), then the pid for hooks forked within one tick, since keepalived forks a
+    change's hooks in order; across boots the wall clock; last, the per-host sequence,
+    which is taken when a hook *runs*, and a hook can run late.
+    """
+    if ev.boot and cur.boot:
+        if ev.boot == cur.boot:
+            if ev.mono_ns and cur.mono_ns:
+                delta = ev.mono_ns - cur.mono_ns
+                if delta < -TICK_NS:
+                    return -1
+                if delta > TICK_NS:
+                    return 1
+                if ev.pid and cur.pid and ev.pid != cur.pid:
+                    return -1 if ev.pid < cur.pid else 1
+        else:
+            return -1 if ev.ts_ns < cur.since_ns else 1
+    if ev.seq and cur.seq and ev.seq != cur.seq:
+        return -1 if ev.seq < cur.seq else 1
+    return 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -80,16 +113,19 @@ class Tracker:
             if effective is None:
                 return Transition(NOTICE, ev.state, INIT, None, 0)
             self.states[key] = KeyState(
-                effective, ev.prio, ev.ts_ns, ev.id, ev.seq, 1, ev.recv_ns
+                effective, ev.prio, ev.ts_ns, ev.id, ev.seq, 1, ev.recv_ns,
+                ev.mono_ns, ev.boot, ev.pid,
             )
             return Transition(TRANSITION, effective, INIT, None, 1)
         same = effective is None or effective == current.state
-        if ev.seq and current.seq and ev.seq < current.seq:
+        if order(ev, current) < 0:
             # Older than what this key has already seen from its host: it cannot
             # change the state (a newer report won), but agreeing reports are repeats.
             cls = REPEAT if same and ev.state == current.state else STALE
             return Transition(cls, current.state, current.state, current.since_ns, current.epoch)
         current.seq = max(current.seq, ev.seq)
+        if ev.mono_ns and ev.boot:
+            current.mono_ns, current.boot, current.pid = ev.mono_ns, ev.boot, ev.pid
         current.updated_ns = ev.recv_ns
         if ev.prio is not None and not (ev.kind == "GROUP" and ev.prio == 0):
             current.prio = ev.prio

@@ -218,7 +218,7 @@ def test_listen_endpoint_scheme(endpoint: str) -> None:
 def test_unknown_action_type() -> None:
     exc = error(rule("", '[[rule.action]]\ntype = "email"'))
     assert exc.key == "rule[0].action[0].type"
-    assert exc.reason == "expected one of exec, service, log, found 'email'"
+    assert exc.reason == "expected one of exec, service, log, alert, found 'email'"
 
 
 def test_action_without_type() -> None:

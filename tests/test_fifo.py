@@ -211,3 +211,34 @@ def test_fifo_script_spools_when_router_is_down(kenv: KEnv, router: RouterProces
     router.start()
     wait_for(lambda: len(kenv.history()) == 6, what="the spooled lines")
     assert raws(kenv) == START + STOP
+
+
+def test_hook_that_runs_late_cannot_undo_a_newer_fifo_line(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    from conftest import BIN
+
+    fifo_path = kenv.root / "vrrp.fifo"
+    kenv.write_config(LOG_RULE + f'\n[router]\nfifos = ["{fifo_path}"]\n')
+    ka = FakeKeepalivedFifo(fifo_path)
+    ka.create()
+    router.start()
+    ka.write('INSTANCE "VI_1" BACKUP 100')
+    wait_for(lambda: len(kenv.history()) == 1, what="the first line")
+    # keepalived forks notify_master, then writes the FIFO line; the hook process is
+    # slow to run (a busy host): it is forked now but only gets going 0.8 s later...
+    late = subprocess.Popen(["/bin/sh", "-c", f'sleep 0.8; exec "{BIN}/knotify-notify" '
+                             "master VI_1"], env=kenv.env)
+    ka.write('INSTANCE "VI_1" MASTER 100')
+    time.sleep(0.2)
+    # ...by which time the instance has already moved on.
+    ka.write('INSTANCE "VI_1" STOP 100')
+    assert late.wait(10) == 0
+    wait_for(lambda: len(kenv.history()) == 4, what="the late hook's event")
+    events = list(reversed(kenv.history()))
+    assert [(e["source"], e["reported"], e["class"]) for e in events] == [
+        ("fifo", "BACKUP", "transition"), ("fifo", "MASTER", "transition"),
+        ("fifo", "STOP", "transition"), ("hook", "MASTER", "stale")]
+    [state] = kenv.status()
+    assert state["state"] == "STOP"
+    ka.close()

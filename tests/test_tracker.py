@@ -279,3 +279,41 @@ def test_reference_fifo_capture_classification() -> None:
     final = {k[2]: v.state for k, v in t.states.items()}
     assert final == {"G1": "STOP", "VI_1": "STOP", "VI_2": "STOP", "VI_3": "DELETED"}
     assert t.states[("kb1", "INSTANCE", "VI_3", "")].prio == 100
+
+
+def _clocked(state: str, *, mono_s: float, seq: int, pid: int = 0,
+             boot: str = "b1", source: str = "hook", wall_s: float | None = None) -> Event:
+    wall = int((mono_s if wall_s is None else wall_s) * S)
+    return Event(id=f"{state}{seq}{pid}", host="h", kind="INSTANCE", name="VI_1", state=state,
+                 prio=100, seq=seq, ts_ns=wall, source=source,
+                 mono_ns=int(mono_s * S), boot=boot, pid=pid)
+
+
+def test_late_running_hook_cannot_undo_a_newer_fifo_state() -> None:
+    t = Tracker()
+    t.observe(_clocked("MASTER", mono_s=1.0, seq=1, source="fifo"))
+    t.observe(_clocked("STOP", mono_s=2.0, seq=2, source="fifo"))
+    # notify_master was forked at 1.0 s but only ran (and took its sequence) at 2.5 s.
+    late = t.observe(_clocked("MASTER", mono_s=1.0, seq=3, pid=500))
+    assert late.cls == STALE
+    assert t.states[("h", "INSTANCE", "VI_1", "")].state == "STOP"
+
+
+def test_hooks_forked_in_one_clock_tick_are_ordered_by_pid() -> None:
+    t = Tracker()
+    t.observe(_clocked("BACKUP", mono_s=1.0, seq=1, pid=100))
+    # MASTER (pid 200) and then FAULT (pid 201) forked in the same tick; FAULT ran first.
+    t.observe(_clocked("FAULT", mono_s=5.0, seq=2, pid=201))
+    assert t.observe(_clocked("MASTER", mono_s=5.0, seq=3, pid=200)).cls == STALE
+    assert t.states[("h", "INSTANCE", "VI_1", "")].state == "FAULT"
+
+
+def test_a_new_boot_is_ordered_by_wall_clock() -> None:
+    t = Tracker()
+    t.observe(_clocked("MASTER", mono_s=900.0, seq=50, boot="old", wall_s=10_000.0))
+    # After a reboot the boot clock restarts near zero: not "older" for that.
+    tr = t.observe(_clocked("BACKUP", mono_s=5.0, seq=1, boot="new", wall_s=10_200.0))
+    assert tr.cls == TRANSITION
+    # A report from the old boot replayed late (a spool) is older by the wall clock.
+    late = t.observe(_clocked("MASTER", mono_s=950.0, seq=51, boot="old", wall_s=10_050.0))
+    assert late.cls == STALE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from knotify.actions.alert import AlertAction
 from knotify.actions.base import Action, ActionContext, Outcome
 from knotify.actions.exec import ExecAction, ServiceAction
 from knotify.actions.log import LogAction
@@ -10,6 +11,7 @@ KINDS: dict[str, type[Action]] = {
     "exec": ExecAction,
     "service": ServiceAction,
     "log": LogAction,
+    "alert": AlertAction,
 }
 
 __all__ = ["KINDS", "Action", "ActionContext", "Outcome"]

@@ -7,7 +7,9 @@ import sys
 
 from knotify import config as configmod
 from knotify import paths
+from knotify.cluster.settings import ClusterSettings
 from knotify.schema import ConfigError
+from knotify.units import format_duration
 
 HELP = "check a config file: exit 0 if valid, else print file, key and reason and exit 1"
 
@@ -33,6 +35,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"  spool    {config.hook.spool_dir}")
     for fifo in config.fifos:
         print(f"  fifo     {fifo.path}" + (f" (host {fifo.host})" if fifo.host else ""))
+    for receiver in config.receivers.values():
+        print(f"  {receiver.describe()}")
+    c = config.cluster
+    if c != ClusterSettings():
+        print(f"  cluster  {'on' if c.enabled else 'off'}: split brain after "
+              f"{format_duration(c.split_brain_grace)}, no master after "
+              f"{format_duration(c.no_master_grace)}, silent after "
+              f"{format_duration(c.silent_after)}"
+              + "".join(f"; {g.label} = {g.instances.describe()}"
+                        + (f" on {g.hosts.describe()}" if g.hosts else "") for g in c.groups))
+    if config.metrics.listen:
+        print(f"  metrics  http://{config.metrics.listen}/metrics")
     for rule in config.rules:
         match = rule.match
         parts = [f"{name}={pat.describe()}" for name, pat in (
@@ -41,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         if match.prio_min is not None:
             parts.append(f"prio={match.prio_min}..{match.prio_max}")
         on = ",".join(sorted(rule.on))
-        print(f"  rule {rule.id}: on {on} when {' '.join(parts) or 'any event'}")
+        print(f"  rule {rule.id}: on {on} when {' '.join(parts) or 'any event'}"
+              + (" (honours silences)" if rule.honor_silences else ""))
         for action in rule.actions:
             print(f"    - {action.describe()}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from knotify.alerts.report import alert_lines
 from knotify.client import RouterRefused, RouterUnavailable, request
 from knotify.commands import client_settings, fail
 from knotify.commands.table import clean, fmt_time
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         print(clean(_line(ev)))
         for act in ev["actions"]:
             print(clean("    -> " + _action(act)))
+        for line in alert_lines(ev.get("alerts", [])):
+            print(clean(line))
     return 0
 
 

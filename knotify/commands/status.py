@@ -1,4 +1,4 @@
-"""knotify status: the current state of every host/kind/name, and since when."""
+"""knotify status: the current state of every host/kind/name, and the cluster view."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from knotify.commands import client_settings, fail
 from knotify.commands.table import fmt_time, render
 from knotify.units import format_duration
 
-HELP = "show the current state per host, kind and name, and since when"
+HELP = ("show the current state per host, kind and name, and per cluster who is MASTER, "
+        "who is BACKUP and since when (split brain, no master and silent hosts flagged)")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--cluster", action="store_true",
+                        help="only the cluster view (clusters and hosts heard from)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,18 +29,77 @@ def run(args: argparse.Namespace) -> int:
     except (RouterUnavailable, RouterRefused) as exc:
         return fail(str(exc))
     states: list[dict[str, Any]] = answer["states"]
+    cluster: dict[str, Any] = answer.get("cluster") or {}
     if args.json:
-        print(json.dumps({"states": states, "router": answer.get("router", {})}, indent=2))
-        return 0
-    if not states:
-        print("no events yet")
+        print(json.dumps({"states": states, "router": answer.get("router", {}),
+                          "cluster": cluster}, indent=2))
         return 0
     now = time.time_ns()
-    rows = [
-        [s["host"], s["kind"], s["name"] + (f" in {s['vs']}" if s["vs"] else ""), s["state"],
-         "" if s["prio"] is None else str(s["prio"]), fmt_time(s["since_ns"]),
-         format_duration(max(0, now - s["since_ns"]) / 1e9)]
-        for s in states
-    ]
-    print(render(["HOST", "KIND", "NAME", "STATE", "PRIO", "SINCE", "FOR"], rows))
+    blocks = []
+    if not args.cluster:
+        if not states:
+            blocks.append("no events yet")
+        else:
+            rows = [
+                [s["host"], s["kind"], s["name"] + (f" in {s['vs']}" if s["vs"] else ""),
+                 s["state"], "" if s["prio"] is None else str(s["prio"]),
+                 fmt_time(s["since_ns"]), format_duration(max(0, now - s["since_ns"]) / 1e9)]
+                for s in states
+            ]
+            blocks.append(render(["HOST", "KIND", "NAME", "STATE", "PRIO", "SINCE", "FOR"],
+                                 rows))
+    if cluster.get("groups"):
+        blocks.append(clusters_table(cluster["groups"], now))
+    peers = cluster.get("peers", [])
+    if peers and (args.cluster or any(p["watched"] for p in peers)):
+        blocks.append(peers_table(peers, now))
+    if args.cluster and not cluster.get("groups"):
+        blocks.insert(0, "no cluster yet (an instance reported by two or more hosts, or a "
+                      "[[cluster.group]])")
+    print("\n\n".join(blocks))
     return 0
+
+
+def _for(since_ns: int | None, now: int) -> str:
+    return format_duration(max(0, now - since_ns) / 1e9) if since_ns else "?"
+
+
+def clusters_table(groups: list[dict[str, Any]], now: int) -> str:
+    rows = []
+    for group in groups:
+        condition = group["condition"]
+        if condition == "OK":
+            status = "ok"
+            since = ""
+            if group.get("pending"):
+                status = f"ok ({group['pending']}? {_for(group['pending_since_ns'], now)})"
+        else:
+            status = condition
+            since = f"{fmt_time(group['since_ns'])[11:19]} ({_for(group['since_ns'], now)})"
+        by_state: dict[str, list[str]] = {"MASTER": [], "BACKUP": [], "OTHER": []}
+        for m in group["members"]:
+            who = m["host"] if m["name"] == group["label"] else f"{m['host']}:{m['name']}"
+            text = f"{who} {_for(m['since_ns'], now)}"
+            if m["silent"]:
+                text += " (silent)"
+            if m["evidence"]:
+                text += " (hears a lower-priority MASTER)"
+            column = m["state"] if m["state"] in ("MASTER", "BACKUP") else "OTHER"
+            by_state[column].append(text if column != "OTHER" else f"{text} {m['state']}")
+        if condition == "SPLIT_BRAIN":
+            by_state["MASTER"] = [f"{t} !" for t in by_state["MASTER"]]
+        rows.append([group["label"], status, since, ", ".join(by_state["MASTER"]) or "-",
+                     ", ".join(by_state["BACKUP"]), ", ".join(by_state["OTHER"])])
+    return render(["CLUSTER", "STATUS", "SINCE", "MASTER", "BACKUP", "OTHER"], rows)
+
+
+def peers_table(peers: list[dict[str, Any]], now: int) -> str:
+    rows = []
+    for p in peers:
+        status = ("SILENT" if p["silent"] else "ok") if p["watched"] else "-"
+        heard = (f"{format_duration(max(0, now - p['heard_ns']) / 1e9)} ago"
+                 if p["heard_ns"] else "not since router start")
+        rows.append([p["host"], status, heard, p["via"] or "-",
+                     "" if p["interval_s"] is None else format_duration(p["interval_s"]),
+                     "" if p["spool"] is None else str(p["spool"])])
+    return render(["HOST", "WATCHED", "LAST HEARD", "VIA", "HEARTBEAT", "SPOOLED"], rows)

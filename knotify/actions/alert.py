@@ -1,0 +1,82 @@
+"""``alert`` action: a chat message or e-mail through apprise, via the durable outbox.
+
+Running it only queues the alert in the journal (grouping, flap control, repeat
+suppression and silences decide what becomes a message); delivery happens in
+the background (:mod:`knotify.alerts.engine`), so an alert never holds up event
+intake or the key's next action. It is idempotent by its run: a run repeated
+after a crash queues nothing twice, which is why its start need not be durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from knotify.actions.base import ERROR, Action, ActionContext, Outcome
+from knotify.alerts import render
+from knotify.templates import TemplateError
+from knotify.units import format_duration
+
+if TYPE_CHECKING:
+    from knotify.config import Config
+    from knotify.schema import Table
+
+
+class AlertAction(Action):
+    kind = "alert"
+    durable_start = False
+
+    def __init__(self, receivers: tuple[str, ...], spec: dict[str, str],
+                 repeat_s: float | None) -> None:
+        self.receivers = receivers
+        self.spec = spec
+        self.repeat_s = repeat_s
+
+    @classmethod
+    def from_config(cls, table: Table, config: Config) -> AlertAction:
+        key = "receivers" if table.has("receivers") or not table.has("receiver") else "receiver"
+        names = table.strings(key, None, allow_str=True)
+        if not names:
+            raise table.error(key, "name at least one receiver")
+        known = config.receivers
+        for i, name in enumerate(names):
+            if name not in known:
+                raise table.error(f"{key}[{i}]" if key == "receivers" else key,
+                                  f"no receiver {name!r}; define [receivers.{name}] (known: "
+                                  + (", ".join(sorted(known)) or "none") + ")")
+        spec: dict[str, str] = {}
+        for field in ("title", "body", "line"):
+            text = table.opt_text(field)
+            if text is None:
+                continue
+            try:
+                render.template(text)
+            except TemplateError as exc:
+                raise table.error(field, str(exc)) from None
+            spec[field] = text
+        repeat_s = table.opt_duration("repeat_interval")
+        return cls(tuple(dict.fromkeys(names)), spec, repeat_s)
+
+    async def run(self, ctx: ActionContext) -> Outcome:
+        from knotify.journal import JournalError  # not at import: journal imports actions
+
+        engine = ctx.extra.get("alerts")
+        if engine is None:
+            return Outcome(ERROR, detail="no alert engine in this process")
+        while True:
+            try:
+                outcome: Outcome = engine.enqueue(ctx, self)
+                return outcome
+            except JournalError as exc:
+                # Not in the outbox means not queued: wait for the journal, lose nothing.
+                ctx.log.error("alert.queue_failed", error=str(exc), retry_in_s=1.0)
+                await asyncio.sleep(1.0)
+
+    def describe(self) -> str:
+        text = f"alert {', '.join(self.receivers)}"
+        if self.spec:
+            text += " (own " + ", ".join(sorted(self.spec)) + ")"
+        if self.repeat_s is not None:
+            text += (f" repeat every {format_duration(self.repeat_s)}" if self.repeat_s
+                     else " no repeats")
+        return text

@@ -1,0 +1,223 @@
+"""Titles and bodies for alert messages: one event, or a group of them.
+
+Pure functions over plain values. An :class:`Item` carries one event's template
+fields (:func:`knotify.templates.event_fields`) plus what knotify adds for
+alerts (``change``, ``headline``, ...); :func:`compose` turns a list of items
+into one title and body with a receiver's or rule's templates. The defaults
+read well both as a chat message and as a plain-text e-mail::
+
+    [node1] G1, VI_1, VI_2 -> MASTER
+    12:00:01 node1 GROUP G1: BACKUP -> MASTER (after 3h02m in BACKUP)
+    12:00:01 node1 INSTANCE VI_1: BACKUP -> MASTER (prio 100, after 3h02m in BACKUP)
+    ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from knotify.templates import FIELDS, Template, TemplateError
+
+FIRING = "firing"
+REPEAT = "repeat"
+FLAPPING = "flapping"
+STABLE = "stable"
+TEST = "test"
+ALERT_KINDS = (FIRING, REPEAT, FLAPPING, STABLE, TEST)
+
+ALERT_FIELDS = {
+    "alert": "firing, repeat (still in a bad state), flapping, stable or test",
+    "change": "what happened, e.g. 'BACKUP -> MASTER (prio 100, after 3m04s in BACKUP)'",
+    "headline": "a one-line summary of the whole message",
+    "count": "how many events the message covers",
+    "lines": "one line per event (rendered with the line template), one per line",
+    "ids": "the event ids, comma-separated",
+    "hosts": "the hosts of the events, comma-separated",
+    "receiver": "the receiver's name",
+    "footer": "'knotify event ID' (or 'knotify events: ID, ID, ...')",
+}
+#: Every field an alert template may name: the event's and the alert's.
+KNOWN_FIELDS = {**FIELDS, **ALERT_FIELDS}
+
+DEFAULT_TITLE = "[{hosts}] {headline}"
+DEFAULT_LINE = "{time} {host} {kind} {subject}: {change}"
+DEFAULT_BODY = "{lines}\n\n{footer}"
+FORMATS = ("text", "markdown", "html")
+
+#: States people must hear about: a failure type in apprise, and repeated while they last.
+BAD_STATES = frozenset({"FAULT", "DOWN", "SPLIT_BRAIN", "NO_MASTER", "PEER_SILENT"})
+_GOOD_STATES = frozenset({"MASTER", "UP", "OK", "MASTER_BACK", "PEER_BACK",
+                          "SPLIT_BRAIN_RESOLVED"})
+_TYPE_RANK = {"info": 0, "success": 1, "warning": 2, "failure": 3}
+MAX_TITLE = 250
+MAX_NAMES = 6
+
+
+def template(text: str) -> Template:
+    """An alert template; TemplateError names an unknown field."""
+    return Template(text, KNOWN_FIELDS)
+
+
+@dataclass(slots=True, frozen=True)
+class Templates:
+    title: str = DEFAULT_TITLE
+    body: str = DEFAULT_BODY
+    line: str = DEFAULT_LINE
+
+    def over(self, overrides: Mapping[str, str | None]) -> Templates:
+        """These templates with ``overrides`` (title/body/line) applied where set."""
+        return Templates(
+            overrides.get("title") or self.title,
+            overrides.get("body") or self.body,
+            overrides.get("line") or self.line,
+        )
+
+
+@dataclass(slots=True)
+class Item:
+    """One event's part of a message."""
+
+    alert: str
+    fields: dict[str, str]
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class Rendered:
+    title: str
+    body: str
+    notify_type: str
+
+
+def _details(fields: Mapping[str, str]) -> str:
+    parts = []
+    if fields.get("prio"):
+        parts.append(f"prio {fields['prio']}")
+    if fields.get("duration") and fields.get("prev_state") not in (None, "", "INIT"):
+        parts.append(f"after {fields['duration']} in {fields['prev_state']}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def change_text(alert: str, fields: Mapping[str, str], *, count: int = 0, window: str = "",
+                stable: str = "", since: str = "") -> str:
+    """The ``change`` field: what this item says happened."""
+    state = fields.get("state", "")
+    if alert == REPEAT:
+        return f"still {state}" + (f" (for {since})" if since else "")
+    if alert == FLAPPING:
+        return (f"flapping: {count} changes in {window}, now {state}; alerts paused until it "
+                f"is stable for {stable}")
+    if alert == STABLE:
+        return (f"stable again: {state} for {stable}"
+                + (f" ({count} changes not alerted)" if count else ""))
+    if alert == TEST:
+        return "test message"
+    cls = fields.get("class", "transition")
+    if cls == "transition":
+        return f"{fields.get('prev_state', '')} -> {state}{_details(fields)}"
+    reported = fields.get("reported", state)
+    if cls == "notice":
+        return f"{reported} (now {state})" if reported != state else reported
+    return f"{state} (reported again){_details(fields) if fields.get('prio') else ''}"
+
+
+def _short(item: Item) -> str:
+    f = item.fields
+    state = f.get("state", "")
+    if item.alert == REPEAT:
+        return f"still {state}"
+    if item.alert == FLAPPING:
+        return "is flapping"
+    if item.alert == STABLE:
+        return f"stable again ({state})"
+    if item.alert == TEST:
+        return "test"
+    if f.get("class", "transition") == "transition":
+        return f"{f.get('prev_state', '')} -> {state}"
+    return f.get("reported", state)
+
+
+def headline(items: Sequence[Item]) -> str:
+    """``VI_1 BACKUP -> MASTER``; ``G1, VI_1, VI_2 -> MASTER``; ``3 changes: ...``."""
+    if len(items) == 1:
+        return f"{items[0].fields.get('subject', '')} {_short(items[0])}"
+    names = [i.fields.get("subject", "") for i in items]
+    more = f" +{len(names) - MAX_NAMES} more" if len(names) > MAX_NAMES else ""
+    states = {i.fields.get("state") for i in items}
+    if (len(states) == 1 and all(i.alert == FIRING for i in items)
+            and all(i.fields.get("class", "transition") == "transition" for i in items)):
+        return f"{', '.join(names[:MAX_NAMES])}{more} -> {states.pop()}"
+    shown = [f"{i.fields.get('subject', '')} {_short(i)}" for i in items[:MAX_NAMES]]
+    return f"{len(items)} changes: {', '.join(shown)}{more}"
+
+
+def notify_type(items: Sequence[Item]) -> str:
+    """apprise's notify type for the message: the most serious of its items."""
+    best = "info"
+    for item in items:
+        state = item.fields.get("state", "")
+        if item.alert == REPEAT or state in BAD_STATES:
+            kind = "failure"
+        elif item.alert == FLAPPING or state in ("STOP", "DELETED"):
+            kind = "warning"
+        elif item.alert == STABLE or state in _GOOD_STATES:
+            kind = "success"
+        else:
+            kind = "info"
+        if _TYPE_RANK[kind] > _TYPE_RANK[best]:
+            best = kind
+    return best
+
+
+def _render(text: str, fallback: str, fields: dict[str, str]) -> str:
+    try:
+        return template(text).render(fields)
+    except TemplateError:
+        # Checked at config load; a template from an older config that no longer
+        # parses must still let the alert out.
+        return template(fallback).render(fields)
+
+
+def compose(items: Sequence[Item], templates: Templates, receiver: str = "") -> Rendered:
+    """One message for ``items`` (oldest first): title, body and apprise notify type."""
+    if not items:
+        raise ValueError("a message needs at least one item")
+    lines = []
+    for item in items:
+        fields = _fields(item, receiver)
+        lines.append(_render(templates.line, DEFAULT_LINE, fields))
+    lead = _fields(items[0], receiver)
+    ids = list(dict.fromkeys(i.fields.get("id", "") for i in items))
+    hosts = list(dict.fromkeys(i.fields.get("host", "") for i in items))
+    lead.update({
+        "headline": headline(items),
+        "count": str(len(items)),
+        "lines": "\n".join(lines),
+        "ids": ", ".join(ids),
+        "hosts": ", ".join(hosts),
+        "footer": (f"knotify event {ids[0]}" if len(ids) == 1
+                   else f"knotify events: {', '.join(ids)}"),
+    })
+    title = " ".join(_render(templates.title, DEFAULT_TITLE, lead).split())
+    if len(title) > MAX_TITLE:
+        title = title[: MAX_TITLE - 3] + "..."
+    body = _render(templates.body, DEFAULT_BODY, lead)
+    return Rendered(title, body, notify_type(items))
+
+
+def _fields(item: Item, receiver: str) -> dict[str, str]:
+    fields = {name: "" for name in KNOWN_FIELDS}
+    fields.update(item.fields)
+    fields.update(item.extra)
+    fields["alert"] = item.alert
+    fields["receiver"] = receiver
+    if not fields.get("change"):
+        fields["change"] = change_text(item.alert, item.fields)
+    fields.setdefault("headline", "")
+    if not fields["headline"]:
+        fields["headline"] = headline([item])
+    fields["count"] = fields["count"] or "1"
+    fields["ids"] = fields["ids"] or fields.get("id", "")
+    fields["hosts"] = fields["hosts"] or fields.get("host", "")
+    return fields

@@ -1,0 +1,221 @@
+"""Silences: matchers with a time window that mute alerts (and, where a rule says so, exec).
+
+A silence is a list of matchers that must all hold, e.g. ``host=node1 name=VI_*
+state!=BACKUP``. Values are globs as in rules (``*``, ``?``; ``[`` is literal)
+and a comma separates alternatives (``state=FAULT,STOP``). ``kind`` and
+``state`` ignore case. Silences live in the journal (table ``silences``) and are
+created, listed and expired through the router (``knotify silence ...``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from knotify.rules import Pattern
+
+#: What a matcher can name (``from`` is the previous state; ``receiver`` only ever
+#: matches alerts, so a silence naming it never mutes an exec action).
+MATCH_FIELDS = ("host", "kind", "name", "vs", "subject", "state", "from", "rule", "source",
+                "receiver")
+_UPPER = frozenset({"kind", "state", "from"})
+MAX_MATCHERS = 32
+
+
+class SilenceError(ValueError):
+    """A matcher or silence request that cannot be used; the text says why."""
+
+
+@dataclass(slots=True, frozen=True)
+class Matcher:
+    field: str
+    negate: bool
+    pattern: Pattern
+    text: str
+
+    def __call__(self, values: Mapping[str, str]) -> bool:
+        if self.field == "state":
+            candidates = [values.get("state", ""), values.get("reported", "")]
+            hit = any(self.pattern(v) for v in candidates if v)
+        else:
+            hit = self.pattern(values.get(self.field, ""))
+        return hit != self.negate
+
+
+def parse_matcher(text: str) -> Matcher:
+    """``field=glob`` or ``field!=glob``; SilenceError says what is wrong."""
+    raw = text.strip()
+    if "!=" in raw:
+        name, _, value = raw.partition("!=")
+        negate = True
+    elif "=" in raw:
+        name, _, value = raw.partition("=")
+        negate = False
+    else:
+        raise SilenceError(f"matcher {text!r} must be FIELD=VALUE or FIELD!=VALUE, "
+                           f"e.g. name=VI_1 or host=node*")
+    name = name.strip().lower()
+    if name == "prev_state":
+        name = "from"
+    if name not in MATCH_FIELDS:
+        raise SilenceError(f"matcher {text!r}: unknown field {name!r}; expected one of "
+                           + ", ".join(MATCH_FIELDS))
+    value = value.strip()
+    if not value:
+        raise SilenceError(f"matcher {text!r} has no value (use * to match anything)")
+    alternatives = [v.strip() for v in value.split(",") if v.strip()]
+    upper = name in _UPPER
+    if any(v.startswith("!") for v in alternatives):
+        raise SilenceError(f"matcher {text!r}: write {name}!=VALUE to negate")
+    pattern = Pattern.parse(alternatives, upper=upper)
+    return Matcher(name, negate, pattern, f"{name}{'!=' if negate else '='}{value}")
+
+
+def parse_matchers(texts: Sequence[str]) -> list[Matcher]:
+    if not texts:
+        raise SilenceError("a silence needs at least one matcher (host=* silences everything)")
+    if len(texts) > MAX_MATCHERS:
+        raise SilenceError(f"at most {MAX_MATCHERS} matchers")
+    return [parse_matcher(t) for t in texts]
+
+
+@dataclass(slots=True)
+class Silence:
+    id: int
+    matchers: list[Matcher]
+    starts_ns: int
+    ends_ns: int
+    created_ns: int
+    by: str
+    reason: str
+    expired_ns: int | None = None
+
+    def active(self, now_ns: int) -> bool:
+        return self.expired_ns is None and self.starts_ns <= now_ns < self.ends_ns
+
+    def status(self, now_ns: int) -> str:
+        if self.expired_ns is not None:
+            return "expired"
+        if now_ns < self.starts_ns:
+            return "pending"
+        return "active" if now_ns < self.ends_ns else "ended"
+
+    def matches(self, values: Mapping[str, str]) -> bool:
+        return all(m(values) for m in self.matchers)
+
+    def describe(self) -> str:
+        """``silence 3 (maintenance, by root, until 14:00:00)`` for outcomes and history."""
+        import datetime as dt
+
+        until = dt.datetime.fromtimestamp(self.ends_ns / 1e9).astimezone()
+        return (f"silence {self.id} ({self.reason}, by {self.by or '?'}, until "
+                f"{until.strftime('%Y-%m-%d %H:%M:%S')})")
+
+    def to_dict(self, now_ns: int | None = None) -> dict[str, Any]:
+        now = time.time_ns() if now_ns is None else now_ns
+        return {
+            "id": self.id, "matchers": [m.text for m in self.matchers],
+            "starts_ns": self.starts_ns, "ends_ns": self.ends_ns, "created_ns": self.created_ns,
+            "by": self.by, "reason": self.reason, "expired_ns": self.expired_ns,
+            "status": self.status(now),
+        }
+
+
+def first_match(silences: Sequence[Silence], values: Mapping[str, str],
+                now_ns: int) -> Silence | None:
+    """The first active silence that matches ``values`` (event fields + receiver)."""
+    for silence in silences:
+        if silence.active(now_ns) and silence.matches(values):
+            return silence
+    return None
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS silences (
+    id INTEGER PRIMARY KEY,
+    matchers TEXT NOT NULL,
+    starts_ns INTEGER NOT NULL,
+    ends_ns INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    created_by TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '',
+    expired_ns INTEGER
+);
+"""
+
+
+def _row(row: Sequence[Any]) -> Silence:
+    return Silence(int(row[0]), parse_matchers(json.loads(row[1])), int(row[2]), int(row[3]),
+                   int(row[4]), str(row[5]), str(row[6]),
+                   None if row[7] is None else int(row[7]))
+
+
+class SilenceStore:
+    """Silences in the journal, with the open ones cached for matching on the hot path."""
+
+    def __init__(self, journal: Any) -> None:
+        self.journal = journal
+        self._open: list[Silence] = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        now = time.time_ns()
+        rows = self.journal.db.execute(
+            "SELECT id, matchers, starts_ns, ends_ns, created_ns, created_by, reason, "
+            "expired_ns FROM silences WHERE expired_ns IS NULL AND ends_ns > ? ORDER BY id",
+            (now,)).fetchall()
+        self._open = [_row(r) for r in rows]
+
+    def match(self, values: Mapping[str, str], now_ns: int | None = None) -> Silence | None:
+        if not self._open:
+            return None
+        return first_match(self._open, values, time.time_ns() if now_ns is None else now_ns)
+
+    def add(self, matchers: Sequence[str], duration_s: float, reason: str, by: str = "",
+            starts_ns: int | None = None) -> Silence:
+        parsed = parse_matchers(matchers)
+        if not reason.strip():
+            raise SilenceError("a silence needs a reason (--reason TEXT)")
+        if not 0 < duration_s <= 366 * 86400:
+            raise SilenceError("a silence lasts more than 0 and at most 366 days")
+        now = time.time_ns()
+        start = now if starts_ns is None else starts_ns
+        end = start + int(duration_s * 1e9)
+        texts = [m.text for m in parsed]
+        with self.journal.transaction():
+            cur = self.journal.db.execute(
+                "INSERT INTO silences (matchers, starts_ns, ends_ns, created_ns, created_by, "
+                "reason) VALUES (?, ?, ?, ?, ?, ?)",
+                (json.dumps(texts), start, end, now, by[:200], reason.strip()[:1000]))
+        self.refresh()
+        assert cur.lastrowid is not None
+        return Silence(cur.lastrowid, parsed, start, end, now, by[:200], reason.strip()[:1000])
+
+    def expire(self, silence_id: int) -> Silence:
+        now = time.time_ns()
+        with self.journal.transaction():
+            row = self.journal.db.execute(
+                "SELECT id, matchers, starts_ns, ends_ns, created_ns, created_by, reason, "
+                "expired_ns FROM silences WHERE id = ?", (silence_id,)).fetchone()
+            if row is None:
+                raise SilenceError(f"no silence {silence_id}")
+            silence = _row(row)
+            if silence.expired_ns is not None:
+                raise SilenceError(f"silence {silence_id} is already expired")
+            self.journal.db.execute("UPDATE silences SET expired_ns = ? WHERE id = ?",
+                                    (now, silence_id))
+        self.refresh()
+        silence.expired_ns = now
+        return silence
+
+    def list(self, include_old: bool = False) -> list[Silence]:
+        now = time.time_ns()
+        clause = "" if include_old else "WHERE expired_ns IS NULL AND ends_ns > ?"
+        args: tuple[int, ...] = () if include_old else (now,)
+        rows = self.journal.db.execute(
+            "SELECT id, matchers, starts_ns, ends_ns, created_ns, created_by, reason, "
+            f"expired_ns FROM silences {clause} ORDER BY id", args).fetchall()
+        return [_row(r) for r in rows]

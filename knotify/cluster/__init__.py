@@ -1,0 +1,29 @@
+"""The cluster view: many keepalived hosts reporting to one router.
+
+:mod:`~knotify.cluster.settings` reads ``[cluster]`` and ``[agent]``;
+:mod:`~knotify.cluster.detect` works out split brain, no master and silent peers
+(pure); :mod:`~knotify.cluster.heartbeat` is the heartbeat wire op;
+:mod:`~knotify.cluster.monitor` runs the detector inside the router.
+"""
+
+from __future__ import annotations
+
+from knotify.cluster.detect import (
+    CLUSTER,
+    MASTER_BACK,
+    NO_MASTER,
+    OK,
+    PEER,
+    PEER_BACK,
+    PEER_SILENT,
+    SPLIT_BRAIN,
+    SPLIT_BRAIN_RESOLVED,
+    Detector,
+)
+from knotify.cluster.settings import AgentSettings, ClusterSettings, GroupSpec
+
+__all__ = [
+    "CLUSTER", "MASTER_BACK", "NO_MASTER", "OK", "PEER", "PEER_BACK", "PEER_SILENT",
+    "SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "AgentSettings", "ClusterSettings", "Detector",
+    "GroupSpec",
+]
