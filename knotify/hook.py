@@ -48,10 +48,15 @@ def load_settings(config_path: str | None) -> Settings:
     settings = Settings()
     if config_path:
         try:
-            import tomllib
-
             with open(config_path, "rb") as fh:
-                data = tomllib.load(fh)
+                raw = fh.read()
+            from knotify import minitoml
+
+            data: dict[str, object] | None = minitoml.read(raw.decode("utf-8"))
+            if data is None:  # beyond the hook's plain subset: the real parser decides
+                import tomllib
+
+                data = tomllib.loads(raw.decode("utf-8"))
         except (OSError, ValueError) as exc:
             settings.problems.append(f"config {config_path}: {exc}; using defaults")
             data = {}
