@@ -95,6 +95,7 @@ class Config:
     keep_events: int
     max_message: int
     max_parallel: int
+    max_backlog: int
     hook: HookConfig
     log_format: str
     log_level: str
@@ -190,6 +191,7 @@ def parse(text: str, path: str) -> Config:
     keep_events = r.integer("keep_events", 1_000_000, lo=1000)
     max_message = r.integer("max_message", 256 * 1024, lo=4096, hi=64 * 1024 * 1024)
     max_parallel = r.integer("max_parallel_actions", 32, lo=1, hi=10_000)
+    max_backlog = r.integer("max_backlog", 5_000, lo=10, hi=10_000_000)
     r.done()
 
     h = top.table("hook")
@@ -229,7 +231,8 @@ def parse(text: str, path: str) -> Config:
         path=path, runtime_dir=runtime_dir, state_dir=state_dir, listen=listen, curve=curve,
         insecure=insecure, group=group, journal=journal, fifos=fifos, drain_timeout=drain_timeout,
         spool_interval=spool_interval, synchronous=synchronous, keep_events=keep_events,
-        max_message=max_message, max_parallel=max_parallel, hook=hook, log_format=log_format,
+        max_message=max_message, max_parallel=max_parallel, max_backlog=max_backlog,
+        hook=hook, log_format=log_format,
         log_level=log_level,
         defaults=defaults, rules=[], alerts=alerts, receivers=receivers,
         cluster=cluster, agent=agent, metrics=metrics,

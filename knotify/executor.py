@@ -70,6 +70,22 @@ class Executor:
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
+    def idle(self, key: Key) -> bool:
+        """Nothing of ``key`` is queued or running."""
+        return key not in self.queues
+
+    def run_inline(self, run: Run) -> None:
+        """Run an instant action now; its start was journaled with its event."""
+        try:
+            outcome = run.action.run_inline(run.event, run.transition, run.rule.id, self.log,
+                                            run.rowid)
+        except Exception as exc:  # an action bug must not stop intake
+            self.log.exception("action.crashed", event_id=run.event.id, rule=run.rule.id)
+            outcome = Outcome(ERROR, detail=f"{type(exc).__name__}: {exc}")
+        # Its outcome rides on the next intake commit (or the flush timer): a crash before
+        # that shows the run as interrupted although its line was written; never twice.
+        self._record(run, outcome, self.log, commit=False)
+
     def submit(self, run: Run) -> None:
         key = run.event.key
         queue = self.queues.get(key)
@@ -200,7 +216,7 @@ class Executor:
                 return f"expired: {age:.1f}s old, rule max_age is {rule.max_age:g}s"
         return ""
 
-    def _record(self, run: Run, outcome: Outcome, log: Any) -> None:
+    def _record(self, run: Run, outcome: Outcome, log: Any, commit: bool = True) -> None:
         ended = time.time_ns()
         self.updates.append((run.rowid, outcome, run.started_ns, ended))
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
@@ -209,7 +225,8 @@ class Executor:
         else:
             level = "warning"
         getattr(log, level)(
-            "action.done", status=outcome.status, exit_code=outcome.exit_code,
+            "action.done", event_id=run.event.id, rule=run.rule.id, run=run.rowid,
+            status=outcome.status, exit_code=outcome.exit_code,
             detail=outcome.detail or None,
             seconds=round((ended - run.started_ns) / 1e9, 3) if run.started_ns else None,
         )
@@ -219,7 +236,8 @@ class Executor:
             "detail": outcome.detail, "host": run.event.host, "name": run.event.name,
             "state": run.transition.state,
         })
-        self._schedule_commit()
+        if commit:
+            self._schedule_commit()
 
     async def drain(self, timeout: float) -> None:
         """Stop starting new runs; let the running ones finish within ``timeout``, then cancel."""

@@ -217,11 +217,12 @@ class Journal:
     # -- action runs --------------------------------------------------------------------
 
     def add_run(self, event_id: str, rule: str, idx: int, kind: str, status: str = PENDING,
-                detail: str | None = None) -> int:
+                detail: str | None = None, started_ns: int | None = None) -> int:
+        now = time.time_ns()
         cur = self.db.execute(
-            "INSERT INTO runs (event_id, rule, idx, kind, status, created_ns, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (event_id, rule, idx, kind, status, time.time_ns(), detail),
+            "INSERT INTO runs (event_id, rule, idx, kind, status, created_ns, detail, started_ns) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (event_id, rule, idx, kind, status, now, detail, started_ns),
         )
         assert cur.lastrowid is not None
         return cur.lastrowid

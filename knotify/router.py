@@ -26,6 +26,7 @@ from knotify import __version__, hook, resync, spool, transport
 from knotify import config as configmod
 from knotify import log as logmod
 from knotify import metrics as metricsmod
+from knotify.actions.base import PENDING, RUNNING
 from knotify.alerts.engine import OPS as ALERT_OPS
 from knotify.alerts.engine import AlertEngine
 from knotify.cluster.monitor import ClusterMonitor
@@ -41,8 +42,10 @@ MAX_BATCH = 2000
 FLUSH_INTERVAL = 0.2
 PRUNE_EVERY = 10_000
 ZAP_DOMAIN = "knotify"
+SHED_INTERVAL = 0.05
 #: Config values a reload applies at once, and those that need a restart (and are reported).
 LIVE = ("rules", "defaults", "alerts", "receivers", "spool_interval", "drain_timeout",
+        "max_backlog",
         "keep_events", "cluster", "agent")
 RESTART_ONLY = ("runtime_dir", "state_dir", "listen", "curve", "insecure", "group", "journal",
                 "fifos", "synchronous", "max_message", "max_parallel", "metrics")
@@ -68,7 +71,7 @@ class Router:
         self.stop_event = asyncio.Event()
         self.started = time.time()
         self.stats = {"received": 0, "journaled": 0, "duplicates": 0, "rejected": 0,
-                      "journal_errors": 0, "spool_replayed": 0}
+                      "journal_errors": 0, "spool_replayed": 0, "shed": 0, "shed_periods": 0}
         self.fifo_readers: list[AsyncFifoReader] = []
         self._lock_fd: int | None = None
         self.auth: AsyncioAuthenticator | None = None
@@ -78,6 +81,7 @@ class Router:
         self._tasks: list[asyncio.Task[Any]] = []
         self._since_prune = 0
         self._journal_failing = False
+        self._shedding = False
 
     # -- start-up -----------------------------------------------------------------------
 
@@ -211,8 +215,11 @@ class Router:
         results: list[bool] = []
         accepted: list[tuple[Event, Transition]] = []
         runs: list[Run] = []
+        inline: list[Run] = []
+        queued_keys: set[Any] = set()
         rules = self.config.rules
         now_mono = time.monotonic()
+        now_ns = time.time_ns()
         try:
             with self.journal.transaction():
                 self.executor.flush()
@@ -228,8 +235,20 @@ class Router:
                             self.journal.put_state(ev.key, current)
                         for rule in fired(rules, ev, tr):
                             for idx, action in enumerate(rule.actions):
-                                rowid = self.journal.add_run(ev.id, rule.id, idx, action.kind)
-                                runs.append(Run(rowid, ev, tr, rule, idx, action, now_mono))
+                                # An instant action with nothing of its key ahead of it is
+                                # journaled as started here and run right after the commit.
+                                now = (action.inline and rule.plain and ev.key not in queued_keys
+                                       and self.executor.idle(ev.key))
+                                rowid = self.journal.add_run(
+                                    ev.id, rule.id, idx, action.kind,
+                                    RUNNING if now else PENDING, None, now_ns if now else None)
+                                run = Run(rowid, ev, tr, rule, idx, action, now_mono,
+                                          now_ns if now else None)
+                                if now:
+                                    inline.append(run)
+                                else:
+                                    queued_keys.add(ev.key)
+                                    runs.append(run)
                     accepted.append((ev, tr))
                     results.append(True)
         except JournalError as exc:
@@ -249,6 +268,8 @@ class Router:
             self._announce(ev, tr)
             if self.cluster is not None:
                 self.cluster.observe(ev, tr)
+        for run in inline:
+            self.executor.run_inline(run)
         for run in runs:
             self.executor.submit(run)
         self._since_prune += len(accepted)
@@ -304,6 +325,8 @@ class Router:
             self.log.info("journal.pruned", events=dropped, keep=self.config.keep_events)
 
     async def _serve(self, sock: zmq.asyncio.Socket) -> None:
+        # The same socket without asyncio's futures, to drain and answer a batch cheaply.
+        raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         while True:
             try:
                 frames = await sock.recv_multipart()
@@ -315,12 +338,28 @@ class Router:
             batch = [frames]
             while len(batch) < MAX_BATCH:
                 try:
-                    batch.append(await sock.recv_multipart(flags=zmq.NOBLOCK))
+                    batch.append(raw.recv_multipart(flags=zmq.NOBLOCK))
                 except zmq.Again:
                     break
-            self._handle(sock, batch)
+            self._handle(raw, batch)
+            await asyncio.sleep(0)  # let actions and other sockets have a turn
 
-    def _handle(self, sock: zmq.asyncio.Socket, batch: list[list[bytes]]) -> None:
+    def _overloaded(self) -> bool:
+        """Over ``max_backlog`` actions waiting: refuse new events (hooks spool them).
+
+        Memory stays bounded under any storm; the spool on disk is the buffer. Once
+        shedding, stay so until the backlog is down to a fifth *and* the spool is
+        replayed, so that events are still journaled in the order they happened.
+        """
+        queued = self.executor.queued if self.executor is not None else 0
+        if not self._shedding and queued > self.config.max_backlog:
+            self._shedding = True
+            self.stats["shed_periods"] += 1
+            self.log.warning("intake.shedding", actions_queued=queued,
+                             reason="actions fall behind; new events go to the spool")
+        return self._shedding
+
+    def _handle(self, sock: zmq.Socket[bytes], batch: list[list[bytes]]) -> None:
         replies: list[list[bytes]] = []
         pending: list[tuple[list[bytes], list[Event], list[dict[str, Any]], bool]] = []
         commands: list[tuple[list[bytes], dict[str, Any]]] = []
@@ -351,7 +390,12 @@ class Router:
                 self._rejected(str(exc), envelope)
                 replies.append([*envelope, reply(False, error=str(exc))])
         events = [ev for _, evs, _, _ in pending for ev in evs]
-        if events:
+        if events and self._overloaded():
+            self.stats["shed"] += len(events)
+            for envelope, _evs, _bad, _many in pending:
+                replies.append([*envelope, reply(False, error="busy: spool it and retry later")])
+            pending = []
+        elif events:
             try:
                 self.ingest(events)
             except JournalError as exc:
@@ -466,6 +510,9 @@ class Router:
         total = 0
         spool_dir = self.config.hook.spool_dir
         while True:
+            if self.executor is not None and self.executor.queued > self.config.max_backlog:
+                self._overloaded()  # the rest waits where it is, in order
+                return total
             paths = spool.pending(spool_dir, limit=MAX_BATCH)
             if not paths:
                 return total
@@ -520,8 +567,11 @@ class Router:
 
     async def _spool_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.spool_interval)
+            await asyncio.sleep(SHED_INTERVAL if self._shedding else self.config.spool_interval)
             self._watch_clients()
+            queued = self.executor.queued if self.executor is not None else 0
+            if self._shedding and queued > self.config.max_backlog // 5:
+                continue  # replaying now would only grow the backlog again
             try:
                 count = self.replay_spool()
             except OSError as exc:
@@ -529,6 +579,9 @@ class Router:
                 continue
             if count:
                 self.log.info("spool.replayed", events=count)
+            if self._shedding and not spool.pending(self.config.hook.spool_dir, limit=1):
+                self._shedding = False
+                self.log.info("intake.resumed", actions_queued=queued)
 
     def _fifo_lines(self, lines: list[tuple[str, int, int]], host: str) -> None:
         spool_dir = self.config.hook.spool_dir

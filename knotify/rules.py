@@ -143,6 +143,12 @@ class Rule:
     #: silence matches the event; alert actions always honour silences.
     honor_silences: bool = False
 
+    @property
+    def plain(self) -> bool:
+        """No option that makes its actions wait or re-check before they start."""
+        return (not self.delay and not self.skip_if_superseded and self.max_age is None
+                and not self.honor_silences)
+
     def fires(self, ev: Event, tr: Transition) -> bool:
         return tr.cls in self.on and self.match(ev, tr)
 

@@ -275,3 +275,43 @@ argv = ["{appender(kenv, out)}", "{{id}}"]
     vi0 = {e["id"] for e in events if e["name"] == "VI_0"}
     wait_for(lambda: len(lines(out)) == len(vi0), 60, what="every VI_0 action")
     assert sorted(lines(out)) == sorted(vi0)
+
+
+def test_action_storm_sheds_new_events_to_the_spool_keeping_order(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    out = kenv.root / "acted.txt"
+    script = kenv.root / "slow.sh"
+    script.write_text(f"#!/bin/sh\nsleep 0.05\nprintf '%s\\n' \"$1\" >> {out}\n")
+    script.chmod(0o755)
+    kenv.write_config(f"""
+[router]
+max_backlog = 10
+spool_interval = "200ms"
+[[rule]]
+id = "slow"
+on = "every"
+[[rule.action]]
+type = "exec"
+argv = ["{script}", "{{seq}}"]
+""")
+    router.start()
+    from conftest import ROOT
+
+    sender = kenv.root / "sender.py"
+    sender.write_text(SENDER.format(root=str(ROOT)))
+    subprocess.run([sys.executable, str(sender), str(kenv.config), "s0", "120",
+                    str(kenv.root / "sent.txt")], env=kenv.env, check=True, timeout=120)
+    sent = [ln.split() for ln in (kenv.root / "sent.txt").read_text().splitlines()]
+    assert {what for _, what in sent} == {"acked", "spooled"}, "some were shed to the spool"
+    wait_for(lambda: len(lines(out)) == 120, 120, interval=0.5, what="every action")
+    stats = json.loads(kenv.cli("status", "--json").stdout)["router"]
+    assert stats["shed"] > 0 and stats["journaled"] == 120
+    # All 40 keys' actions ran once each, and per key in the order the events happened.
+    seqs = [int(s) for s in lines(out)]
+    assert sorted(seqs) == list(range(1, 121))
+    by_key: dict[int, list[int]] = collections.defaultdict(list)
+    for s in seqs:
+        by_key[(s - 1) % 40].append(s)
+    assert all(v == sorted(v) for v in by_key.values())
+    assert router.records() and any(r.get("event") == "intake.shedding" for r in router.records())

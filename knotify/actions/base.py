@@ -51,6 +51,14 @@ class Action(ABC):
     #: True when running it twice would matter: its start is journaled before it runs,
     #: so a router crash never repeats it.
     durable_start: ClassVar[bool] = True
+    #: Instant and without I/O (a log line): when nothing of its key is queued, it runs
+    #: right after the commit that journals its event (and its start), off the queue.
+    inline: ClassVar[bool] = False
+
+    def run_inline(self, event: Event, transition: Transition, rule: str, log: Any,
+                   run: int) -> Outcome:
+        """The :attr:`inline` form of :meth:`run`, synchronous."""
+        raise NotImplementedError
 
     @classmethod
     @abstractmethod

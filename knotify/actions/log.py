@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from knotify.actions.base import OK, Action, ActionContext, Outcome
-from knotify.templates import Template, TemplateError
+from knotify.templates import Template, TemplateError, event_fields
 
 if TYPE_CHECKING:
     from knotify.config import Config
+    from knotify.event import Event
     from knotify.schema import Table
+    from knotify.tracker import Transition
 
 DEFAULT_MESSAGE = "{kind} {subject} on {host}: {prev_state} -> {state}"
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -31,9 +33,19 @@ class LogAction(Action):
             raise table.error("message", str(exc)) from None
         return cls(message, table.text("level", "info", choices=LEVELS))
 
+    inline = True
+
     async def run(self, ctx: ActionContext) -> Outcome:
         text = self.message.render(ctx.fields)
         getattr(ctx.log, self.level)("rule.log", message=text)
+        return Outcome(OK, detail=text)
+
+    def run_inline(self, event: Event, transition: Transition, rule: str, log: Any,
+                   run: int) -> Outcome:
+        fields = event_fields(event, transition, rule, only=self.message.fields)
+        text = self.message.render(fields)
+        getattr(log, self.level)("rule.log", message=text, event_id=event.id, rule=rule,
+                                 action=self.kind, run=run)
         return Outcome(OK, detail=text)
 
     def describe(self) -> str:
