@@ -102,8 +102,7 @@ class Executor:
         updates, self.updates = self.updates, []
         try:
             with self.journal.transaction():
-                for rowid, outcome, started, ended in updates:
-                    self.journal.finish_run(rowid, outcome, started, ended)
+                self.journal.finish_runs(updates)
         except JournalError:
             self.updates[:0] = updates  # kept for the next try
             raise

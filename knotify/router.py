@@ -43,6 +43,7 @@ FLUSH_INTERVAL = 0.2
 PRUNE_EVERY = 10_000
 ZAP_DOMAIN = "knotify"
 SHED_INTERVAL = 0.05
+SUBSCRIPTIONS_EVERY = 0.1
 #: Config values a reload applies at once, and those that need a restart (and are reported).
 LIVE = ("rules", "defaults", "alerts", "receivers", "spool_interval", "drain_timeout",
         "max_backlog",
@@ -82,6 +83,8 @@ class Router:
         self._since_prune = 0
         self._journal_failing = False
         self._shedding = False
+        self._subscriptions: set[bytes] = set()
+        self._subs_checked = 0.0
 
     # -- start-up -----------------------------------------------------------------------
 
@@ -168,7 +171,8 @@ class Router:
                 self._own(endpoint[len("ipc://"):], 0o660 if self.config.group else 0o600)
             self.sockets.append(sock)
         self._sync_ctx = zmq.Context()
-        self.pub = self._sync_ctx.socket(zmq.PUB)
+        # XPUB: a PUB that tells who subscribed, so nothing is encoded for nobody.
+        self.pub = self._sync_ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 10_000)
         pub_path = self.config.pub_endpoint[len("ipc://"):]
@@ -311,8 +315,27 @@ class Router:
     def publish(self, topic: str, data: dict[str, Any]) -> None:
         if self.pub is None:
             return
+        now = time.monotonic()
+        if now - self._subs_checked > SUBSCRIPTIONS_EVERY:
+            self._subs_checked = now
+            self._read_subscriptions()
+        if not self._subscriptions:
+            return
         with contextlib.suppress(zmq.ZMQError):
             self.pub.send_multipart([topic.encode(), encode(data)], flags=zmq.NOBLOCK)
+
+    def _read_subscriptions(self) -> None:
+        """XPUB passes on the first subscribe and last unsubscribe of each topic prefix."""
+        assert self.pub is not None
+        while True:
+            try:
+                msg = self.pub.recv(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            if msg[:1] == b"\x01":
+                self._subscriptions.add(msg[1:])
+            elif msg[:1] == b"\x00":
+                self._subscriptions.discard(msg[1:])
 
     def _prune(self) -> None:
         assert self.journal is not None

@@ -305,7 +305,9 @@ def test_reply_starts_with_what_the_hook_looks_for() -> None:
     # The hook checks the ack by prefix, without a JSON parser.
     assert reply(True, id="abc").startswith(b'{"v":1,"ok":true')
     assert reply(False, error="no").startswith(b'{"v":1,"ok":false')
-    assert encode({"name": "\u00e9\n"}) == b'{"name":"\\u00e9\\n"}'
+    # Compact UTF-8 JSON; an undecodable argv byte (a lone surrogate) still round-trips.
+    assert encode({"name": "\u00e9\n"}) == '{"name":"\u00e9\\n"}'.encode()
+    assert json.loads(encode({"argv": ["a\udcff"]})) == {"argv": ["a\udcff"]}
 
 
 # --------------------------------------------------------------------------- round trips
