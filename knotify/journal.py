@@ -196,6 +196,16 @@ class Journal:
 
     # -- events and state -------------------------------------------------------------
 
+    def seen_many(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are already journaled (one query per 500)."""
+        found = {i for i in ids if i in self._event_ids}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(row[0] for row in self.db.execute(
+                f"SELECT id FROM events WHERE id IN ({marks})", chunk))
+        return found
+
     def seen(self, event_id: str) -> bool:
         if event_id in self._event_ids:
             return True

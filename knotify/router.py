@@ -227,10 +227,13 @@ class Router:
         try:
             with self.journal.transaction():
                 self.executor.flush()
+                known = self.journal.seen_many([ev.id for ev in events])
+                batch_ids: set[str] = set()
                 for ev in events:
-                    if self.journal.seen(ev.id):
+                    if ev.id in known or ev.id in batch_ids:
                         results.append(False)
                         continue
+                    batch_ids.add(ev.id)
                     tr = self.tracker.observe(ev)
                     self.journal.add_event(ev, tr)
                     if tr.cls not in (STALE, INVALID_CLASS):

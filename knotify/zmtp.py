@@ -64,7 +64,8 @@ class Dealer:
     def __init__(self, endpoint: str, timeout: float) -> None:
         family, address = parse_endpoint(endpoint)
         self._deadline = time.monotonic() + timeout
-        self._buf = b""
+        self._buf = bytearray()
+        self._pos = 0  # read position in _buf: frames are sliced out, not copied away
         sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock = sock
         try:
@@ -98,13 +99,17 @@ class Dealer:
         return left
 
     def _read(self, size: int) -> bytes:
-        while len(self._buf) < size:
+        while len(self._buf) - self._pos < size:
             self._sock.settimeout(self._remaining())
+            if self._pos:
+                del self._buf[: self._pos]
+                self._pos = 0
             chunk = self._sock.recv(max(65536, size - len(self._buf)))
             if not chunk:
                 raise ZmtpError("the router closed the connection")
             self._buf += chunk
-        data, self._buf = self._buf[:size], self._buf[size:]
+        data = bytes(self._buf[self._pos : self._pos + size])
+        self._pos += size
         return data
 
     def _read_frame(self) -> tuple[int, bytes]:
