@@ -192,3 +192,24 @@ def router(kenv: KEnv) -> Iterator[RouterProcess]:
     finally:
         if proc.alive:
             proc.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def cluster(kenv: KEnv, router: RouterProcess) -> Iterator[Any]:
+    """Real keepalived nodes in network namespaces (tests/netns.py), to create in the test.
+
+    Needs root, ip netns and keepalived: skipped with the reason on a laptop, a failure
+    under CI. Torn down before the router (every process, every namespace); the test
+    fails if a namespace is left behind.
+    """
+    import netns
+
+    ok, reason = netns.usable()
+    need(ok, reason)
+    made = netns.Cluster(kenv.root / "ka")
+    try:
+        yield made
+    finally:
+        forced = made.destroy()
+        assert not made.namespaces, \
+            f"network namespaces left behind: {made.namespaces} ({forced})"

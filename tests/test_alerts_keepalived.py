@@ -14,13 +14,12 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import netns
 import pytest
 from alert_servers import HttpSink, SmtpSink, settled
-from conftest import ROOT, KEnv, RouterProcess, need, wait_for
+from conftest import ROOT, KEnv, RouterProcess, wait_for
 
 pytestmark = [pytest.mark.keepalived, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -29,18 +28,6 @@ INSTANCES = ("VI_1", "VI_2")
 GROUP = "G1"
 SUBJECTS = [("INSTANCE", "VI_1"), ("INSTANCE", "VI_2"), ("GROUP", GROUP)]
 GROUP_WAIT = 2.0
-
-
-@pytest.fixture
-def cluster(kenv: KEnv, router: RouterProcess) -> Iterator[netns.Cluster]:
-    ok, reason = netns.usable()
-    need(ok, reason)
-    made = netns.Cluster(kenv.root / "ka")
-    try:
-        yield made
-    finally:
-        made.destroy()
-        assert not made.namespaces, f"network namespaces left behind: {made.namespaces}"
 
 
 def hook_wrapper(bindir: Path) -> Path:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KEnv, RouterProcess, need, wait_for
+from conftest import ROOT, KEnv, RouterProcess, need, wait_for
 
 APPEND = "#!/bin/sh\nprintf '%s\\n' \"$1\" >> {out}\n"
 
@@ -87,6 +87,13 @@ with open(result, "w", buffering=1) as out:
 """
 
 
+def write_sender(kenv: KEnv) -> Path:
+    """A sender process: stamps and delivers COUNT events as the hook does (ack or spool)."""
+    sender = kenv.root / "sender.py"
+    sender.write_text(SENDER.format(root=str(ROOT)))
+    return sender
+
+
 @pytest.mark.slow
 def test_sigkill_mid_burst_loses_nothing_and_runs_no_action_twice(
     kenv: KEnv, router: RouterProcess
@@ -111,10 +118,7 @@ type = "exec"
 argv = ["{appender(kenv, out)}", "{{id}}"]
 """)
     router.start()
-    sender = kenv.root / "sender.py"
-    from conftest import ROOT
-
-    sender.write_text(SENDER.format(root=str(ROOT)))
+    sender = write_sender(kenv)
     per_sender = 2500
     procs = [subprocess.Popen([sys.executable, str(sender), str(kenv.config), f"s{n}",
                                str(per_sender), str(kenv.root / f"sent{n}.txt")], env=kenv.env)
@@ -248,10 +252,7 @@ argv = ["{appender(kenv, out)}", "{{id}}"]
 """
     kenv.write_config(rules)
     router.start()
-    from conftest import ROOT
-
-    sender = kenv.root / "sender.py"
-    sender.write_text(SENDER.format(root=str(ROOT)))
+    sender = write_sender(kenv)
     procs = [subprocess.Popen([sys.executable, str(sender), str(kenv.config), f"s{n}", "600",
                                str(kenv.root / f"sent{n}.txt")], env=kenv.env) for n in range(2)]
     reloads = 0
@@ -296,10 +297,7 @@ type = "exec"
 argv = ["{script}", "{{seq}}"]
 """)
     router.start()
-    from conftest import ROOT
-
-    sender = kenv.root / "sender.py"
-    sender.write_text(SENDER.format(root=str(ROOT)))
+    sender = write_sender(kenv)
     subprocess.run([sys.executable, str(sender), str(kenv.config), "s0", "120",
                     str(kenv.root / "sent.txt")], env=kenv.env, check=True, timeout=120)
     sent = [ln.split() for ln in (kenv.root / "sent.txt").read_text().splitlines()]

@@ -42,13 +42,12 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import netns
 import pytest
-from conftest import ROOT, KEnv, RouterProcess, need, wait_for
+from conftest import ROOT, KEnv, RouterProcess, wait_for
 
 pytestmark = [pytest.mark.keepalived, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -68,20 +67,6 @@ VARIANTS = {
 def toml_str(text: str) -> str:
     """A TOML basic string (JSON's escaping is valid TOML for these values)."""
     return json.dumps(text)
-
-
-@pytest.fixture
-def cluster(kenv: KEnv, router: RouterProcess) -> Iterator[netns.Cluster]:
-    """A cluster to create; torn down (every process, every namespace) before the router."""
-    ok, reason = netns.usable()
-    need(ok, reason)
-    made = netns.Cluster(kenv.root / "ka")
-    try:
-        yield made
-    finally:
-        forced = made.destroy()
-        assert not made.namespaces, \
-            f"network namespaces left behind: {made.namespaces} ({forced})"
 
 
 def install_wrappers(bindir: Path) -> dict[str, Path]:

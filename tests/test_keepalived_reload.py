@@ -11,25 +11,12 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 
 import netns
 import pytest
-from conftest import KEnv, RouterProcess, need, wait_for
+from conftest import KEnv, RouterProcess, wait_for
 
 pytestmark = [pytest.mark.keepalived, pytest.mark.slow, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def cluster(kenv: KEnv, router: RouterProcess) -> Iterator[netns.Cluster]:
-    ok, reason = netns.usable()
-    need(ok, reason)
-    made = netns.Cluster(kenv.root / "ka")
-    try:
-        yield made
-    finally:
-        forced = made.destroy()
-        assert not made.namespaces, f"namespaces left behind: {made.namespaces} ({forced})"
 
 
 def write_conf(node: netns.Node, instances: tuple[str, ...]) -> None:
