@@ -104,8 +104,6 @@ class AsyncFifoReader:
         self.on_lines = on_lines
         self.on_open = on_open
         self.log = log.bind(fifo=path)
-        self.lines_read = 0
-        self.opens = 0
 
     async def run(self) -> None:
         lock = None
@@ -141,7 +139,6 @@ class AsyncFifoReader:
                 self.log.warning("fifo.open_failed", error=str(exc))
                 await asyncio.sleep(1.0)
                 continue
-            self.opens += 1
             eof = asyncio.Event()
             buf = LineBuffer()
 
@@ -159,7 +156,6 @@ class AsyncFifoReader:
                 ts, mono = time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
                 lines = buf.feed(data)
                 if lines:
-                    self.lines_read += len(lines)
                     self.on_lines([(line, ts, mono) for line in lines])
 
             loop.add_reader(fd, readable)

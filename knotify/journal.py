@@ -206,12 +206,6 @@ class Journal:
                 f"SELECT id FROM events WHERE id IN ({marks})", chunk))
         return found
 
-    def seen(self, event_id: str) -> bool:
-        if event_id in self._event_ids:
-            return True
-        row = self.db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone()
-        return row is not None
-
     def add_event(self, ev: Event, tr: Transition) -> None:
         data: dict[str, Any] = {}
         if ev.argv is not None:
@@ -251,9 +245,6 @@ class Journal:
                 "updated_ns, mono_ns, boot, pid FROM state"):
             out[(row[0], row[1], row[2], row[3])] = KeyState(*row[4:])
         return out
-
-    def event_count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM events").fetchone()[0])
 
     def prune(self, keep: int) -> int:
         """Drop the oldest events (and their runs) beyond ``keep``; open runs are kept."""
@@ -364,8 +355,6 @@ class Journal:
         alert_outbox.attach_history(self.db, by_id)
         return out
 
-    def run_counts(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT status, count(*) FROM runs GROUP BY status"))
 
 
 def _row_dict(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -21,7 +21,6 @@ INTERRUPTED = "interrupted"
 PENDING = "pending"
 RUNNING = "running"
 SILENCED = "silenced"
-FINAL = (OK, FAILED, TIMEOUT, ERROR, SKIPPED, INTERRUPTED, SILENCED)
 
 
 @dataclass(slots=True)

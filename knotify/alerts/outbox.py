@@ -41,7 +41,6 @@ PENDING = "pending"
 SENDING = "sending"
 SENT = "sent"
 EXPIRED = "expired"
-OPEN = (PENDING, SENDING)
 
 RUNNING = "running"
 
