@@ -340,18 +340,23 @@ class Journal:
             (*args, limit)).fetchall()
         out = [_row_dict(row) for row in rows]
         by_id = {item["id"]: item for item in out}
-        if by_id:
-            marks = ",".join("?" * len(by_id))
-            for run in self.db.execute(
+        ids = list(by_id)
+        runs: list[tuple[Any, ...]] = []
+        for start in range(0, len(ids), 500):  # SQLite limits the number of parameters
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            runs.extend(self.db.execute(
                 "SELECT rowid, event_id, rule, idx, kind, status, created_ns, started_ns, "
-                f"ended_ns, exit_code, output, detail FROM runs WHERE event_id IN ({marks}) "
-                "ORDER BY rowid", tuple(by_id)):
-                by_id[run[1]]["actions"].append({
-                    "run": run[0], "rule": run[2], "index": run[3], "kind": run[4],
-                    "status": run[5], "created_ns": run[6], "started_ns": run[7],
-                    "ended_ns": run[8], "exit_code": run[9], "output": run[10],
-                    "detail": run[11],
-                })
+                f"ended_ns, exit_code, output, detail FROM runs WHERE event_id IN ({marks})",
+                chunk))
+        runs.sort(key=lambda run: run[0])
+        for run in runs:
+            by_id[run[1]]["actions"].append({
+                "run": run[0], "rule": run[2], "index": run[3], "kind": run[4],
+                "status": run[5], "created_ns": run[6], "started_ns": run[7],
+                "ended_ns": run[8], "exit_code": run[9], "output": run[10],
+                "detail": run[11],
+            })
         alert_outbox.attach_history(self.db, by_id)
         return out
 

@@ -174,3 +174,25 @@ def test_console_logs_on_a_tty_json_otherwise(kenv: KEnv) -> None:
     text = b"".join(chunks).decode(errors="replace")
     assert "router.started" in text and "event.transition" in text
     assert '{"' not in text, "a terminal gets console lines, not JSON"
+
+
+def test_history_of_more_events_than_sqlite_takes_parameters(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    import json as _json
+
+    from knotify import zmtp
+
+    kenv.write_config(RULE.replace('[[rule.action]]', 'on = "every"\n[[rule.action]]'))
+    router.start()
+    endpoint = f"ipc://{kenv.runtime}/knotify.sock"
+    events = [{"v": 1, "id": f"{i:032x}", "host": "h", "kind": "INSTANCE", "name": f"VI_{i}",
+               "state": "MASTER", "prio": 100, "seq": i + 1, "ts_ns": 1, "source": "send"}
+              for i in range(33_000)]
+    for start in range(0, len(events), 500):
+        answer = _json.loads(zmtp.request(endpoint, _json.dumps(
+            {"v": 1, "op": "events", "events": events[start:start + 500]}).encode(), 30))
+        assert answer["ok"]
+    history = kenv.history(limit=40_000)
+    assert len(history) == 33_000
+    assert all(len(e["actions"]) == 1 for e in history)
