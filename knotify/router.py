@@ -510,14 +510,13 @@ class Router:
         fixed = [name for name in RESTART_ONLY if getattr(new, name) != getattr(self.config, name)]
         if new.hook.spool_dir != self.config.hook.spool_dir:
             fixed.append("hook.spool_dir")
+        if (new.log_format, new.log_level) != self._log_settings:
+            fixed.append("log")
         for name in LIVE:
             setattr(self.config, name, getattr(new, name))
         self.config.hook.ack_timeout = new.hook.ack_timeout
         self.config.hook.host = new.hook.host
         self.config.hook.endpoints = new.hook.endpoints
-        if (new.log_format, new.log_level) != (self._log_settings):
-            logmod.setup(new.log_format, new.log_level)
-            self._log_settings = (new.log_format, new.log_level)
         if self.cluster is not None:
             self.cluster.reload(self.config.cluster)
         if self.auth is not None and self.config.curve is not None:

@@ -115,6 +115,9 @@ def test_reload_applies_good_config_and_refuses_bad(kenv: KEnv, router: RouterPr
     kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "100")
     wait_for(lambda: kenv.history()[0]["actions"], what="the action")
     assert kenv.history()[0]["actions"][0]["rule"] == "renamed"
+    # [log] is read at start only: a reload says so instead of pretending.
+    kenv.write_config(RULE.replace("log-all", "renamed") + '\n[log]\nlevel = "warning"\n')
+    assert "changes to log need a restart" in kenv.cli("reload").stdout
     kenv.write_config(RULE + "\n[[rule]]\nid = 5\n")
     proc = kenv.cli("reload", check=False)
     assert proc.returncode == 1
