@@ -29,7 +29,7 @@ BIN = Path(sys.executable).parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from knotify import fastjson, keepalived, zmtp  # noqa: E402
+from knotify import fastjson, hook, keepalived, zmtp  # noqa: E402
 
 LOG_RULE = """
 [[rule]]
@@ -196,6 +196,9 @@ def runs_by_status(rows: dict[str, Any]) -> dict[str, int]:
 # -- the messages senders send ---------------------------------------------------------
 
 
+BOOT_ID = hook.boot_id()
+
+
 def event_message(tag: str, sender: int, i: int, names: int) -> bytes:
     """The i-th request of one sender, as the hook would send it.
 
@@ -213,6 +216,10 @@ def event_message(tag: str, sender: int, i: int, names: int) -> bytes:
         "seq": i + 1,
         "ts_ns": time.time_ns(),
         "source": "hook",
+        # What the hook also stamps: its fork time on the boot clock, boot id and pid.
+        "mono_ns": time.clock_gettime_ns(time.CLOCK_BOOTTIME),
+        "boot": BOOT_ID,
+        "pid": 1000 + sender,
     }
     event.update(keepalived.parse_argv(argv))
     event["argv"] = argv
