@@ -111,7 +111,7 @@ class AlertEngine:
             count = 0
             if s.flap.enabled and is_transition and not stream.flapping:
                 count = self.outbox.transitions_in_window(
-                    ev.key, ev.id, ev.ts_ns - int(s.flap.window_s * 1e9))
+                    ev.id, ev.ts_ns - int(s.flap.window_s * 1e9))
             decision = flap.on_event(stream, is_transition, count, s.flap)
             alert: str | None = None
             reason = ""

@@ -295,16 +295,16 @@ class Outbox:
             f"(alerted_state IN ({marks}) AND coalesce(repeat_s, 1) > 0)", states).fetchall()
         return [self._stream(r) for r in rows]
 
-    def transitions_in_window(self, key: Key, event_id: str, since_ns: int,
-                              limit: int = 1000) -> int:
-        """Transitions of ``key`` newer than ``since_ns``, up to and including ``event_id``."""
-        row = self.db.execute("SELECT rowid FROM events WHERE id = ?", (event_id,)).fetchone()
+    def transitions_in_window(self, event_id: str, since_ns: int, limit: int = 1000) -> int:
+        """Transitions of the event's key newer than ``since_ns``, up to and including it."""
+        row = self.db.execute("SELECT rowid, kid FROM events WHERE id = ?",
+                              (event_id,)).fetchone()
         if row is None:
             return 0
         return int(self.db.execute(
-            "SELECT count(*) FROM (SELECT ts_ns FROM events WHERE host = ? AND kind = ? AND "
-            "name = ? AND vs = ? AND class = 'transition' AND rowid <= ? ORDER BY rowid DESC "
-            "LIMIT ?) WHERE ts_ns > ?", (*key, row[0], limit, since_ns)).fetchone()[0])
+            "SELECT count(*) FROM (SELECT ts_ns FROM events WHERE kid = ? AND "
+            "class = 'transition' AND rowid <= ? ORDER BY rowid DESC "
+            "LIMIT ?) WHERE ts_ns > ?", (row[1], row[0], limit, since_ns)).fetchone()[0])
 
     # -- messages -------------------------------------------------------------------------
 
