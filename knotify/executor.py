@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from knotify import log as logmod
 from knotify.actions.base import (
     ERROR,
     INTERRUPTED,
@@ -63,6 +64,8 @@ class Executor:
         self._commit_scheduled = False
         #: Given to every action in ``ActionContext.extra`` (the router puts its alert engine here).
         self.context: dict[str, Any] = {}
+        #: Whether anyone follows what ``publish`` sends (else it is not built).
+        self.watched: Callable[[], bool] = lambda: True
         #: The silence muting an event, if any (rules with ``honor_silences``).
         self.silenced: Callable[[Event, Transition, str], str | None] | None = None
 
@@ -223,18 +226,20 @@ class Executor:
             level = "debug" if run.action.kind == "log" else "info"
         else:
             level = "warning"
-        getattr(log, level)(
-            "action.done", event_id=run.event.id, rule=run.rule.id, run=run.rowid,
-            status=outcome.status, exit_code=outcome.exit_code,
-            detail=outcome.detail or None,
-            seconds=round((ended - run.started_ns) / 1e9, 3) if run.started_ns else None,
-        )
-        self.publish("action", {
-            "event_id": run.event.id, "run": run.rowid, "rule": run.rule.id,
-            "kind": run.action.kind, "status": outcome.status, "exit_code": outcome.exit_code,
-            "detail": outcome.detail, "host": run.event.host, "name": run.event.name,
-            "state": run.transition.state,
-        })
+        if logmod.enabled(log, level):
+            logmod.emit(log, level, "action.done", {
+                "event_id": run.event.id, "rule": run.rule.id, "run": run.rowid,
+                "status": outcome.status, "exit_code": outcome.exit_code,
+                "detail": outcome.detail or None,
+                "seconds": round((ended - run.started_ns) / 1e9, 3) if run.started_ns else None,
+            })
+        if self.watched():
+            self.publish("action", {
+                "event_id": run.event.id, "run": run.rowid, "rule": run.rule.id,
+                "kind": run.action.kind, "status": outcome.status,
+                "exit_code": outcome.exit_code, "detail": outcome.detail,
+                "host": run.event.host, "name": run.event.name, "state": run.transition.state,
+            })
         if commit:
             self._schedule_commit()
 

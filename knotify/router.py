@@ -328,8 +328,9 @@ class Router:
             fields["detail"] = str(ev.extra["detail"])  # what a CLUSTER or PEER event means
         if tr.cls == TRANSITION:
             duration = tr.duration_s(ev.ts_ns)
-            self.log.info("event.transition", prev=tr.prev_state, **fields,
-                          after_s=round(duration, 3) if duration is not None else None)
+            logmod.emit(self.log, "info", "event.transition", {
+                "prev": tr.prev_state, **fields,
+                "after_s": round(duration, 3) if duration is not None else None})
         elif tr.cls == INVALID_CLASS:
             self.log.warning("event.invalid", error=ev.error, argv=ev.argv, raw=ev.raw,
                              **fields)
@@ -337,19 +338,25 @@ class Router:
             self.log.warning("event.stale", now=tr.state, **fields,
                              reason="older than the state already known for this key")
         else:
-            self.log.debug("event." + tr.cls, **fields)
-        self.publish("event", {**fields, "prev_state": tr.prev_state, "effective": tr.state,
-                               "ts_ns": ev.ts_ns})
+            logmod.emit(self.log, "debug", "event." + tr.cls, fields)
+        if self.watched():
+            self.publish("event", {**fields, "prev_state": tr.prev_state, "effective": tr.state,
+                                   "ts_ns": ev.ts_ns})
 
-    def publish(self, topic: str, data: dict[str, Any]) -> None:
+    def watched(self) -> bool:
+        """Whether anyone subscribes to the PUB socket (so that messages are worth making)."""
         if self.pub is None:
-            return
+            return False
         now = time.monotonic()
         if now - self._subs_checked > SUBSCRIPTIONS_EVERY:
             self._subs_checked = now
             self._read_subscriptions()
-        if not self._subscriptions:
+        return bool(self._subscriptions)
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        if not self.watched():
             return
+        assert self.pub is not None
         with contextlib.suppress(zmq.ZMQError):
             self.pub.send_multipart([topic.encode(), encode(data)], flags=zmq.NOBLOCK)
 
@@ -700,6 +707,7 @@ class Router:
                                   self.publish)
         self.executor.context["alerts"] = self.alerts
         self.executor.silenced = self.alerts.silence_reason
+        self.executor.watched = self.watched
         self.cluster = ClusterMonitor(self.config, self.journal, lambda: self.tracker,
                                       self.ingest, self.log)
         self._bind_signals(loop)

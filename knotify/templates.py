@@ -8,8 +8,7 @@ and every field name is checked when the config is loaded.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from knotify.event import Event
 from knotify.tracker import Transition
@@ -47,7 +46,7 @@ class TemplateError(ValueError):
 class Template:
     """A parsed template: literal text and field references."""
 
-    __slots__ = ("parts", "text")
+    __slots__ = ("_format", "fields", "parts", "text")
 
     def __init__(self, text: str, known: Mapping[str, str] = FIELDS) -> None:
         self.text = text
@@ -84,52 +83,66 @@ class Template:
                 i += 1
         if literal:
             self.parts.append((False, "".join(literal)))
+        #: The field names it uses.
+        self.fields = frozenset(v for is_field, v in self.parts if is_field)
+        # Rendering is one str.format of the literal parts (braces escaped) with the fields.
+        self._format = "".join("{" + v + "}" if is_field else v.replace("{", "{{")
+                               .replace("}", "}}") for is_field, v in self.parts)
 
     def render(self, fields: dict[str, str]) -> str:
-        return "".join(fields[v] if is_field else v for is_field, v in self.parts)
-
-    @property
-    def fields(self) -> set[str]:
-        return {v for is_field, v in self.parts if is_field}
+        return self._format.format_map(fields)
 
     def __repr__(self) -> str:
         return f"Template({self.text!r})"
 
 
-_NEED_TIME = frozenset(("ts", "time"))
+def _local(ev: Event) -> _dt.datetime:
+    return _dt.datetime.fromtimestamp(ev.ts_ns / 1e9).astimezone()
+
+
+def _duration(ev: Event, tr: Transition) -> float | None:
+    return tr.duration_s(ev.ts_ns) if tr.cls == "transition" else None
+
+
+def _text_duration(ev: Event, tr: Transition) -> str:
+    duration = _duration(ev, tr)
+    return "" if duration is None else format_duration(duration)
+
+
+def _seconds(ev: Event, tr: Transition) -> str:
+    duration = _duration(ev, tr)
+    return "" if duration is None else f"{duration:.3f}"
+
+
+#: How each field is made, so that a template's own fields are all that is computed.
+_MAKE: dict[str, Callable[[Event, Transition, str], str]] = {
+    "id": lambda ev, tr, rule: ev.id,
+    "host": lambda ev, tr, rule: ev.host,
+    "kind": lambda ev, tr, rule: ev.kind,
+    "name": lambda ev, tr, rule: ev.name,
+    "vs": lambda ev, tr, rule: ev.vs,
+    "subject": lambda ev, tr, rule: ev.label,
+    "state": lambda ev, tr, rule: tr.state,
+    "reported": lambda ev, tr, rule: ev.state,
+    "prev_state": lambda ev, tr, rule: tr.prev_state,
+    "from": lambda ev, tr, rule: tr.prev_state,
+    "prio": lambda ev, tr, rule: "" if ev.prio is None else str(ev.prio),
+    "seq": lambda ev, tr, rule: str(ev.seq),
+    "ts": lambda ev, tr, rule: _local(ev).isoformat(timespec="milliseconds"),
+    "ts_ns": lambda ev, tr, rule: str(ev.ts_ns),
+    "time": lambda ev, tr, rule: _local(ev).strftime("%H:%M:%S"),
+    "duration": lambda ev, tr, rule: _text_duration(ev, tr),
+    "duration_s": lambda ev, tr, rule: _seconds(ev, tr),
+    "class": lambda ev, tr, rule: tr.cls,
+    "source": lambda ev, tr, rule: ev.source,
+    "rule": lambda ev, tr, rule: rule,
+    "detail": lambda ev, tr, rule: str(ev.extra.get("detail", "")),
+}
+assert _MAKE.keys() == FIELDS.keys()
 
 
 def event_fields(ev: Event, tr: Transition, rule: str = "",
                  only: set[str] | frozenset[str] | None = None) -> dict[str, str]:
-    """Every template field of one event, as text (``only``: the caller needs just these,
-    so the local-time formatting, the costly part, can be left out)."""
-    duration = tr.duration_s(ev.ts_ns) if tr.cls == "transition" else None
-    if only is None or not _NEED_TIME.isdisjoint(only):
-        when = _dt.datetime.fromtimestamp(ev.ts_ns / 1e9).astimezone()
-        ts, clock = when.isoformat(timespec="milliseconds"), when.strftime("%H:%M:%S")
-    else:
-        ts = clock = ""
-    fields: dict[str, Any] = {
-        "id": ev.id,
-        "host": ev.host,
-        "kind": ev.kind,
-        "name": ev.name,
-        "vs": ev.vs,
-        "subject": ev.label,
-        "state": tr.state,
-        "reported": ev.state,
-        "prev_state": tr.prev_state,
-        "from": tr.prev_state,
-        "prio": "" if ev.prio is None else str(ev.prio),
-        "seq": str(ev.seq),
-        "ts": ts,
-        "ts_ns": str(ev.ts_ns),
-        "time": clock,
-        "duration": "" if duration is None else format_duration(duration),
-        "duration_s": "" if duration is None else f"{duration:.3f}",
-        "class": tr.cls,
-        "source": ev.source,
-        "rule": rule,
-        "detail": str(ev.extra.get("detail", "")),
-    }
-    return fields
+    """Every template field of one event, as text (``only``: just these, which is
+    cheaper: a log message's fields are made for every event)."""
+    return {name: _MAKE[name](ev, tr, rule) for name in (FIELDS if only is None else only)}

@@ -136,3 +136,35 @@ def test_console_format_is_not_buffered() -> None:
         assert "readable" in stream.getvalue()
 
     asyncio.run(main())
+
+
+def test_emit_writes_what_structlog_would_write(out: Out) -> None:
+    log = logmod.get(component="router")
+    fields = {"event_id": "e1", "prio": 100, "after_s": None, "argv": ["a", "$(x)"]}
+
+    async def main() -> None:
+        log.info("via.structlog", **fields)
+        logmod.emit(log, "info", "via.emit", fields)
+        logmod.emit(log, "debug", "dropped", fields)  # below the level: nothing
+        logmod.emit(log, "warning", "at.once", {"n": 1})
+        assert [line["event"] for line in out.lines()] == ["via.structlog", "via.emit",
+                                                           "at.once"]
+
+    asyncio.run(main())
+    slow, fast, warn = out.lines()
+    assert list(slow) == list(fast)  # same keys, same order
+    assert {k: v for k, v in slow.items() if k not in ("event", "timestamp")} == {
+        k: v for k, v in fast.items() if k not in ("event", "timestamp")}
+    assert warn["level"] == "warning"
+    assert logmod.enabled(log, "info") and not logmod.enabled(log, "debug")
+
+
+def test_emit_falls_back_to_structlog_for_console_output() -> None:
+    stream = io.StringIO()
+    logmod.setup("console", "info", stream)  # type: ignore[arg-type]
+    log = logmod.get()
+    logmod.emit(log, "info", "on.console", {"name": "VI_1"})
+    logmod.emit(log, "debug", "hidden", {})
+    text = stream.getvalue()
+    assert "on.console" in text and "VI_1" in text and "hidden" not in text
+    assert logmod.enabled(log, "debug")  # the console logger decides for itself

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from knotify import log as logmod
 from knotify.actions.base import OK, Action, ActionContext, Outcome
 from knotify.templates import Template, TemplateError, event_fields
 
@@ -44,8 +45,8 @@ class LogAction(Action):
                    run: int) -> Outcome:
         fields = event_fields(event, transition, rule, only=self.message.fields)
         text = self.message.render(fields)
-        getattr(log, self.level)("rule.log", message=text, event_id=event.id, rule=rule,
-                                 action=self.kind, run=run)
+        logmod.emit(log, self.level, "rule.log", {"message": text, "event_id": event.id,
+                                                  "rule": rule, "action": self.kind, "run": run})
         return Outcome(OK, detail=text)
 
     def describe(self) -> str:
