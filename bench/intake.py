@@ -198,6 +198,7 @@ def run_knotify(args: argparse.Namespace, sync: str, per_sender: int, names: int
             "actions_queued_at_ack": backlog,
             "sender_cpu_s": sum(float(s["cpu_s"]) for s in senders),
             "action_outcomes": stats["action_outcomes"],
+            "mean_batch": stats["journaled"] / max(1, stats.get("batches", 0)),
         })
     finally:
         code = router.stop()
@@ -347,7 +348,8 @@ def main() -> int:
         rows_ = run["journal"]
         print(f"{run['name']}: journal has {rows_['tagged']} of the {run['events']} events "
               f"sent, runs {runs_by_status(rows_)}, {run['spooled']} refused as busy and "
-              f"spooled by the senders (as the hook does), {run['rejected']} rejected, router log "
+              f"spooled by the senders (as the hook does), {run['rejected']} rejected, "
+              f"{run['mean_batch']:.0f} events per journal commit on average, router log "
               f"{run['log_bytes'] / 1e6:.1f} MB, senders used {run['sender_cpu_s']:.1f} CPU-s, "
               f"router exit {run['router_exit']}")
         if run["extra"]:

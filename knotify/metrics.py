@@ -99,6 +99,8 @@ class RouterCollector:
             ("duplicates", "knotify_events_duplicate", "events already journaled (same id)"),
             ("spool_replayed", "knotify_spool_replayed", "events replayed from the spool"),
             ("journal_errors", "knotify_journal_errors", "failed journal commits"),
+            ("batches", "knotify_journal_batches", "intake batches committed (events/batches "
+             "is the mean batch size)"),
         ):
             counter = Counter(name, text)
             counter.add_metric([], stats.get(key, 0))

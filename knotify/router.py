@@ -97,7 +97,7 @@ class Router:
         self._sync_ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self.stop_event = asyncio.Event()
         self.started = time.time()
-        self.stats = {"received": 0, "journaled": 0, "duplicates": 0, "rejected": 0,
+        self.stats = {"received": 0, "batches": 0, "journaled": 0, "duplicates": 0, "rejected": 0,
                       "journal_errors": 0, "spool_replayed": 0, "shed": 0, "shed_periods": 0}
         self.fifo_readers: list[AsyncFifoReader] = []
         self._lock_fd: int | None = None
@@ -295,6 +295,7 @@ class Router:
         if self._journal_failing:
             self.log.warning("journal.recovered")
             self._journal_failing = False
+        self.stats["batches"] += 1
         self.stats["journaled"] += len(accepted)
         self.stats["duplicates"] += len(events) - len(accepted)
         for ev, tr in accepted:

@@ -308,6 +308,10 @@ def test_metrics_endpoint(kenv: KEnv, router: RouterProcess) -> None:
     ):
         assert want in lines, want
     assert any(ln.startswith("knotify_events_journaled_total ") for ln in lines)
+    # Every journaled event was in a batch; a batch holds at least one.
+    [batches] = [ln for ln in lines if ln.startswith("knotify_journal_batches_total ")]
+    [events] = [ln for ln in lines if ln.startswith("knotify_events_journaled_total ")]
+    assert 1 <= float(batches.split()[1]) <= float(events.split()[1]), (batches, events)
     assert any(ln.startswith("knotify_messages_received_total ") for ln in lines)
     assert any(ln.startswith("process_cpu_seconds_total ") for ln in lines)
     with pytest.raises(urllib.error.HTTPError) as err:
