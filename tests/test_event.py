@@ -376,3 +376,23 @@ def test_property_every_manual_event_is_accepted_by_the_router(
         return
     event = hook.stamp(fields, _settings(), "send", time.time_ns())
     decode_event(json.loads(fastjson.dumps(event)))
+
+
+def test_a_shape_seen_before_still_has_its_values_checked() -> None:
+    # The router remembers field/type shapes that passed; values are checked every time.
+    assert decode_event(wire(argv=["INSTANCE", "VI_1", "MASTER", "100"])).prio == 100
+    for field, value, says in [("prio", 256, "prio 256 is outside"),
+                               ("id", "short", "event id 'short'"),
+                               ("source", "mail", "source 'mail'"),
+                               ("kind", "NOPE", "kind 'NOPE'"),
+                               ("host", "a\nb", "host must be"),
+                               ("argv", ["x" * 4097], "argv must be")]:
+        assert says in rejected(wire(**{"argv": ["a"], field: value})), field
+    # Same names, other types: a bool is not a number, a float not a prio, an int not a word.
+    assert "'prio' has the wrong type (bool)" in rejected(wire(prio=True))
+    assert "'prio' has the wrong type (float)" in rejected(wire(prio=100.0))
+    assert "argv must be at most 256 strings" in rejected(wire(argv=["a", 1]))
+    assert "argv must be at most 256 strings" in rejected(wire(argv=["a"] * 257))
+    assert decode_event(wire(argv=["y" * 4096, "z" * 4096])).argv == ["y" * 4096, "z" * 4096]
+    assert decode_event(wire(id="-" * 8)).id == "-" * 8
+    assert "event id" in rejected(wire(id="é" * 8))
