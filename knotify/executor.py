@@ -77,17 +77,28 @@ class Executor:
         """Nothing of ``key`` is queued or running."""
         return key not in self.queues
 
-    def run_inline(self, run: Run) -> None:
-        """Run an instant action now; its start was journaled with its event."""
+    def run_inline(self, run: Run) -> Outcome:
+        """Run an instant action now, inside the transaction that journals its event.
+
+        The router holds the log's lines until that commits (and drops them if it fails),
+        and journals the outcome in the run's one row; :meth:`ran_inline` follows the commit.
+        """
         try:
             outcome = run.action.run_inline(run.event, run.transition, run.rule.id, self.log,
                                             run.rowid)
         except Exception as exc:  # an action bug must not stop intake
             self.log.exception("action.crashed", event_id=run.event.id, rule=run.rule.id)
             outcome = Outcome(ERROR, detail=f"{type(exc).__name__}: {exc}")
-        # Its outcome rides on the next intake commit (or the flush timer): a crash before
-        # that shows the run as interrupted although its line was written; never twice.
-        self._record(run, outcome, self.log, commit=False)
+        self._done_line(run, outcome, self.log, time.time_ns())
+        return outcome
+
+    def ran_inline(self, counts: dict[str, int], done: list[tuple[Run, Outcome]]) -> None:
+        """Once a batch is committed: count its instant actions' outcomes, and publish
+        ``done`` (kept only while someone watches)."""
+        for status, n in counts.items():
+            self.counts[status] = self.counts.get(status, 0) + n
+        for run, outcome in done:
+            self._publish(run, outcome)
 
     def submit(self, run: Run) -> None:
         key = run.event.key
@@ -218,10 +229,16 @@ class Executor:
                 return f"expired: {age:.1f}s old, rule max_age is {rule.max_age:g}s"
         return ""
 
-    def _record(self, run: Run, outcome: Outcome, log: Any, commit: bool = True) -> None:
+    def _record(self, run: Run, outcome: Outcome, log: Any) -> None:
         ended = time.time_ns()
         self.updates.append((run.rowid, outcome, run.started_ns, ended))
+        self._done_line(run, outcome, log, ended)
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+        self._publish(run, outcome)
+        self._schedule_commit()
+
+    @staticmethod
+    def _done_line(run: Run, outcome: Outcome, log: Any, ended: int) -> None:
         if outcome.status in ("ok", "skipped"):
             level = "debug" if run.action.kind == "log" else "info"
         else:
@@ -233,6 +250,8 @@ class Executor:
                 "detail": outcome.detail or None,
                 "seconds": round((ended - run.started_ns) / 1e9, 3) if run.started_ns else None,
             })
+
+    def _publish(self, run: Run, outcome: Outcome) -> None:
         if self.watched():
             self.publish("action", {
                 "event_id": run.event.id, "run": run.rowid, "rule": run.rule.id,
@@ -240,8 +259,6 @@ class Executor:
                 "exit_code": outcome.exit_code, "detail": outcome.detail,
                 "host": run.event.host, "name": run.event.name, "state": run.transition.state,
             })
-        if commit:
-            self._schedule_commit()
 
     async def drain(self, timeout: float) -> None:
         """Stop starting new runs; let the running ones finish within ``timeout``, then cancel."""

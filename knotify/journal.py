@@ -222,7 +222,8 @@ class Journal:
         if self._runs:
             self.db.executemany(
                 "INSERT INTO runs (rowid, event_id, rule, idx, kind, status, created_ns, detail, "
-                "started_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._runs)
+                "started_ns, ended_ns, exit_code, output) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._runs)
         if self._states:
             self.db.executemany(
                 "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -319,8 +320,18 @@ class Journal:
         rowid = self._next_run
         self._next_run += 1
         self._runs.append((rowid, event_id, rule, idx, kind, status, time.time_ns(), detail,
-                           started_ns))
+                           started_ns, None, None, None))
         return rowid
+
+    def settle_run(self, rowid: int, outcome: Outcome, ended_ns: int) -> None:
+        """Give a run added in this transaction its outcome (an instant action that ran
+        inside the transaction): one row written, no update later."""
+        pos = rowid - self._runs[0][0] if self._runs else -1  # numbered in a row
+        if not 0 <= pos < len(self._runs) or self._runs[pos][0] != rowid:
+            raise ValueError(f"run {rowid} was not added in this transaction")
+        row = self._runs[pos]
+        self._runs[pos] = (*row[:5], outcome.status, row[6], outcome.detail or None, row[8],
+                           ended_ns, outcome.exit_code, outcome.output or None)
 
     def start_run(self, rowid: int, started_ns: int) -> None:
         self.db.execute("UPDATE runs SET status = ?, started_ns = ? WHERE rowid = ?",

@@ -14,8 +14,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import MutableMapping
-from typing import Any, BinaryIO, TextIO
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -54,28 +55,37 @@ def stamp(_logger: Any, method: str, event_dict: MutableMapping[str, Any]
 
 
 class LineSink:
-    """Where rendered JSON lines go: one write per event-loop turn.
+    """Where rendered lines go: one write per event-loop turn.
 
     Inside a running asyncio loop, debug and info lines are collected and written when
     the current loop turn ends (or at :data:`FLUSH_BYTES`); warnings and worse, and
     lines logged outside a loop, are written at once. Everything still buffered is
     written at exit. A router killed with SIGKILL loses at most the lines of the turn
-    it was in; what they said is in the journal (a log action's outcome is committed in
-    a later turn than its line is written).
+    it was in. Lines logged under :func:`held` are written only if that block succeeds.
     """
 
-    def __init__(self, stream: BinaryIO, level: int = logging.INFO) -> None:
-        self.stream = stream
+    def __init__(self, write: Callable[[bytes], None], level: int = logging.INFO,
+                 json_lines: bool = True) -> None:
+        self._write = write
         #: The configured level, for :func:`emit` (structlog's filtering is per class).
         self.level = level
+        #: Lines are JSON (so :func:`emit` may render them itself).
+        self.json = json_lines
         self._lines: list[bytes] = []
         self._size = 0
         self._scheduled = False
+        self._held = 0
         atexit.register(self.flush)
 
-    def msg(self, line: bytes) -> None:
-        self._lines.append(line)
-        self._size += len(line) + 1
+    def msg(self, line: bytes | str) -> None:
+        data = line.encode("utf-8", "backslashreplace") if isinstance(line, str) else line
+        self._lines.append(data)
+        self._size += len(data) + 1
+        if not self._held:
+            self._soon()
+
+    def _soon(self) -> None:
+        """Write at the end of this loop turn (now if outside a loop or over the limit)."""
         if self._size >= FLUSH_BYTES:
             self.flush()
         elif not self._scheduled:
@@ -87,47 +97,89 @@ class LineSink:
             self._scheduled = True
             loop.call_soon(self.flush)
 
-    def urgent(self, line: bytes) -> None:
-        self._lines.append(line)
-        self.flush()
+    def urgent(self, line: bytes | str) -> None:
+        self.msg(line)
+        if not self._held:
+            self.flush()
 
     debug = info = msg
     warning = warn = error = err = critical = fatal = exception = failure = urgent
 
+    def hold(self) -> int:
+        """Write nothing until :meth:`release`; returns where the held lines start."""
+        self._held += 1
+        return len(self._lines)
+
+    def release(self, discard_from: int | None = None) -> None:
+        """End a hold; ``discard_from``: drop the lines logged since that mark first."""
+        if discard_from is not None:
+            del self._lines[discard_from:]
+            self._size = sum(len(line) + 1 for line in self._lines)
+        self._held -= 1
+        if not self._held and self._lines:
+            self._soon()
+
     def flush(self) -> None:
         self._scheduled = False
-        if not self._lines:
+        if not self._lines or self._held:
             return
         data = b"\n".join(self._lines) + b"\n"
         self._lines.clear()
         self._size = 0
         try:
-            self.stream.write(data)
-            self.stream.flush()
+            self._write(data)
         except (OSError, ValueError):
             pass  # the log went away (closed pipe, full disk): keep running
+
+
+def _writer(out: TextIO) -> Callable[[bytes], None]:
+    """Write bytes to ``out``'s binary side if it has one, else as text; then flush."""
+    buffer = getattr(out, "buffer", None)
+
+    def write(data: bytes) -> None:
+        if buffer is not None:
+            buffer.write(data)
+            buffer.flush()
+        else:
+            out.write(data.decode("utf-8", "replace"))
+            out.flush()
+
+    return write
 
 
 def setup(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog once for the process. ``fmt`` is auto, json or console."""
     out = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
-    binary = not console and hasattr(out, "buffer")
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=out.isatty()) if console
-                     else structlog.processors.JSONRenderer(serializer=_dumps) if binary
-                     else structlog.processors.JSONRenderer(sort_keys=False))
-    factory: Any
-    if binary:
-        sink = LineSink(out.buffer, LEVELS[level])
-        factory = lambda *_args: sink  # noqa: E731 - one sink for every logger
-    else:
-        factory = structlog.PrintLoggerFactory(out)
+                     else structlog.processors.JSONRenderer(serializer=_dumps))
+    sink = LineSink(_writer(out), LEVELS[level], json_lines=not console)
     structlog.configure(
         processors=[stamp, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=factory,
+        logger_factory=lambda *_args: sink,  # one sink for every logger
         cache_logger_on_first_use=False,
     )
+
+
+@contextmanager
+def held(log: Any) -> Iterator[None]:
+    """Lines logged inside the block are written after it, and dropped if it raises.
+
+    The router journals a batch of events under this: what it logs about them (and a
+    log action's line) reaches the log only once they are committed.
+    """
+    sink = getattr(log, "_logger", None)
+    if not isinstance(sink, LineSink):
+        yield
+        return
+    mark = sink.hold()
+    try:
+        yield
+    except BaseException:
+        sink.release(discard_from=mark)
+        raise
+    sink.release()
 
 
 def get(**bind: Any) -> Any:
@@ -143,7 +195,7 @@ def enabled(log: Any, level: str) -> bool:
     sink = getattr(log, "_logger", None)
     if isinstance(sink, LineSink):
         return _LEVEL_NUMBERS[level] >= sink.level
-    return True  # console or a caller's own logger: let it decide
+    return True  # a caller's own logger: let it decide
 
 
 def emit(log: Any, level: str, event: str, fields: dict[str, Any]) -> None:
@@ -154,7 +206,7 @@ def emit(log: Any, level: str, event: str, fields: dict[str, Any]) -> None:
     level, timestamp), a third of the cost. Otherwise structlog renders it.
     """
     sink = getattr(log, "_logger", None)
-    if not isinstance(sink, LineSink):
+    if not isinstance(sink, LineSink) or not sink.json:
         getattr(log, level)(event, **fields)
         return
     if _LEVEL_NUMBERS[level] < sink.level:

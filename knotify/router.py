@@ -28,7 +28,7 @@ from knotify import __version__, hook, resync, spool, transport
 from knotify import config as configmod
 from knotify import log as logmod
 from knotify import metrics as metricsmod
-from knotify.actions.base import PENDING, RUNNING
+from knotify.actions.base import PENDING, RUNNING, Outcome
 from knotify.alerts.engine import OPS as ALERT_OPS
 from knotify.alerts.engine import AlertEngine
 from knotify.cluster.monitor import ClusterMonitor
@@ -56,6 +56,18 @@ LIVE = ("rules", "defaults", "alerts", "receivers", "spool_interval", "drain_tim
         "keep_events", "cluster", "agent")
 RESTART_ONLY = ("runtime_dir", "state_dir", "listen", "curve", "insecure", "group", "journal",
                 "fifos", "synchronous", "max_message", "max_parallel", "metrics")
+
+
+def _fields(ev: Event, tr: Transition) -> dict[str, Any]:
+    """What describes an event in the log and to watchers."""
+    fields = {"event_id": ev.id, "host": ev.host, "kind": ev.kind, "name": ev.name,
+              "state": ev.state, "prio": ev.prio, "class": tr.cls, "seq": ev.seq,
+              "source": ev.source}
+    if ev.vs:
+        fields["vs"] = ev.vs
+    if ev.extra.get("detail"):
+        fields["detail"] = str(ev.extra["detail"])  # what a CLUSTER or PEER event means
+    return fields
 
 
 def tune_runtime() -> None:
@@ -245,13 +257,20 @@ class Router:
         results: list[bool] = []
         accepted: list[tuple[Event, Transition]] = []
         runs: list[Run] = []
-        inline: list[Run] = []
+        # Instant actions' outcomes, counted; kept whole only for watchers (each object
+        # kept alive to the end of a batch costs garbage-collection time).
+        watched = self.watched()
+        instant: list[Run] = []
+        inline: list[tuple[Run, Outcome]] = []
+        inline_counts: dict[str, int] = {}
         queued_keys: set[Any] = set()
         rules = self.config.rules
         now_mono = time.monotonic()
         now_ns = time.time_ns()
         try:
-            with self.journal.transaction():
+            # What is logged about the batch (and log actions' lines) is written only once
+            # the batch is committed, and dropped with it if the commit fails.
+            with logmod.held(self.log), self.journal.transaction():
                 self.executor.flush()
                 known = self.journal.seen_many([ev.id for ev in events])
                 batch_ids: set[str] = set()
@@ -262,28 +281,39 @@ class Router:
                     batch_ids.add(ev.id)
                     tr = self.tracker.observe(ev)
                     self.journal.add_event(ev, tr)
-                    if tr.cls not in (STALE, INVALID_CLASS):
-                        current = self.tracker.states.get(ev.key)
-                        if current is not None:
-                            self.journal.put_state(ev.key, current)
-                        for rule in fired(rules, ev, tr):
-                            for idx, action in enumerate(rule.actions):
-                                # An instant action with nothing of its key ahead of it is
-                                # journaled as started here and run right after the commit.
-                                now = (action.inline and rule.plain and ev.key not in queued_keys
-                                       and self.executor.idle(ev.key))
-                                rowid = self.journal.add_run(
-                                    ev.id, rule.id, idx, action.kind,
-                                    RUNNING if now else PENDING, None, now_ns if now else None)
-                                run = Run(rowid, ev, tr, rule, idx, action, now_mono,
-                                          now_ns if now else None)
-                                if now:
-                                    inline.append(run)
-                                else:
-                                    queued_keys.add(ev.key)
-                                    runs.append(run)
                     accepted.append((ev, tr))
                     results.append(True)
+                    if tr.cls in (STALE, INVALID_CLASS):
+                        continue
+                    current = self.tracker.states.get(ev.key)
+                    if current is not None:
+                        self.journal.put_state(ev.key, current)
+                    for rule in fired(rules, ev, tr):
+                        for idx, action in enumerate(rule.actions):
+                            # An instant action with nothing of its key ahead of it runs
+                            # below, before the commit; its run is journaled with its
+                            # outcome, in one row.
+                            now = (action.inline and rule.plain and ev.key not in queued_keys
+                                   and self.executor.idle(ev.key))
+                            rowid = self.journal.add_run(
+                                ev.id, rule.id, idx, action.kind,
+                                RUNNING if now else PENDING, None, now_ns if now else None)
+                            run = Run(rowid, ev, tr, rule, idx, action, now_mono,
+                                      now_ns if now else None)
+                            if now:
+                                instant.append(run)
+                            else:
+                                queued_keys.add(ev.key)
+                                runs.append(run)
+                # (Three passes over the batch rather than one: measurably faster.)
+                for ev, tr in accepted:
+                    self._announce(ev, tr)
+                for run in instant:
+                    outcome = self.executor.run_inline(run)
+                    self.journal.settle_run(run.rowid, outcome, time.time_ns())
+                    inline_counts[outcome.status] = inline_counts.get(outcome.status, 0) + 1
+                    if watched:
+                        inline.append((run, outcome))
         except JournalError as exc:
             self.stats["journal_errors"] += 1
             self.tracker = Tracker(self._reload_states())
@@ -299,11 +329,12 @@ class Router:
         self.stats["journaled"] += len(accepted)
         self.stats["duplicates"] += len(events) - len(accepted)
         for ev, tr in accepted:
-            self._announce(ev, tr)
+            if watched:
+                self.publish("event", {**_fields(ev, tr), "prev_state": tr.prev_state,
+                                       "effective": tr.state, "ts_ns": ev.ts_ns})
             if self.cluster is not None:
                 self.cluster.observe(ev, tr)
-        for run in inline:
-            self.executor.run_inline(run)
+        self.executor.ran_inline(inline_counts, inline)
         for run in runs:
             self.executor.submit(run)
         self._since_prune += len(accepted)
@@ -320,13 +351,8 @@ class Router:
             return self.tracker.states
 
     def _announce(self, ev: Event, tr: Transition) -> None:
-        fields = {"event_id": ev.id, "host": ev.host, "kind": ev.kind, "name": ev.name,
-                  "state": ev.state, "prio": ev.prio, "class": tr.cls, "seq": ev.seq,
-                  "source": ev.source}
-        if ev.vs:
-            fields["vs"] = ev.vs
-        if ev.extra.get("detail"):
-            fields["detail"] = str(ev.extra["detail"])  # what a CLUSTER or PEER event means
+        """Log what ``ev`` is."""
+        fields = _fields(ev, tr)
         if tr.cls == TRANSITION:
             duration = tr.duration_s(ev.ts_ns)
             logmod.emit(self.log, "info", "event.transition", {
@@ -340,9 +366,6 @@ class Router:
                              reason="older than the state already known for this key")
         else:
             logmod.emit(self.log, "debug", "event." + tr.cls, fields)
-        if self.watched():
-            self.publish("event", {**fields, "prev_state": tr.prev_state, "effective": tr.state,
-                                   "ts_ns": ev.ts_ns})
 
     def watched(self) -> bool:
         """Whether anyone subscribes to the PUB socket (so that messages are worth making)."""

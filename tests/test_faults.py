@@ -29,6 +29,17 @@ def lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+def logged_once_each(kenv: KEnv, router: RouterProcess) -> None:
+    """Every journaled event's transition line and log action line are in the router's
+    log exactly once: lines about a batch whose commit failed were dropped with it."""
+    records = router.records()
+    for event in ("event.transition", "rule.log"):
+        seen = collections.Counter(r.get("event_id") for r in records if r.get("event") == event)
+        assert seen == collections.Counter(e["id"] for e in kenv.history()), event
+    runs = [a for e in kenv.history() for a in e["actions"]]
+    assert runs and all(a["status"] == "ok" and a["started_ns"] <= a["ended_ns"] for a in runs)
+
+
 def journaled(kenv: KEnv) -> int:
     return int(json.loads(kenv.cli("status", "--json").stdout)["router"]["journaled"])
 
@@ -206,6 +217,7 @@ type = "log"
                  what="the spool to drain into the journal once there is room")
         assert {e["name"] for e in kenv.history()} == {"VI_0", *sent}
         assert any(r.get("event") == "journal.recovered" for r in router.records())
+        logged_once_each(kenv, router)
     finally:
         if router.alive:
             router.stop()
@@ -237,6 +249,7 @@ type = "log"
         locker.close()
     wait_for(lambda: len(kenv.history()) == 6, 30, what="the locked-out events to arrive")
     assert kenv.spooled() == []
+    logged_once_each(kenv, router)
 
 
 def test_reloads_under_load_lose_and_repeat_nothing(kenv: KEnv, router: RouterProcess) -> None:

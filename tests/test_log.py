@@ -127,13 +127,15 @@ def test_unwritten_lines_are_written_at_exit() -> None:
     assert (record["event"], record["n"]) == ("last.words", 1)
 
 
-def test_console_format_is_not_buffered() -> None:
+def test_console_lines_are_written_per_loop_turn_too() -> None:
     stream = io.StringIO()
     logmod.setup("console", "info", stream)  # type: ignore[arg-type]
 
     async def main() -> None:
         logmod.get().info("readable", n=1)
-        assert "readable" in stream.getvalue()
+        assert stream.getvalue() == ""
+        await asyncio.sleep(0)
+        assert "readable" in stream.getvalue() and "n=1" in stream.getvalue()
 
     asyncio.run(main())
 
@@ -167,4 +169,34 @@ def test_emit_falls_back_to_structlog_for_console_output() -> None:
     logmod.emit(log, "debug", "hidden", {})
     text = stream.getvalue()
     assert "on.console" in text and "VI_1" in text and "hidden" not in text
-    assert logmod.enabled(log, "debug")  # the console logger decides for itself
+    assert logmod.enabled(log, "info") and not logmod.enabled(log, "debug")
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_held_lines_are_written_after_the_block_or_dropped_if_it_fails(fmt: str) -> None:
+    stream = io.StringIO()
+    logmod.setup(fmt, "info", stream)  # type: ignore[arg-type]
+    log = logmod.get()
+
+    async def main() -> None:
+        log.info("before")
+        with logmod.held(log):
+            log.info("kept")
+            logmod.emit(log, "info", "kept.too", {"n": 1})
+            log.warning("kept.warning")  # not even a warning gets out early
+            log.info("x" * logmod.FLUSH_BYTES)  # nor a full buffer
+            assert stream.getvalue() == ""
+        with pytest.raises(RuntimeError), logmod.held(log):
+            log.info("dropped")
+            log.error("dropped.error")
+            raise RuntimeError("the commit failed")
+        log.info("after")
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    text = stream.getvalue()
+    order = [word for word in ("before", "kept", "kept.too", "kept.warning", "after")
+             if word in text]
+    assert order == ["before", "kept", "kept.too", "kept.warning", "after"]
+    assert text.index("before") < text.index("kept.warning") < text.index("after")
+    assert "dropped" not in text

@@ -50,8 +50,9 @@ class Action(ABC):
     #: True when running it twice would matter: its start is journaled before it runs,
     #: so a router crash never repeats it.
     durable_start: ClassVar[bool] = True
-    #: Instant and without I/O (a log line): when nothing of its key is queued, it runs
-    #: right after the commit that journals its event (and its start), off the queue.
+    #: Instant and without I/O but a log line: when nothing of its key is queued, it runs
+    #: off the queue, inside the transaction that journals its event (its lines are held
+    #: until that commits), and its run is journaled once, with its outcome.
     inline: ClassVar[bool] = False
 
     def run_inline(self, event: Event, transition: Transition, rule: str, log: Any,
