@@ -32,7 +32,15 @@ from knotify.actions.base import PENDING, RUNNING, Outcome
 from knotify.alerts.engine import OPS as ALERT_OPS
 from knotify.alerts.engine import AlertEngine
 from knotify.cluster.monitor import ClusterMonitor
-from knotify.event import Event, WireError, decode_event, decode_message, encode, reply
+from knotify.event import (
+    Event,
+    WireError,
+    acked,
+    decode_event,
+    decode_message,
+    encode,
+    reply,
+)
 from knotify.executor import Executor, Run
 from knotify.fifo import RESYNC_DELAY, AsyncFifoReader, event_from_line
 from knotify.journal import Journal, JournalError
@@ -44,6 +52,8 @@ MAX_BATCH = 2000
 FLUSH_INTERVAL = 0.2
 PRUNE_EVERY = 10_000
 GC_THRESHOLD = 20_000
+NOBLOCK = int(zmq.NOBLOCK)
+SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 #: glibc mallopt parameters (malloc.h) and the free memory kept at the top of the heap.
 M_TRIM_THRESHOLD, M_TOP_PAD = -1, -2
 MALLOC_PAD = 16 * 1024 * 1024
@@ -444,60 +454,71 @@ class Router:
 
     def _handle(self, sock: zmq.Socket[bytes], batch: list[list[bytes]]) -> None:
         replies: list[list[bytes]] = []
-        pending: list[tuple[list[bytes], list[Event], list[dict[str, Any]], bool]] = []
+        # (envelope, the event, None) for "event", (envelope, events, rejected) for "events"
+        pending: list[tuple[list[bytes], Any, list[dict[str, Any]] | None]] = []
+        events: list[Event] = []
         commands: list[tuple[list[bytes], dict[str, Any]]] = []
         now = time.time_ns()
+        limit = self.config.max_message
+        self.stats["received"] += len(batch)
         for frames in batch:
             envelope, payload = frames[:-1], frames[-1]
-            self.stats["received"] += 1
             try:
-                msg = decode_message(payload, self.config.max_message)
+                msg = decode_message(payload, limit)
                 op = msg["op"]
                 if op == "event":
-                    pending.append((envelope, [decode_event(msg.get("event"), now)], [], False))
+                    ev = decode_event(msg.get("event"), now)
+                    pending.append((envelope, ev, None))
+                    events.append(ev)
                 elif op == "events":
                     items = msg.get("events")
                     if not isinstance(items, list):
                         raise WireError("'events' must be a list")
-                    good, bad = [], []
+                    good: list[Event] = []
+                    bad: list[dict[str, Any]] = []
                     for i, item in enumerate(items):
                         try:
                             good.append(decode_event(item, now))
                         except WireError as exc:
                             bad.append({"index": i, "error": str(exc)})
                             self._rejected(str(exc), envelope)
-                    pending.append((envelope, good, bad, True))
+                    pending.append((envelope, good, bad))
+                    events.extend(good)
                 else:
                     commands.append((envelope, msg))
             except WireError as exc:
                 self._rejected(str(exc), envelope)
                 replies.append([*envelope, reply(False, error=str(exc))])
-        events = [ev for _, evs, _, _ in pending for ev in evs]
         if events and self._overloaded():
             self.stats["shed"] += len(events)
-            for envelope, _evs, _bad, _many in pending:
+            for envelope, _item, _bad in pending:
                 replies.append([*envelope, reply(False, error="busy: spool it and retry later")])
             pending = []
         elif events:
             try:
                 self.ingest(events)
             except JournalError as exc:
-                for envelope, _evs, _bad, _many in pending:
+                for envelope, _item, _bad in pending:
                     replies.append([*envelope, reply(False, error=f"journal unavailable: {exc}")])
                 pending = []
-        for envelope, evs, bad, many in pending:
-            if many:
-                replies.append([*envelope, reply(True, ids=[e.id for e in evs], rejected=bad)])
+        for envelope, item, rejected in pending:
+            if rejected is None:
+                replies.append([*envelope, acked(item.id)])
             else:
-                replies.append([*envelope, reply(True, id=evs[0].id)])
+                replies.append([*envelope, reply(True, ids=[e.id for e in item],
+                                                 rejected=rejected)])
         if commands and self.executor is not None:
             with contextlib.suppress(JournalError):
                 self.executor.flush()  # answers show every outcome known so far
         for envelope, msg in commands:
             replies.append([*envelope, self._command(msg)])
+        # Frame by frame with plain int flags: send_multipart costs three times as much.
+        send = sock.send
         for frames in replies:
             with contextlib.suppress(zmq.ZMQError):
-                sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                for frame in frames[:-1]:
+                    send(frame, SNDMORE_NOBLOCK)
+                send(frames[-1], NOBLOCK)
 
     def _rejected(self, reason: str, envelope: list[bytes]) -> None:
         self.stats["rejected"] += 1

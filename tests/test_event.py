@@ -16,6 +16,7 @@ from knotify.event import (
     MAX_MESSAGE,
     Event,
     WireError,
+    acked,
     decode_event,
     decode_message,
     encode,
@@ -396,3 +397,9 @@ def test_a_shape_seen_before_still_has_its_values_checked() -> None:
     assert decode_event(wire(argv=["y" * 4096, "z" * 4096])).argv == ["y" * 4096, "z" * 4096]
     assert decode_event(wire(id="-" * 8)).id == "-" * 8
     assert "event id" in rejected(wire(id="é" * 8))
+
+
+@given(st.from_regex(r"[A-Za-z0-9_-]{8,64}", fullmatch=True))
+def test_acked_is_the_reply_for_any_accepted_id(ident: str) -> None:
+    assert decode_event(wire(id=ident)).id == ident
+    assert acked(ident) == reply(True, id=ident)
