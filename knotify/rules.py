@@ -87,8 +87,17 @@ class Match:
     source: Pattern = field(default_factory=Pattern)
     prio_min: int | None = None
     prio_max: int | None = None
+    #: No pattern and no prio range: it matches every event but knotify's own.
+    matches_all: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.matches_all = not (self.kind or self.name or self.vs or self.host or self.state
+                                or self.prev or self.source or self.prio_min is not None
+                                or self.prio_max is not None)
 
     def __call__(self, ev: Event, tr: Transition) -> bool:
+        if self.matches_all:  # checked per event per rule: the common "every event" rule
+            return ev.kind not in SYNTHETIC_KINDS
         if self.kind and not self.kind(ev.kind):
             return False
         # knotify's own CLUSTER/PEER events reach only rules whose kind names them, so a

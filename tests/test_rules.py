@@ -282,3 +282,17 @@ def test_config_rule_name_match_is_case_sensitive() -> None:
     [r] = _rules('[[rule]]\nid = "n"\nname = "vi_1"\n[[rule.action]]\ntype = "log"\n')
     assert not r.fires(ev(name="VI_1"), tr())
     assert r.fires(ev(name="vi_1"), tr())
+
+
+@pytest.mark.parametrize(("match", "kinds"), [
+    (Match(), {"INSTANCE", "GROUP", "VS", "RS", "INVALID"}),  # every event but knotify's own
+    (Match(name=Pattern(("VI_2",))), set()),
+    (Match(kind=Pattern(("CLUSTER",))), {"CLUSTER"}),
+    (Match(kind=Pattern(("*",))),
+     {"INSTANCE", "GROUP", "VS", "RS", "INVALID", "CLUSTER", "PEER"}),
+    (Match(prio_min=0), {"INSTANCE", "GROUP", "VS", "RS", "INVALID"}),
+])
+def test_which_kinds_a_match_takes(match: Match, kinds: set[str]) -> None:
+    every = ["INSTANCE", "GROUP", "VS", "RS", "INVALID", "CLUSTER", "PEER"]
+    assert {k for k in every if match(ev(kind=k, vs="v" if k == "RS" else ""), tr())} == kinds
+    assert match.matches_all == (match == Match())
