@@ -323,15 +323,20 @@ class Journal:
                            started_ns, None, None, None))
         return rowid
 
-    def settle_run(self, rowid: int, outcome: Outcome, ended_ns: int) -> None:
-        """Give a run added in this transaction its outcome (an instant action that ran
-        inside the transaction): one row written, no update later."""
-        pos = rowid - self._runs[0][0] if self._runs else -1  # numbered in a row
-        if not 0 <= pos < len(self._runs) or self._runs[pos][0] != rowid:
-            raise ValueError(f"run {rowid} was not added in this transaction")
-        row = self._runs[pos]
-        self._runs[pos] = (*row[:5], outcome.status, row[6], outcome.detail or None, row[8],
-                           ended_ns, outcome.exit_code, outcome.output or None)
+    def reserve_run(self) -> int:
+        """A run number for :meth:`add_finished_run` later in this transaction."""
+        rowid = self._next_run
+        self._next_run += 1
+        return rowid
+
+    def add_finished_run(self, rowid: int, event_id: str, rule: str, idx: int, kind: str,
+                         outcome: Outcome, started_ns: int, ended_ns: int) -> None:
+        """A run that is over already (an instant action run inside this transaction):
+        one row, with its outcome, and no update later."""
+        assert self._in_tx
+        self._runs.append((rowid, event_id, rule, idx, kind, outcome.status, started_ns,
+                           outcome.detail or None, started_ns, ended_ns, outcome.exit_code,
+                           outcome.output or None))
 
     def start_run(self, rowid: int, started_ns: int) -> None:
         self.db.execute("UPDATE runs SET status = ?, started_ns = ? WHERE rowid = ?",

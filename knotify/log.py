@@ -199,7 +199,8 @@ def enabled(log: Any, level: str) -> bool:
 
 
 def emit(log: Any, level: str, event: str, fields: dict[str, Any]) -> None:
-    """``log.<level>(event, **fields)`` for lines written per event.
+    """``log.<level>(event, **fields)`` for lines written per event (``fields`` is
+    handed over: it may get the line's own keys).
 
     With JSON output the line is rendered here, without structlog's method dispatch and
     processor chain: the same keys in the same order (bound context, fields, event,
@@ -212,9 +213,17 @@ def emit(log: Any, level: str, event: str, fields: dict[str, Any]) -> None:
     if _LEVEL_NUMBERS[level] < sink.level:
         return
     context = log._context
-    line = {**context, **fields, "event": event} if context else {**fields, "event": event}
+    if context:
+        line = {**context, **fields, "event": event}
+    else:  # the caller's dict, which it hands over
+        line = fields
+        line["event"] = event
     stamp(None, level, line)
+    try:
+        data = orjson.dumps(line, default=str)
+    except TypeError:
+        data = _dumps(line)
     if level in ("debug", "info"):
-        sink.msg(_dumps(line))
+        sink.msg(data)
     else:
-        sink.urgent(_dumps(line))
+        sink.urgent(data)

@@ -28,7 +28,7 @@ from knotify import __version__, hook, resync, spool, transport
 from knotify import config as configmod
 from knotify import log as logmod
 from knotify import metrics as metricsmod
-from knotify.actions.base import PENDING, RUNNING, Outcome
+from knotify.actions.base import Outcome
 from knotify.alerts.engine import OPS as ALERT_OPS
 from knotify.alerts.engine import AlertEngine
 from knotify.cluster.monitor import ClusterMonitor
@@ -53,6 +53,7 @@ FLUSH_INTERVAL = 0.2
 PRUNE_EVERY = 10_000
 GC_THRESHOLD = 20_000
 NOBLOCK = int(zmq.NOBLOCK)
+RCVMORE = int(zmq.RCVMORE)
 SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 #: glibc mallopt parameters (malloc.h) and the free memory kept at the top of the heap.
 M_TRIM_THRESHOLD, M_TOP_PAD = -1, -2
@@ -68,11 +69,13 @@ RESTART_ONLY = ("runtime_dir", "state_dir", "listen", "curve", "insecure", "grou
                 "fifos", "synchronous", "max_message", "max_parallel", "metrics")
 
 
-def _fields(ev: Event, tr: Transition) -> dict[str, Any]:
-    """What describes an event in the log and to watchers."""
-    fields = {"event_id": ev.id, "host": ev.host, "kind": ev.kind, "name": ev.name,
-              "state": ev.state, "prio": ev.prio, "class": tr.cls, "seq": ev.seq,
-              "source": ev.source}
+def _fields(ev: Event, tr: Transition, fields: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """What describes an event in the log and to watchers (added to ``fields``)."""
+    if fields is None:
+        fields = {}
+    fields.update(event_id=ev.id, host=ev.host, kind=ev.kind, name=ev.name, state=ev.state,
+                  prio=ev.prio, **{"class": tr.cls}, seq=ev.seq, source=ev.source)
     if ev.vs:
         fields["vs"] = ev.vs
     if ev.extra.get("detail"):
@@ -303,24 +306,22 @@ class Router:
                             # An instant action with nothing of its key ahead of it runs
                             # below, before the commit; its run is journaled with its
                             # outcome, in one row.
-                            now = (action.inline and rule.plain and ev.key not in queued_keys
-                                   and self.executor.idle(ev.key))
-                            rowid = self.journal.add_run(
-                                ev.id, rule.id, idx, action.kind,
-                                RUNNING if now else PENDING, None, now_ns if now else None)
-                            run = Run(rowid, ev, tr, rule, idx, action, now_mono,
-                                      now_ns if now else None)
-                            if now:
-                                instant.append(run)
+                            if (action.inline and rule.plain and ev.key not in queued_keys
+                                    and self.executor.idle(ev.key)):
+                                instant.append(Run(self.journal.reserve_run(), ev, tr, rule,
+                                                   idx, action, now_mono, now_ns))
                             else:
+                                rowid = self.journal.add_run(ev.id, rule.id, idx, action.kind)
                                 queued_keys.add(ev.key)
-                                runs.append(run)
+                                runs.append(Run(rowid, ev, tr, rule, idx, action, now_mono))
                 # (Three passes over the batch rather than one: measurably faster.)
                 for ev, tr in accepted:
                     self._announce(ev, tr)
                 for run in instant:
                     outcome = self.executor.run_inline(run)
-                    self.journal.settle_run(run.rowid, outcome, time.time_ns())
+                    self.journal.add_finished_run(run.rowid, run.event.id, run.rule.id,
+                                                  run.index, run.action.kind, outcome, now_ns,
+                                                  time.time_ns())
                     inline_counts[outcome.status] = inline_counts.get(outcome.status, 0) + 1
                     if watched:
                         inline.append((run, outcome))
@@ -362,20 +363,19 @@ class Router:
 
     def _announce(self, ev: Event, tr: Transition) -> None:
         """Log what ``ev`` is."""
-        fields = _fields(ev, tr)
         if tr.cls == TRANSITION:
+            fields = _fields(ev, tr, {"prev": tr.prev_state})
             duration = tr.duration_s(ev.ts_ns)
-            logmod.emit(self.log, "info", "event.transition", {
-                "prev": tr.prev_state, **fields,
-                "after_s": round(duration, 3) if duration is not None else None})
+            fields["after_s"] = round(duration, 3) if duration is not None else None
+            logmod.emit(self.log, "info", "event.transition", fields)
         elif tr.cls == INVALID_CLASS:
             self.log.warning("event.invalid", error=ev.error, argv=ev.argv, raw=ev.raw,
-                             **fields)
+                             **_fields(ev, tr))
         elif tr.cls == STALE:
-            self.log.warning("event.stale", now=tr.state, **fields,
+            self.log.warning("event.stale", now=tr.state, **_fields(ev, tr),
                              reason="older than the state already known for this key")
-        else:
-            logmod.emit(self.log, "debug", "event." + tr.cls, fields)
+        elif logmod.enabled(self.log, "debug"):
+            logmod.emit(self.log, "debug", "event." + tr.cls, _fields(ev, tr))
 
     def watched(self) -> bool:
         """Whether anyone subscribes to the PUB socket (so that messages are worth making)."""
@@ -429,11 +429,15 @@ class Router:
                 self.log.warning("socket.recv_failed", error=str(exc))
                 continue
             batch = [frames]
-            while len(batch) < MAX_BATCH:
+            recv, more = raw.recv, raw.get
+            while len(batch) < MAX_BATCH:  # (recv_multipart, but with int flags: cheaper)
                 try:
-                    batch.append(raw.recv_multipart(flags=zmq.NOBLOCK))
+                    frames = [recv(NOBLOCK)]
                 except zmq.Again:
                     break
+                while more(RCVMORE):
+                    frames.append(recv(NOBLOCK))
+                batch.append(frames)
             self._handle(raw, batch)
             await asyncio.sleep(0)  # let actions and other sockets have a turn
 

@@ -75,7 +75,7 @@ def order(ev: Event, cur: KeyState) -> int:
     return 0
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Transition:
     """What one event meant: its class, the state it leads to, and where it came from."""
 
