@@ -57,7 +57,7 @@ RCVMORE = int(zmq.RCVMORE)
 SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 #: glibc mallopt parameters (malloc.h) and the free memory kept at the top of the heap.
 M_TRIM_THRESHOLD, M_TOP_PAD = -1, -2
-MALLOC_PAD = 16 * 1024 * 1024
+MALLOC_PAD = 8 * 1024 * 1024
 ZAP_DOMAIN = "knotify"
 SHED_INTERVAL = 0.05
 SUBSCRIPTIONS_EVERY = 0.1
