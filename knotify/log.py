@@ -64,29 +64,30 @@ class LineSink:
     it was in. Lines logged under :func:`held` are written only if that block succeeds.
     """
 
-    def __init__(self, write: Callable[[bytes], None], level: int = logging.INFO,
+    def __init__(self, write: Callable[[bytes | bytearray], None], level: int = logging.INFO,
                  json_lines: bool = True) -> None:
         self._write = write
         #: The configured level, for :func:`emit` (structlog's filtering is per class).
         self.level = level
         #: Lines are JSON (so :func:`emit` may render them itself).
         self.json = json_lines
-        self._lines: list[bytes] = []
-        self._size = 0
+        # One growing buffer, not a list of lines: the held lines of a batch (a megabyte
+        # at full intake) as small objects left the allocator's arenas fragmented.
+        self._buf = bytearray()
         self._scheduled = False
         self._held = 0
         atexit.register(self.flush)
 
     def msg(self, line: bytes | str) -> None:
         data = line.encode("utf-8", "backslashreplace") if isinstance(line, str) else line
-        self._lines.append(data)
-        self._size += len(data) + 1
+        self._buf += data
+        self._buf += b"\n"
         if not self._held:
             self._soon()
 
     def _soon(self) -> None:
         """Write at the end of this loop turn (now if outside a loop or over the limit)."""
-        if self._size >= FLUSH_BYTES:
+        if len(self._buf) >= FLUSH_BYTES:
             self.flush()
         elif not self._scheduled:
             try:
@@ -108,35 +109,32 @@ class LineSink:
     def hold(self) -> int:
         """Write nothing until :meth:`release`; returns where the held lines start."""
         self._held += 1
-        return len(self._lines)
+        return len(self._buf)
 
     def release(self, discard_from: int | None = None) -> None:
         """End a hold; ``discard_from``: drop the lines logged since that mark first."""
         if discard_from is not None:
-            del self._lines[discard_from:]
-            self._size = sum(len(line) + 1 for line in self._lines)
+            del self._buf[discard_from:]
         self._held -= 1
-        if not self._held and self._lines:
+        if not self._held and self._buf:
             self._soon()
 
     def flush(self) -> None:
         self._scheduled = False
-        if not self._lines or self._held:
+        if not self._buf or self._held:
             return
-        data = b"\n".join(self._lines) + b"\n"
-        self._lines.clear()
-        self._size = 0
+        data, self._buf = self._buf, bytearray()
         try:
             self._write(data)
         except (OSError, ValueError):
             pass  # the log went away (closed pipe, full disk): keep running
 
 
-def _writer(out: TextIO) -> Callable[[bytes], None]:
+def _writer(out: TextIO) -> Callable[[bytes | bytearray], None]:
     """Write bytes to ``out``'s binary side if it has one, else as text; then flush."""
     buffer = getattr(out, "buffer", None)
 
-    def write(data: bytes) -> None:
+    def write(data: bytes | bytearray) -> None:
         if buffer is not None:
             buffer.write(data)
             buffer.flush()
