@@ -316,15 +316,15 @@ class Journal:
         if not self._in_tx:
             with self.transaction():
                 return self.add_run(event_id, rule, idx, kind, status, detail, started_ns)
-        # The router is the only writer: it numbers runs itself, so they can be batched.
-        rowid = self._next_run
-        self._next_run += 1
+        rowid = self.reserve_run()
         self._runs.append((rowid, event_id, rule, idx, kind, status, time.time_ns(), detail,
                            started_ns, None, None, None))
         return rowid
 
     def reserve_run(self) -> int:
-        """A run number for :meth:`add_finished_run` later in this transaction."""
+        """The next run number (for :meth:`add_finished_run` later in this transaction).
+
+        The router is the only writer: it numbers runs itself, so they can be batched."""
         rowid = self._next_run
         self._next_run += 1
         return rowid

@@ -184,8 +184,8 @@ def get(**bind: Any) -> Any:
     return structlog.get_logger("knotify").bind(**bind)
 
 
-_LEVEL_NUMBERS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-                  "error": logging.ERROR, "critical": logging.CRITICAL}
+#: Every level a line may be emitted at (``[log] level`` offers the first four).
+_LEVEL_NUMBERS = {**LEVELS, "critical": logging.CRITICAL}
 
 
 def enabled(log: Any, level: str) -> bool:
@@ -217,11 +217,7 @@ def emit(log: Any, level: str, event: str, fields: dict[str, Any]) -> None:
         line = fields
         line["event"] = event
     stamp(None, level, line)
-    try:
-        data = orjson.dumps(line, default=str)
-    except TypeError:
-        data = _dumps(line)
     if level in ("debug", "info"):
-        sink.msg(data)
+        sink.msg(_dumps(line))
     else:
-        sink.urgent(data)
+        sink.urgent(_dumps(line))

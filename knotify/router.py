@@ -72,10 +72,13 @@ RESTART_ONLY = ("runtime_dir", "state_dir", "listen", "curve", "insecure", "grou
 def _fields(ev: Event, tr: Transition, fields: dict[str, Any] | None = None
             ) -> dict[str, Any]:
     """What describes an event in the log and to watchers (added to ``fields``)."""
+    own = {"event_id": ev.id, "host": ev.host, "kind": ev.kind, "name": ev.name,
+           "state": ev.state, "prio": ev.prio, "class": tr.cls, "seq": ev.seq,
+           "source": ev.source}
     if fields is None:
-        fields = {}
-    fields.update(event_id=ev.id, host=ev.host, kind=ev.kind, name=ev.name, state=ev.state,
-                  prio=ev.prio, **{"class": tr.cls}, seq=ev.seq, source=ev.source)
+        fields = own
+    else:
+        fields.update(own)
     if ev.vs:
         fields["vs"] = ev.vs
     if ev.extra.get("detail"):
