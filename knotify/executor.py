@@ -110,16 +110,22 @@ class Executor:
             self.workers[key] = asyncio.get_running_loop().create_task(self._work(key))
 
     def flush(self) -> None:
-        """Write finished runs' outcomes (inside the caller's transaction, if any)."""
+        """Write finished runs' outcomes (inside the caller's transaction, if any).
+
+        They leave memory only with the commit that holds them: if that transaction
+        (this one or the caller's) rolls back, they are kept for the next try, so an
+        action that ended is never left ``running`` because one commit failed.
+        """
         if not self.updates:
             return
-        updates, self.updates = self.updates, []
-        try:
-            with self.journal.transaction():
-                self.journal.finish_runs(updates)
-        except JournalError:
-            self.updates[:0] = updates  # kept for the next try
-            raise
+        with self.journal.transaction():
+            updates, self.updates = self.updates, []
+
+            def keep() -> None:
+                self.updates[:0] = updates
+
+            self.journal.on_rollback(keep)
+            self.journal.finish_runs(updates)
 
     def _schedule_commit(self) -> None:
         if not self._commit_scheduled:

@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -137,6 +137,7 @@ class Journal:
         last = self.db.execute("SELECT max(rowid) FROM runs").fetchone()[0]
         self._next_run = (last or 0) + 1
         self._in_tx = False
+        self._undo: list[Callable[[], None]] = []
 
     def _migrate(self) -> None:
         """Refuse a newer journal; bring an older one up to this schema."""
@@ -187,6 +188,7 @@ class Journal:
             self._write_batch()
             self.db.execute("COMMIT")
             self._new_keys.clear()  # numbered for good
+            self._undo.clear()
         except sqlite3.Error as exc:
             self._rollback()
             raise JournalError(f"{self.path}: {exc}") from exc
@@ -196,6 +198,15 @@ class Journal:
         finally:
             self._in_tx = False
             self._clear_batch()
+
+    def on_rollback(self, undo: Callable[[], None]) -> None:
+        """Call ``undo`` if the transaction under way (the outermost) does not commit.
+
+        What a caller took out of its own memory to write in a nested transaction must
+        go back there when the outer one fails (:meth:`Executor.flush`).
+        """
+        assert self._in_tx
+        self._undo.append(undo)
 
     # Rows of one transaction are collected and written with executemany just before
     # COMMIT: much cheaper per event than one execute each. Reads in the same
@@ -234,6 +245,9 @@ class Journal:
             self.db.execute("ROLLBACK")
         except sqlite3.Error:
             pass
+        undo, self._undo = self._undo, []
+        for call in reversed(undo):
+            call()
 
     # -- events and state -------------------------------------------------------------
 
