@@ -188,11 +188,16 @@ class Agent:
         for _ in range(MAX_BATCHES):
             if self.stopping or not up.intersection(destinations):
                 break
+            if os.path.islink(os.path.join(folder, "new")):
+                # The hook's group may rename spool entries: never read through a link.
+                self.log.error("agent.spool_not_a_folder", path=os.path.join(folder, "new"),
+                               detail="a symbolic link; not read")
+                break
             paths = spool.pending(folder, limit=self.config.agent.batch)
             if not paths:
                 break
             items: list[tuple[str, dict[str, Any]]] = []
-            for path, content in spool.read(paths):
+            for path, content in spool.read(paths, self.config.max_message, self._quarantine):
                 try:
                     data = json.loads(content)
                     if not isinstance(data, dict) or not isinstance(data.get("id"), str):
@@ -242,11 +247,17 @@ class Agent:
         spool.remove([path])
 
     def _quarantine(self, path: str, reason: str) -> None:
-        bad = os.path.join(self.settings.spool_dir, "bad")
-        os.makedirs(bad, mode=0o750, exist_ok=True)
-        with contextlib.suppress(OSError):
-            os.rename(path, os.path.join(bad, os.path.basename(path)))
-        self.log.error("agent.bad_spool_file", path=path, reason=reason, moved_to=bad)
+        """Move a spool file that is not an event (whatever it is) to SPOOL/bad."""
+        folder, name = os.path.split(path)
+        try:
+            fd = spool.open_folder(os.path.dirname(folder), os.path.basename(folder))
+            try:
+                moved = spool.quarantine(self.settings.spool_dir, fd, name)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            moved = f"left in place ({exc.strerror or exc})"
+        self.log.error("agent.bad_spool_file", path=path, reason=reason, moved_to=moved)
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ import fcntl
 import functools
 import gc
 import grp
-import json
 import os
 import signal
+import stat
 import time
 from typing import Any
 
@@ -44,6 +44,7 @@ from knotify.event import (
 from knotify.executor import Executor, Run
 from knotify.fifo import RESYNC_DELAY, AsyncFifoReader, event_from_line
 from knotify.journal import Journal, JournalError
+from knotify.replay import SpoolReplay
 from knotify.rules import fired
 from knotify.schema import ConfigError
 from knotify.tracker import INVALID_CLASS, STALE, TRANSITION, Tracker, Transition
@@ -129,6 +130,8 @@ class Router:
                       "journal_errors": 0, "spool_replayed": 0, "shed": 0, "shed_periods": 0}
         self.fifo_readers: list[AsyncFifoReader] = []
         self._lock_fd: int | None = None
+        self.spool_replay = SpoolReplay(config.hook.spool_dir, config.max_message, self.ingest,
+                                        self.log, self.stats, self._forget_batch)
         self.auth: AsyncioAuthenticator | None = None
         self._clients_mark: tuple[int, int] | None = None
         self._resync_lock = asyncio.Lock()
@@ -157,35 +160,80 @@ class Router:
 
     def _take_runtime_dir(self) -> None:
         rundir = self.config.runtime_dir
-        os.makedirs(rundir, mode=0o750, exist_ok=True)
-        self._own(rundir, 0o750)
-        # The hook may run as another user (keepalived_script): with a group set, the
-        # spool is writable by that group and the socket connectable by it.
-        os.makedirs(self.config.state_dir, mode=0o750, exist_ok=True)
-        spool_dir = self.config.hook.spool_dir
-        os.makedirs(spool_dir, mode=0o750, exist_ok=True)
-        if self.config.group:
-            self._own(self.config.state_dir, 0o750)
-            self._own(spool_dir, 0o2770)
-            for sub in ("tmp", "new"):
-                os.makedirs(os.path.join(spool_dir, sub), exist_ok=True)
-                self._own(os.path.join(spool_dir, sub), 0o2770)
-            seq = os.path.join(spool_dir, spool.SEQ_FILE)
-            os.close(os.open(seq, os.O_RDWR | os.O_CREAT, 0o660))
-            self._own(seq, 0o660)
-        fd = os.open(os.path.join(rundir, "router.lock"), os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            os.makedirs(rundir, mode=0o750, exist_ok=True)
+            self._own(rundir, 0o750)
+            self._lock_fd = self._lock(os.path.join(rundir, "router.lock"), 0o640, (
+                "another knotify router (pid {pid}) is running on " + rundir + "; refusing "
+                "to take over its socket (stop it first, or give this one another "
+                "runtime_dir)"))
+            # The hook may run as another user (keepalived_script): with a group set, the
+            # spool is writable by that group and the socket connectable by it. Whatever
+            # that group left in the spool is never followed (spool.repair, O_NOFOLLOW).
+            os.makedirs(self.config.state_dir, mode=0o750, exist_ok=True)
+            spool_dir = self.config.hook.spool_dir
+            os.makedirs(spool_dir, mode=0o750, exist_ok=True)
+            replay = self.spool_replay
+            if self.config.group:
+                self._own(self.config.state_dir, 0o750)
+                self._own(spool_dir, 0o2770)
+                replay.folder_mode, replay.gid = 0o2770, self._gid()
+                self._own_seq(spool_dir)
+            for sub in ("tmp", "new", "bad"):
+                replay.repair(sub)
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            raise RouterError(f"cannot prepare the runtime and state folders:{where}: "
+                              f"{exc.strerror or exc}") from None
+
+    def _lock(self, path: str, mode: int, refusal: str, gid: int = -1) -> int:
+        """Hold an exclusive lock on ``path`` for the router's life, or RouterError with
+        ``refusal`` (``{pid}``, ``{holder}``: what the holder wrote in it)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            words = os.pread(fd, 4096, 0).decode(errors="replace").split("\n")
             os.close(fd)
-            raise RouterError(
-                f"another knotify router (pid {holder}) is running on {rundir}; refusing to "
-                "take over its socket (stop it first, or give this one another runtime_dir)"
-            ) from None
+            raise RouterError(refusal.format(pid=words[0].strip() or "?",
+                                             holder=words[1].strip() if len(words) > 1
+                                             else "?")) from None
+        st = os.fstat(fd)
+        if gid >= 0 and st.st_gid != gid:
+            os.fchown(fd, -1, gid)
+        if st.st_mode & 0o7777 != mode:
+            os.fchmod(fd, mode)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        os.write(fd, f"{os.getpid()}\n{self.config.runtime_dir}\n".encode())
+        return fd
+
+    def _own_seq(self, spool_dir: str) -> None:
+        """The sequence counter, shared with the hook's group; a link or another kind of
+        file in its place is moved aside, never followed."""
+        seq = os.path.join(spool_dir, spool.SEQ_FILE)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(seq, flags, 0o660)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                os.close(fd)
+                fd = -1
+        if fd < 0:
+            found = spool.what_is(os.lstat(seq).st_mode)
+            aside = f"{seq}.not-a-file.{time.time_ns()}"
+            os.rename(seq, aside)
+            self.log.error("spool.seq_replaced", path=seq, found=found, moved_to=aside,
+                           detail="a new counter is started; nothing in a link is written")
+            fd = os.open(seq, flags | os.O_EXCL, 0o660)
+        try:
+            if os.fstat(fd).st_uid == os.geteuid():
+                os.fchown(fd, -1, self._gid())
+                os.fchmod(fd, 0o660)
+        finally:
+            os.close(fd)
 
     def _bind(self) -> None:
         control = self.config.control_endpoint
@@ -616,47 +664,22 @@ class Router:
     # -- spool and FIFO sources -----------------------------------------------------------
 
     def replay_spool(self) -> int:
-        """Journal what the hooks spooled; files are removed only after the commit."""
-        total = 0
-        spool_dir = self.config.hook.spool_dir
-        while True:
+        """Journal what the hooks spooled; files are removed only after the commit.
+
+        Every file is hostile input (:mod:`knotify.replay`): a bad one is set aside with
+        one log line and never blocks, stops or holds back the rest; this never raises.
+        """
+        def busy() -> bool:
             if self.executor is not None and self.executor.queued > self.config.max_backlog:
                 self._overloaded()  # the rest waits where it is, in order
-                return total
-            paths = spool.pending(spool_dir, limit=MAX_BATCH)
-            if not paths:
-                return total
-            events: list[Event] = []
-            done: list[str] = []
-            now = time.time_ns()
-            for path, content in spool.read(paths):
-                try:
-                    data = json.loads(content)
-                    ev = decode_event(data, now)
-                except (ValueError, WireError) as exc:
-                    self._quarantine(path, str(exc))
-                    continue
-                ev.extra = {**ev.extra, "via": "spool"}
-                events.append(ev)
-                done.append(path)
-            if events:
-                try:
-                    self.ingest(events)
-                except JournalError:
-                    return total  # files stay; retried on the next scan
-            spool.remove(done)
-            self.stats["spool_replayed"] += len(events)
-            total += len(events)
-            if len(paths) < MAX_BATCH:
-                return total
+                return True
+            return False
 
-    def _quarantine(self, path: str, reason: str) -> None:
-        bad = os.path.join(self.config.hook.spool_dir, "bad")
-        os.makedirs(bad, mode=0o750, exist_ok=True)
-        with contextlib.suppress(OSError):
-            os.rename(path, os.path.join(bad, os.path.basename(path)))
-        self.log.error("spool.bad_file", path=path, reason=reason,
-                       moved_to=bad)
+        return self.spool_replay.run(busy)
+
+    def _forget_batch(self) -> None:
+        """After a batch failed unexpectedly: the tracker forgets what was rolled back."""
+        self.tracker = Tracker(self._reload_states())
 
     def _watch_clients(self) -> None:
         """Re-read the authorised client keys when their folder changes."""

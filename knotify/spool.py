@@ -9,21 +9,49 @@ Layout (maildir-like, so a reader never sees half a file)::
                        events another router got (:func:`outboxes`; knotify agent drains)
 
 Writing uses the standard library only (the hook imports this module).
+
+With ``[paths] group`` the spool is writable by the hook's (unprivileged) group, so
+whatever is found there is treated as hostile by the reading side: folders are opened
+without following links, only regular files are read (never a FIFO, a device, a folder
+or a link), at most ``max_bytes`` of them, and whatever else sits there is moved to
+``SPOOL/bad/`` (:func:`quarantine`) for the operator to look at.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
+import time
 
 from knotify import fastjson
 
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 SEQ_FILE = "seq"
+#: A file older than this in ``tmp/`` was left by a writer that died before its rename.
+TMP_GRACE = 60.0
+#: Subfolders opened by name must really be folders: a link there leads nowhere.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Never follow a link, never block on a FIFO or a device.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class BadFile(Exception):
+    """A spool entry that is not a readable event file; the text says what it is."""
+
+
+def what_is(mode: int) -> str:
+    """What a non-regular file is, in words (for the log)."""
+    for test, word in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return word
+    return "not a regular file"
 
 
 def _ensure(path: str, mode: int | None = None) -> None:
@@ -50,17 +78,21 @@ def _ensure(path: str, mode: int | None = None) -> None:
 def next_seq(spool_dir: str) -> int:
     """The next per-host sequence number: it only grows, even across racing processes.
 
-    Returns 0 when the counter cannot be used (no permission, read-only disk);
+    Returns 0 when the counter cannot be used (no permission, read-only disk, or not a
+    plain file of its own: a link or a hard link there is never written through);
     0 means "unknown" and is never used to order events.
     """
     try:
         _ensure(spool_dir, 0o750)
         path = os.path.join(spool_dir, SEQ_FILE)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC, 0o660)
     except OSError:
         return 0
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return 0
         if st.st_uid == os.geteuid() and st.st_mode & 0o660 != 0o660:
             os.fchmod(fd, 0o660)  # the umask (keepalived's is 0177) must not lock others out
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -83,29 +115,52 @@ def file_name(event: dict[str, object]) -> str:
     return f"{seq if isinstance(seq, int) else 0:020d}-{event['id']}.json"
 
 
+def _open_sub(spool_dir: str, sub: str) -> int:
+    """``SPOOL/sub`` opened as a folder without following a link; made if missing.
+
+    Something else in its place (a link, a file) is moved aside first: the hook's group
+    can rename entries of the spool, and a writer running as root must not write
+    through a link it put there.
+    """
+    path = os.path.join(spool_dir, sub)
+    _ensure(path)
+    try:
+        return os.open(path, _DIR_FLAGS)
+    except OSError as exc:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            raise exc from None
+        if stat.S_ISDIR(mode):
+            raise
+    os.rename(path, f"{path}.not-a-folder.{time.time_ns()}")
+    _ensure(path)
+    return os.open(path, _DIR_FLAGS)
+
+
 def write(spool_dir: str, event: dict[str, object]) -> str:
     """Store one event durably and atomically; returns the final path."""
-    tmp_dir = os.path.join(spool_dir, "tmp")
-    new_dir = os.path.join(spool_dir, "new")
-    _ensure(tmp_dir)
-    _ensure(new_dir)
-    name = file_name(event)
-    tmp = os.path.join(tmp_dir, name)
-    data = fastjson.dumps(event).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    tmp_fd = _open_sub(spool_dir, "tmp")
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        new_fd = _open_sub(spool_dir, "new")
+        try:
+            name = file_name(event)
+            data = memoryview(fastjson.dumps(event).encode())
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o640, dir_fd=tmp_fd)
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(name, name, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
+            os.fsync(new_fd)
+        finally:
+            os.close(new_fd)
     finally:
-        os.close(fd)
-    final = os.path.join(new_dir, name)
-    os.rename(tmp, final)
-    dfd = os.open(new_dir, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return final
+        os.close(tmp_fd)
+    return os.path.join(spool_dir, "new", name)
 
 
 def endpoint_dir(spool_dir: str, endpoint: str) -> str:
@@ -133,13 +188,16 @@ def outboxes(spool_dir: str, endpoints: list[str], missed: list[str]) -> list[st
     return out
 
 
-def pending(spool_dir: str, limit: int = 10_000) -> list[str]:
-    """Paths of spooled events, oldest first, at most ``limit``."""
+def pending(spool_dir: str, limit: int = 10_000, skip: set[str] | None = None) -> list[str]:
+    """Paths of spooled events, oldest first, at most ``limit``; names in ``skip``
+    (bad files that could not be moved away) are left out and not counted."""
     new_dir = os.path.join(spool_dir, "new")
     try:
         names = [n for n in os.listdir(new_dir) if n.endswith(".json")]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    if skip:
+        names = [n for n in names if n not in skip]
     names.sort()
     return [os.path.join(new_dir, n) for n in names[:limit]]
 
@@ -147,18 +205,61 @@ def pending(spool_dir: str, limit: int = 10_000) -> list[str]:
 def depth(spool_dir: str) -> int:
     try:
         return sum(1 for n in os.listdir(os.path.join(spool_dir, "new")) if n.endswith(".json"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return 0
 
 
-def read(paths: list[str]) -> Iterator[tuple[str, bytes]]:
-    """(path, content) for each readable file; vanished files are skipped."""
+def read_file(path: str, max_bytes: int, dir_fd: int | None = None) -> bytes:
+    """The content of one spool file, read as hostile input; BadFile says why not.
+
+    Only a regular file with one link is read (opened without following a link and
+    without blocking, checked again once open), and only if it holds at most
+    ``max_bytes``. FileNotFoundError: it vanished (another reader took it).
+    """
+    try:
+        fd = os.open(path, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        try:
+            mode = os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        except OSError:
+            raise BadFile(f"cannot be opened: {exc.strerror or exc}") from None
+        raise BadFile(f"not a regular file ({what_is(mode)})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadFile(f"not a regular file ({what_is(st.st_mode)})")
+        if st.st_nlink != 1:
+            raise BadFile(f"has {st.st_nlink} hard links (a spool file has one)")
+        if st.st_size > max_bytes:
+            raise BadFile(f"{st.st_size} bytes, over the {max_bytes}-byte limit")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, max_bytes + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                raise BadFile(f"grew over the {max_bytes}-byte limit while read")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read(paths: list[str], max_bytes: int = 1 << 20,
+         on_bad: Callable[[str, str], None] | None = None) -> Iterator[tuple[str, bytes]]:
+    """(path, content) for each readable file (:func:`read_file`); vanished files are
+    skipped, and bad ones are given to ``on_bad(path, reason)`` (else skipped)."""
     for path in paths:
         try:
-            with open(path, "rb") as fh:
-                yield path, fh.read()
+            content = read_file(path, max_bytes)
         except FileNotFoundError:
             continue
+        except (BadFile, OSError) as exc:
+            if on_bad is not None:
+                on_bad(path, str(exc))
+            continue
+        yield path, content
 
 
 def remove(paths: list[str]) -> None:
@@ -167,3 +268,86 @@ def remove(paths: list[str]) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def repair(spool_dir: str, sub: str, mode: int, gid: int = -1) -> str | None:
+    """Make ``SPOOL/sub`` a real folder with ``mode`` (and group ``gid``) if it is not.
+
+    Something else in its place (a link, a file, a FIFO) is renamed to
+    ``SUB.not-a-folder.NS``, never followed; returns a description of it then, else None.
+    """
+    path = os.path.join(spool_dir, sub)
+    found = None
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        aside = f"{path}.not-a-folder.{time.time_ns()}"
+        os.rename(path, aside)
+        found = f"{what_is(st.st_mode)}, moved to {aside}"
+        st = None
+    if st is None:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid():
+            if gid >= 0 and st.st_gid != gid:
+                os.fchown(fd, -1, gid)
+            if stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return found
+
+
+def open_folder(spool_dir: str, sub: str) -> int:
+    """``SPOOL/sub`` opened as a folder, never through a link (OSError otherwise)."""
+    return os.open(os.path.join(spool_dir, sub), _DIR_FLAGS)
+
+
+def names(dir_fd: int, skip: set[str] | None = None) -> list[str]:
+    """The ``*.json`` names in an open folder, sorted (oldest first), minus ``skip``."""
+    found = [n for n in os.listdir(dir_fd) if n.endswith(".json")]
+    if skip:
+        found = [n for n in found if n not in skip]
+    found.sort()
+    return found
+
+
+def quarantine(spool_dir: str, dir_fd: int, name: str) -> str:
+    """Move ``name`` (in the open folder ``dir_fd``) to ``SPOOL/bad/``, whatever it is,
+    without following it; returns where it went. OSError if it cannot be moved."""
+    repair(spool_dir, "bad", 0o700)
+    bad_fd = open_folder(spool_dir, "bad")
+    try:
+        target = name
+        try:
+            os.stat(target, dir_fd=bad_fd, follow_symlinks=False)
+            target = f"{name}.{time.time_ns()}"  # never replace an earlier one
+        except FileNotFoundError:
+            pass
+        os.rename(name, target, src_dir_fd=dir_fd, dst_dir_fd=bad_fd)
+    finally:
+        os.close(bad_fd)
+    return os.path.join(spool_dir, "bad", target)
+
+
+def stale_tmp(spool_dir: str, tmp_fd: int, grace: float = TMP_GRACE,
+              now: float | None = None) -> list[str]:
+    """Names in ``SPOOL/tmp`` (open as ``tmp_fd``) last changed more than ``grace``
+    seconds ago: left there by a writer killed before its rename, oldest name first."""
+    limit = (time.time() if now is None else now) - grace
+    out = []
+    for name in sorted(os.listdir(tmp_fd)):
+        try:
+            st = os.stat(name, dir_fd=tmp_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if st.st_mtime < limit:
+            out.append(name)
+    return out
