@@ -110,11 +110,62 @@ class JournalError(RuntimeError):
     """The journal could not be written (disk full, locked, I/O error)."""
 
 
+#: SQLite's primary result codes for a damaged file.
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def corrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the journal file is damaged."""
+    while exc is not None:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            return True
+        if isinstance(exc, sqlite3.DatabaseError) and (
+                "malformed" in str(exc) or "not a database" in str(exc)):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+def set_mode(path: str, mode: int, gid: int = -1) -> None:
+    """Give the journal (made now if missing) and its -wal/-shm files ``mode`` and group
+    ``gid``, whatever the umask: SQLite gives new -wal/-shm files the journal's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        _own(fd, mode, gid)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            fd = os.open(path + suffix, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            _own(fd, mode, gid)
+        finally:
+            os.close(fd)
+
+
+def _own(fd: int, mode: int, gid: int) -> None:
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        return
+    if gid >= 0 and st.st_gid != gid:
+        os.fchown(fd, -1, gid)
+    if st.st_mode & 0o7777 != mode:
+        os.fchmod(fd, mode)
+
+
 class Journal:
-    def __init__(self, path: str, synchronous: str = "full") -> None:
+    def __init__(self, path: str, synchronous: str = "full", mode: int | None = None,
+                 gid: int = -1) -> None:
+        """Open (or make) the journal at ``path``; with ``mode``, it and its -wal/-shm
+        files get that mode (and group ``gid``) whatever the umask."""
         self.path = path
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, mode=0o750, exist_ok=True)
+        if mode is not None:
+            set_mode(path, mode, gid)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # Short: the router's loop waits on it; a locked journal means "no ack, spool".
         self.db.execute("PRAGMA busy_timeout = 500")

@@ -16,6 +16,7 @@ import gc
 import grp
 import os
 import signal
+import sqlite3
 import stat
 import time
 from typing import Any
@@ -43,7 +44,7 @@ from knotify.event import (
 )
 from knotify.executor import Executor, Run
 from knotify.fifo import RESYNC_DELAY, AsyncFifoReader, event_from_line
-from knotify.journal import Journal, JournalError
+from knotify.journal import Journal, JournalError, corrupt
 from knotify.replay import SpoolReplay
 from knotify.rules import fired
 from knotify.schema import ConfigError
@@ -130,6 +131,7 @@ class Router:
                       "journal_errors": 0, "spool_replayed": 0, "shed": 0, "shed_periods": 0}
         self.fifo_readers: list[AsyncFifoReader] = []
         self._lock_fd: int | None = None
+        self._journal_lock_fd: int | None = None
         self.spool_replay = SpoolReplay(config.hook.spool_dir, config.max_message, self.ingest,
                                         self.log, self.stats, self._forget_batch)
         self.auth: AsyncioAuthenticator | None = None
@@ -771,11 +773,8 @@ class Router:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._take_runtime_dir()
-        try:
-            self.journal = Journal(self.config.journal, self.config.synchronous)
-        except (OSError, Exception) as exc:
-            raise RouterError(f"cannot open the journal {self.config.journal}: {exc}") from None
-        self.tracker = Tracker(self.journal.load_states())
+        self._open_journal()
+        assert self.journal is not None
         self.executor = Executor(self.journal, lambda: self.tracker, self.log, self.publish,
                                  self.config.max_parallel)
         self.alerts = AlertEngine(self.config, self.journal, lambda: self.tracker, self.log,
@@ -787,7 +786,10 @@ class Router:
                                       self.ingest, self.log)
         self._bind_signals(loop)
         try:
-            self._recover()
+            try:
+                self._recover()
+            except (sqlite3.DatabaseError, JournalError) as exc:
+                raise self._journal_refusal(exc) from None
             replayed = self.replay_spool()
             self._bind()
             metrics = await self._metrics() if self.config.metrics.listen else None
@@ -819,6 +821,42 @@ class Router:
             await self.stop_event.wait()
         finally:
             await self._shutdown()
+
+    def _open_journal(self) -> None:
+        """Lock, open and load the journal, or RouterError in one line saying what to do.
+
+        The lock (``JOURNAL.lock``) is held for the router's life: a second router on the
+        same journal, from another runtime_dir, is refused, naming the first. The journal
+        and its -wal/-shm files are 0600 (0640 with ``[paths] group``) whatever the umask,
+        and in the router's own group: never readable by the hooks' group.
+        """
+        path = self.config.journal
+        gid = os.getegid()
+        mode = 0o640 if self.config.group else 0o600
+        try:
+            os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
+            self._journal_lock_fd = self._lock(path + ".lock", mode, (
+                "another knotify router (pid {pid}, runtime_dir {holder}) holds the journal "
+                + path + "; refusing to start a second router on it (stop that one first, "
+                "or give this one its own state_dir or [router] journal)"), gid)
+        except OSError as exc:
+            raise RouterError(f"cannot lock the journal {path}: {exc.strerror or exc}; "
+                              "check the folder and its permissions") from None
+        try:
+            self.journal = Journal(path, self.config.synchronous, mode, gid)
+            self.tracker = Tracker(self.journal.load_states())
+        except (OSError, sqlite3.Error, JournalError) as exc:
+            raise self._journal_refusal(exc) from None
+
+    def _journal_refusal(self, exc: BaseException) -> RouterError:
+        path = self.config.journal
+        if corrupt(exc):
+            return RouterError(
+                f"the journal {path} is corrupt ({exc}): stop anything using it, move it "
+                f"aside with its -wal and -shm files (mv {path} {path}.corrupt) and start "
+                f"again for a new, empty journal; `sqlite3 {path}.corrupt .recover` may "
+                "save its events")
+        return RouterError(f"cannot open the journal {path}: {exc}")
 
     async def _metrics(self) -> asyncio.Server:
         """Bind the Prometheus port (a bind error stops the start)."""

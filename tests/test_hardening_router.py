@@ -10,12 +10,17 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import sqlite3
+import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import KEnv, RouterProcess
 
 from knotify import config as configmod
 from knotify import log as logmod
@@ -147,3 +152,124 @@ def test_an_outcome_flushed_inside_a_batch_that_fails_is_kept(tmp_path: Path) ->
     executor.flush()
     assert _status(tmp_path / "journal.db", run.rowid) == OK
     journal.close()
+
+
+# --------------------------------------------------------------------------- finding 11
+
+
+def _mode(path: Path) -> tuple[str, str]:
+    st = path.stat()
+    return oct(stat.S_IMODE(st.st_mode)), grp.getgrgid(st.st_gid).gr_name
+
+
+@pytest.mark.parametrize(("umask", "group"), [(0o022, None), (0o000, None),
+                                              (0o022, "nogroup"), (0o077, "nogroup")])
+def test_the_journal_gets_explicit_modes_whatever_the_umask(
+    kenv: KEnv, router: RouterProcess, umask: int, group: str | None
+) -> None:
+    kenv.write_config((f'group = "{group}"\n' if group else "") + LOG_RULE)
+    old = os.umask(umask)
+    try:
+        router.start()
+    finally:
+        os.umask(old)
+    kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "100")
+    # The group is the router's own, never the hooks': they must not read the journal.
+    want = ("0o640" if group else "0o600", "root")
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(str(kenv.journal) + suffix)
+        assert _mode(path) == want, path
+    assert _mode(kenv.runtime / "router.lock")[0] == "0o640"
+
+
+def test_an_existing_journal_with_loose_modes_is_tightened(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    kenv.write_config(LOG_RULE)
+    router.start()
+    kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "100")
+    router.stop()
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(str(kenv.journal) + suffix)
+        if path.exists():
+            path.chmod(0o666)
+    router.start()
+    for suffix in ("", "-wal", "-shm"):
+        assert _mode(Path(str(kenv.journal) + suffix))[0] == "0o600"
+
+
+# --------------------------------------------------------------------------- finding 12
+
+
+def _journal_with_events(kenv: KEnv, router: RouterProcess) -> None:
+    """A journal of a few hundred events and their runs, closed cleanly."""
+    kenv.write_config(LOG_RULE)
+    router.start()
+    subprocess.run([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+from knotify import hook
+s = hook.load_settings({str(kenv.config)!r})
+for i in range(300):
+    e = hook.stamp({{"kind": "INSTANCE", "name": "VI_%d" % (i % 9), "prio": 100, "vs": "",
+                    "state": ("MASTER", "BACKUP")[i % 2], "form": "send"}}, s, "send",
+                   time.time_ns())
+    assert hook.deliver(e, s) == "acked"
+"""], env=kenv.env, check=True, timeout=120)
+    router.stop()
+
+
+def _run_once(kenv: KEnv) -> subprocess.CompletedProcess[str]:
+    return kenv.cli("run", check=False, timeout=60)
+
+
+@pytest.mark.parametrize("damage", ["header", "pages", "state-table"])
+def test_a_corrupt_journal_is_one_clear_line(
+    kenv: KEnv, router: RouterProcess, damage: str
+) -> None:
+    _journal_with_events(kenv, router)
+    db = sqlite3.connect(kenv.journal)
+    [(state_root,)] = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'state'")
+    db.close()
+    data = bytearray(kenv.journal.read_bytes())
+    page = int.from_bytes(data[16:18], "big") or 65536
+    if damage == "header":
+        data[:100] = b"\x42" * 100
+    elif damage == "pages":  # every page after the schema: "database disk image is malformed"
+        for offset in range(page, len(data), page):
+            data[offset:offset + page] = b"\xa5" * page
+    else:  # only the state table, read after the journal is opened
+        offset = (state_root - 1) * page
+        data[offset:offset + page] = b"\xa5" * page
+    kenv.journal.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        Path(str(kenv.journal) + suffix).unlink(missing_ok=True)
+    proc = _run_once(kenv)
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("knotify:")]
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    [line] = errors
+    assert str(kenv.journal) in line and "corrupt" in line and "move it aside" in line
+
+
+# --------------------------------------------------------------------------- finding 14
+
+
+def test_a_second_router_on_the_same_journal_is_refused_naming_the_holder(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    kenv.write_config(LOG_RULE)
+    router.start()
+    other = kenv.root / "other.toml"
+    other.write_text(f'[paths]\nruntime_dir = "{kenv.root}/run2"\n'
+                     f'state_dir = "{kenv.state}"\n' + LOG_RULE)
+    proc = kenv.cli("run", "-c", str(other), check=False, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("knotify:")]
+    assert router.proc is not None
+    assert f"pid {router.proc.pid}" in line and str(kenv.journal) in line
+    assert str(kenv.runtime) in line, "names where the holder's socket is"
+    # The first one still serves, alone.
+    kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "100")
+    assert [e["name"] for e in kenv.history()] == ["VI_1"]
+    assert not any(r.get("event") == "journal.write_failed" for r in router.records())

@@ -466,7 +466,9 @@ class AlertEngine:
         task.add_done_callback(done)
 
     async def _attempt(self, message: outbox.MessageRow, receiver: Receiver) -> None:
-        os.makedirs(self.result_dir, mode=0o700, exist_ok=True)
+        if not os.path.isdir(self.result_dir):
+            os.makedirs(self.result_dir, mode=0o700, exist_ok=True)
+            os.chmod(self.result_dir, 0o700)  # whatever the umask
         now = time.time_ns()
         path = os.path.join(self.result_dir,
                             f"m{message.rowid}-a{message.attempts + 1}-{now}.jsonl")

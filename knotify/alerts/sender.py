@@ -43,7 +43,8 @@ MAX_ERROR = 1000
 
 class _Result:
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        os.fchmod(self.fd, 0o600)  # whatever the umask: it names receivers and errors
 
     def write(self, record: dict[str, Any]) -> None:
         os.write(self.fd, (json.dumps(record, ensure_ascii=True) + "\n").encode())
