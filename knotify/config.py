@@ -126,16 +126,9 @@ def load(path: str | None) -> Config:
         text = resources.files("knotify").joinpath("default.toml").read_text()
         return parse(text, EMBEDDED)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        raise ConfigError(path, "", "file not found") from None
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, "", f"not UTF-8 ({exc})") from None
+        text = paths.read_config(path)  # never blocks on a FIFO, never reads a device
+    except ValueError as exc:
+        raise ConfigError(path, "", str(exc)) from None
     refusal = must_be_root_only(path)
     if refusal:
         raise ConfigError(path, "", refusal + " (a config decides what root runs)")
@@ -147,6 +140,9 @@ def parse(text: str, path: str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(path, "", "nested too deeply for the TOML parser (arrays or "
+                          "inline tables inside each other); flatten it") from None
     top = Table(data, path, "")
 
     p = top.table("paths")

@@ -37,6 +37,10 @@ class Settings:
         self.host = os.uname().nodename
         self.curve: tuple[str, str] | None = None  # (router public key, own secret key)
         self.problems: list[str] = []
+        self.runtime_dir = rundir
+        #: Why the config file could not be read at all (then the defaults are used): the
+        #: event may go to another router or spool than meant, so it carries the reason.
+        self.config_error: str | None = None
 
 
 def load_settings(config_path: str | None) -> Settings:
@@ -47,20 +51,31 @@ def load_settings(config_path: str | None) -> Settings:
     """
     settings = Settings()
     if config_path:
+        data: dict[str, object] | None = None
         try:
-            with open(config_path, "rb") as fh:
-                raw = fh.read()
+            text = paths.read_config(config_path)
             from knotify import minitoml
 
-            data: dict[str, object] | None = minitoml.read(raw.decode("utf-8"))
+            data = minitoml.read(text)
             if data is None:  # beyond the hook's plain subset: the real parser decides
                 import tomllib
 
-                data = tomllib.loads(raw.decode("utf-8"))
-        except (OSError, ValueError) as exc:
-            settings.problems.append(f"config {config_path}: {exc}; using defaults")
+                data = tomllib.loads(text)
+        except RecursionError:
+            problem = "nested too deeply for the TOML parser"
+        except ValueError as exc:  # unreadable, not UTF-8, not TOML
+            problem = str(exc)
+        except Exception as exc:  # whatever else: the event must still go out
+            problem = f"{type(exc).__name__}: {exc}"
+        if data is None:
+            settings.config_error = f"config {printable(config_path)}: {printable(problem)}"
+            settings.problems.append(settings.config_error + "; using defaults")
             data = {}
-        _apply(settings, data)
+        try:
+            _apply(settings, data)
+        except Exception as exc:
+            settings.problems.append(f"config {printable(config_path)}: {exc!r}; using "
+                                     "defaults for the rest")
     from knotify.units import parse_duration
 
     env_timeout = os.environ.get("KNOTIFY_ACK_TIMEOUT")
@@ -84,6 +99,7 @@ def _apply(settings: Settings, data: dict[str, object]) -> None:
     if isinstance(section, dict):
         rundir = str(section.get("runtime_dir") or rundir)
         statedir = str(section.get("state_dir") or statedir)
+    settings.runtime_dir = rundir
     settings.endpoints = [paths.control_endpoint(rundir)]
     settings.spool_dir = os.path.join(statedir, "spool")
     hook = data.get("hook")
@@ -177,6 +193,11 @@ def deliver(event: dict[str, object], settings: Settings, send: bool = True) -> 
 
     ``send=False`` spools straight away (a caller that just saw the router fail).
     """
+    if settings.config_error:
+        # Sent and spooled with the defaults: the router that gets it says why.
+        extra = event.get("extra")
+        event["extra"] = {**(extra if isinstance(extra, dict) else {}),
+                          "config_problem": settings.config_error}
     payload = fastjson.dumps({"v": WIRE_VERSION, "op": "event", "event": event}).encode()
     deadline = time.monotonic() + settings.ack_timeout
     want = b'"id":"' + str(event["id"]).encode() + b'"'
@@ -228,18 +249,30 @@ def _request(endpoint: str, payload: bytes, timeout: float, settings: Settings) 
     return zmtp.request(endpoint, payload, timeout)
 
 
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: bytes from argv that were not UTF-8 as ``\\xNN``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeError:  # a surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _complain(message: str) -> None:
-    """One line on stderr and one in syslog (keepalived discards the hook's stderr)."""
+    """One line on stderr and one in syslog (keepalived discards the hook's stderr).
+
+    Never raises: a complaint must not cost the event.
+    """
+    message = printable(message)
     try:
         sys.stderr.write("knotify-notify: " + message + "\n")
-    except OSError:
+    except Exception:
         pass
     try:
         import syslog
 
         syslog.openlog("knotify-notify", syslog.LOG_PID, syslog.LOG_DAEMON)
         syslog.syslog(syslog.LOG_WARNING, message[:2000])
-    except OSError:
+    except Exception:
         pass
 
 
@@ -270,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     config, words = split_options(args)
-    settings = load_settings(paths.find_config(config))
+    try:
+        settings = load_settings(paths.find_config(config))
+    except Exception as exc:  # never a traceback on keepalived's path: defaults then
+        settings = Settings()
+        settings.config_error = f"config: {type(exc).__name__}: {exc}"
+        settings.problems.append(settings.config_error + "; using defaults")
     for problem in settings.problems:
         _complain(problem)
     status = 0

@@ -8,9 +8,12 @@ default config runs on a laptop without privileges. ``KNOTIFY_RUNTIME_DIR`` and
 from __future__ import annotations
 
 import os
+import stat  # (already loaded by os: free for the hook)
 
 DEFAULT_CONFIG_NAME = "knotify.toml"
 SYSTEM_CONFIG = "/etc/knotify/knotify.toml"
+#: A config is a small text file; anything bigger is refused unread.
+MAX_CONFIG = 1 << 20
 
 
 def runtime_dir() -> str:
@@ -75,3 +78,38 @@ def find_config(explicit: str | None) -> str | None:
         if os.path.exists(path):
             return path
     return None
+
+
+def read_config(path: str) -> str:
+    """The text of a config file, or ValueError saying in a few words why it cannot be
+    read: never blocks on a FIFO, never reads a device or more than :data:`MAX_CONFIG`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ValueError("file not found") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            from knotify.spool import what_is
+
+            raise ValueError(f"cannot read: not a regular file ({what_is(st.st_mode)})")
+        if st.st_size > MAX_CONFIG:
+            raise ValueError(f"cannot read: {st.st_size} bytes, over the {MAX_CONFIG} a "
+                             "config may have")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, MAX_CONFIG + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_CONFIG:
+                raise ValueError(f"cannot read: over the {MAX_CONFIG} bytes a config may have")
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 ({exc})") from None

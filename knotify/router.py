@@ -627,6 +627,7 @@ class Router:
             "fifos": [f.path for f in self.config.fifos], "rules": len(self.config.rules),
             "keys": len(self.tracker.states),
             "spool_depth": spool.depth(self.config.hook.spool_dir),
+            "spool": self.spool_replay.report(),
             "actions_queued": ex.queued if ex else 0,
             "actions_running": len(ex.active) if ex else 0,
             "action_outcomes": dict(ex.counts) if ex else {},

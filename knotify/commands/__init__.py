@@ -24,9 +24,18 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
-def client_settings(args: argparse.Namespace) -> hook.Settings:
-    """Where the router is, read leniently (as the hook does), with problems on stderr."""
+def client_settings(args: argparse.Namespace, strict: bool = True) -> hook.Settings:
+    """Where the router is, read leniently (as the hook does), with problems on stderr.
+
+    A config file that cannot be read at all (missing: a typo in ``-c``; not a file, not
+    UTF-8, not TOML) exits 2 naming it, unless ``strict`` is off (``knotify fifo``, which
+    must keep keepalived's lines flowing, spools them with the reason instead): falling
+    back to the default router would hide the mistake.
+    """
     settings = hook.load_settings(paths.find_config(args.config))
+    if strict and settings.config_error:
+        print(f"knotify: {settings.config_error}", file=sys.stderr)
+        raise SystemExit(2)
     for problem in settings.problems:
         print(f"knotify: warning: {problem}", file=sys.stderr)
     return settings

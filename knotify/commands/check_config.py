@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from knotify import config as configmod
-from knotify import paths
+from knotify import paths, spool
 from knotify.cluster.settings import ClusterSettings
 from knotify.schema import ConfigError
 from knotify.units import format_duration
@@ -29,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:
         return 0
     print(f"OK: {config.path}: {len(config.rules)} rule(s)")
+    unread = unread_spool(config.hook.spool_dir)
+    if unread:
+        print(f"  warning  {unread}")
     print(f"  socket   {config.control_endpoint}" +
           (f" + {', '.join(config.listen)}" if config.listen else ""))
     print(f"  journal  {config.journal}")
@@ -60,3 +64,17 @@ def run(args: argparse.Namespace) -> int:
         for action in rule.actions:
             print(f"    - {action.describe()}")
     return 0
+
+
+def unread_spool(spool_dir: str) -> str:
+    """A warning if events wait in the default spool while this config reads another:
+    where a hook given a config path that does not exist spools them. Else ""."""
+    default = os.path.join(paths.state_dir(), "spool")
+    if os.path.realpath(default) == os.path.realpath(spool_dir):
+        return ""
+    count = spool.depth(default)
+    if not count:
+        return ""
+    return (f"{count} event(s) wait in {default}, a spool this config does not read (a hook "
+            "given a config path that does not exist spools there): fix that hook's -c, and "
+            f"move them to {os.path.join(spool_dir, 'new')} to replay them")

@@ -56,8 +56,30 @@ def run(args: argparse.Namespace) -> int:
     if args.cluster and not cluster.get("groups"):
         blocks.insert(0, "no cluster yet (an instance reported by two or more hosts, or a "
                       "[[cluster.group]])")
+    warnings = spool_warnings(answer.get("router") or {})
+    if warnings:
+        blocks.append("\n".join(warnings))
     print("\n\n".join(blocks))
     return 0
+
+
+def spool_warnings(router: dict[str, Any]) -> list[str]:
+    """What the operator must hear about the spool: events whose hook could not read its
+    config, and events waiting where this router does not look."""
+    out = []
+    report = router.get("spool") or {}
+    last = report.get("last_config_problem")
+    if router.get("hook_config_problems") and isinstance(last, dict):
+        out.append(f"warning: {router['hook_config_problems']} event(s) came from a hook that "
+                   f"could not read its config and used the defaults (last: {last.get('host')}"
+                   f": {last.get('problem')}); replayed from {last.get('spool')}; fix the hook's "
+                   "-c path")
+    unread = report.get("unread")
+    if isinstance(unread, dict):
+        out.append(f"warning: {unread.get('events')} event(s) wait in {unread.get('spool')}, a "
+                   "spool this router does not read (a hook given a config path that does not "
+                   "exist spools there)")
+    return out
 
 
 def _for(since_ns: int | None, now: int) -> str:

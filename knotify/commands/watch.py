@@ -7,13 +7,12 @@ import json
 import os
 import sys
 import time
-import tomllib
 from typing import Any
 
 import zmq
 
 from knotify import paths
-from knotify.commands import fail
+from knotify.commands import client_settings, fail
 from knotify.commands.table import clean, fmt_time
 from knotify.rules import Pattern
 
@@ -37,21 +36,6 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="exit 1 if --count messages have not come by then")
     parser.add_argument("--endpoint", help="the PUB socket (default: events.sock in the "
                         "router's runtime_dir)")
-
-
-def pub_endpoint(config_path: str | None) -> str:
-    """events.sock in the config's runtime_dir, read leniently (as the hook does)."""
-    rundir = paths.runtime_dir()
-    if config_path:
-        try:
-            with open(config_path, "rb") as fh:
-                section = tomllib.load(fh).get("paths")
-            if isinstance(section, dict) and isinstance(section.get("runtime_dir"), str):
-                rundir = section["runtime_dir"]
-        except (OSError, ValueError) as exc:
-            print(f"knotify: warning: config {config_path}: {exc}; using the default "
-                  "runtime_dir", file=sys.stderr)
-    return paths.pub_endpoint(rundir)
 
 
 class Filter:
@@ -113,7 +97,7 @@ def line(topic: str, data: dict[str, Any], now_ns: int) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.count is not None and args.count < 1:
         return fail("--count must be 1 or more", 2)
-    endpoint = args.endpoint or pub_endpoint(paths.find_config(args.config))
+    endpoint = args.endpoint or paths.pub_endpoint(client_settings(args).runtime_dir)
     if endpoint.startswith("ipc://") and not os.path.exists(endpoint[6:]):
         print(f"knotify: waiting for the router (no socket at {endpoint[6:]} yet)",
               file=sys.stderr)
