@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KEnv, RouterProcess
+from conftest import KEnv, RouterProcess, wait_for
 
 from knotify import config as configmod
 from knotify import log as logmod
@@ -152,6 +152,77 @@ def test_an_outcome_flushed_inside_a_batch_that_fails_is_kept(tmp_path: Path) ->
     executor.flush()
     assert _status(tmp_path / "journal.db", run.rowid) == OK
     journal.close()
+
+
+# --------------------------------------------------------------------------- finding 10
+
+ESCAPER = """#!/bin/sh
+# A grandchild in its own session, its parent (this script) still alive:
+setsid sh -c 'echo $$ > {out}.setsid; trap "" TERM; exec sleep 300' &
+# A double fork: the grandchild's parent exits at once, it is left to init.
+( setsid sh -c 'echo $$ > {out}.orphan; trap "" TERM; exec sleep 300' & )
+while [ ! -s {out}.setsid ] || [ ! -s {out}.orphan ]; do sleep 0.02; done
+echo started > {out}
+trap "" TERM
+sleep 300
+"""
+
+DAEMON = """#!/bin/sh
+# Starts a daemon (its own session) and exits 0: a finished action's children stay.
+setsid sh -c 'echo $$ > {out}.daemon; exec sleep 300' &
+while [ ! -s {out}.daemon ]; do sleep 0.02; done
+"""
+
+
+def _script(kenv: KEnv, name: str, text: str, out: Path) -> Path:
+    path = kenv.root / name
+    path.write_text(text.format(out=out))
+    path.chmod(0o755)
+    return path
+
+
+def test_the_timeout_kills_grandchildren_that_left_the_session(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    out = kenv.root / "esc"
+    daemon_out = kenv.root / "dmn"
+    kenv.write_config(f"""
+[[rule]]
+id = "daemon"
+name = "VI_D"
+[[rule.action]]
+type = "exec"
+argv = ["{_script(kenv, "daemon.sh", DAEMON, daemon_out)}"]
+
+[[rule]]
+id = "escape"
+name = "VI_E"
+[[rule.action]]
+type = "exec"
+argv = ["{_script(kenv, "escape.sh", ESCAPER, out)}"]
+timeout = "1s"
+kill_grace = "300ms"
+""")
+    router.start()
+    kenv.cli("send", "INSTANCE", "VI_D", "MASTER", "100")
+    wait_for(lambda: [a["status"] for e in kenv.history(name="VI_D") for a in e["actions"]]
+             == ["ok"], 20, what="the daemon-starting action to end ok")
+    daemon = int((kenv.root / "dmn.daemon").read_text())
+    kenv.cli("send", "INSTANCE", "VI_E", "MASTER", "100")
+    wait_for(lambda: [a["status"] for e in kenv.history(name="VI_E") for a in e["actions"]]
+             == ["timeout"], 30, what="the escaping action to time out")
+    setsid_pid = int((kenv.root / "esc.setsid").read_text())
+    orphan_pid = int((kenv.root / "esc.orphan").read_text())
+    try:
+        wait_for(lambda: not _alive(setsid_pid), 10, what="the setsid grandchild to die")
+        wait_for(lambda: not _alive(orphan_pid), 10, what="the orphaned grandchild to die")
+        [act] = [a for e in kenv.history(name="VI_E") for a in e["actions"]]
+        assert "2 more process(es)" in act["detail"], act["detail"]
+        assert _alive(daemon), "a finished action's daemon is not the timed-out one's"
+    finally:
+        for pid in (setsid_pid, orphan_pid, daemon):
+            if _alive(pid):
+                os.kill(pid, 9)
 
 
 # --------------------------------------------------------------------------- finding 11

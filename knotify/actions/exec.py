@@ -3,7 +3,8 @@
 Each argument is a template rendered on its own, so an event field lands inside
 one argv element whatever characters it holds. The program runs in its own
 session (process group); at its timeout the whole group gets SIGTERM, then
-SIGKILL after ``kill_grace``. Exit code and the last 4 KiB of output are kept.
+SIGKILL after ``kill_grace``, and so does every process it started that left the
+group (:func:`descendants`). Exit code and the last 4 KiB of output are kept.
 """
 
 from __future__ import annotations
@@ -54,9 +55,94 @@ def resolve_program(program: str) -> str | None:
     return shutil.which(program, path=SAFE_PATH)
 
 
+#: In the environment of every process an action starts (and, unless it clears its
+#: environment, of everything those start): how its timeout finds them all.
+TOKEN_VAR = "KNOTIFY_ACTION_TOKEN"
+#: Rounds of "find and kill" at a timeout, for processes forking while they are killed.
+KILL_ROUNDS = 10
+
+
 def _kill_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def descendants(root: int, token: str) -> dict[int, int]:
+    """Processes an action started, as {pid: process group}: ``root``'s descendants by
+    parent links (a ``setsid`` child whose parent still runs), and every process with
+    ``token`` in its environment (one whose parent is gone: a double fork, a daemon).
+
+    Read from /proc, without cgroups. What it cannot find: a process that both left the
+    tree (its parent exited) and cleared or replaced its environment (``env -i``, sudo's
+    env_reset), and what another service manager started on the action's behalf.
+    """
+    marker = f"{TOKEN_VAR}={token}".encode() + b"\0"
+    parent: dict[int, int] = {}
+    group: dict[int, int] = {}
+    marked: set[int] = set()
+    me = os.getpid()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return {}
+    for name in entries:
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid in (me, 1):
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            if fields[0] == b"Z":
+                continue  # already dead
+            parent[pid], group[pid] = int(fields[1]), int(fields[2])
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if marker in b"\0" + fh.read():
+                    marked.add(pid)
+        except (OSError, IndexError, ValueError):
+            continue
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    found = set(marked)
+    todo = [root, *marked]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    found.discard(me)
+    return {pid: group[pid] for pid in found if pid in group}
+
+
+def _kill_tree(root: int, token: str, sig: int, seen: set[int]) -> None:
+    """Send ``sig`` to the group ``root`` leads and to every process the action started;
+    pids outside that group are added to ``seen``."""
+    _kill_group(root, sig)
+    for _ in range(KILL_ROUNDS if sig == signal.SIGKILL else 1):
+        found = descendants(root, token)
+        if not found:
+            return
+        for pid, pgid in found.items():
+            if pgid != root:
+                seen.add(pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Knows when the program exits, not only when every process it left behind has
+    closed its output (which is when ``Process.wait()`` returns)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=2**16, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
 
 
 async def run_process(
@@ -75,19 +161,23 @@ async def run_process(
         kwargs["extra_groups"] = []
     if group is not None:
         kwargs["group"] = group
+    token = os.urandom(16).hex()
+    loop = asyncio.get_running_loop()
     try:
-        proc = await asyncio.create_subprocess_exec(
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _Protocol(loop),
             *argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**env, TOKEN_VAR: token},
             cwd=cwd,
             start_new_session=True,
             **kwargs,
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         return Outcome(ERROR, detail=f"could not start {argv[0]}: {exc}")
+    proc = asyncio.subprocess.Process(transport, protocol, loop)
     tail = bytearray()
     assert proc.stdout is not None
     stdout = proc.stdout
@@ -100,21 +190,24 @@ async def run_process(
     reader = asyncio.create_task(pump())
     status = OK
     detail = ""
+    escaped: set[int] = set()
     try:
-        await asyncio.wait_for(proc.wait(), timeout)
+        await asyncio.wait_for(asyncio.shield(protocol.exited), timeout)
     except TimeoutError:
         status = TIMEOUT
         detail = f"timed out after {timeout:g}s; process group {proc.pid} killed"
-        _kill_group(proc.pid, signal.SIGTERM)
+        _kill_tree(proc.pid, token, signal.SIGTERM, escaped)
         try:
-            await asyncio.wait_for(proc.wait(), kill_grace)
+            await asyncio.wait_for(asyncio.shield(protocol.exited), kill_grace)
         except TimeoutError:
             detail += " (SIGKILL: it ignored SIGTERM)"
-        # Whatever is left of the group (children that ignored SIGTERM) goes now.
-        _kill_group(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        # Whatever is left (children that ignored SIGTERM, in the group or not) goes now.
+        _kill_tree(proc.pid, token, signal.SIGKILL, escaped)
+        await protocol.exited
+        if escaped:
+            detail += f"; {len(escaped)} more process(es) it started outside its group too"
     except asyncio.CancelledError:
-        _kill_group(proc.pid, signal.SIGKILL)
+        _kill_tree(proc.pid, token, signal.SIGKILL, escaped)
         reader.cancel()
         raise
     try:
@@ -122,6 +215,7 @@ async def run_process(
         await asyncio.wait_for(asyncio.shield(reader), 1.0)
     except TimeoutError:
         reader.cancel()
+    transport.close()  # our end of the pipe; the program is reaped already
     code = proc.returncode
     if status == OK and code != 0:
         status = FAILED
