@@ -25,6 +25,7 @@ from conftest import KEnv, RouterProcess, wait_for
 from knotify import config as configmod
 from knotify import log as logmod
 from knotify.actions.base import OK, RUNNING, Outcome
+from knotify.actions.exec import run_process
 from knotify.event import Event
 from knotify.executor import Executor, Run
 from knotify.journal import Journal, JournalError
@@ -221,6 +222,29 @@ kill_grace = "300ms"
         assert _alive(daemon), "a finished action's daemon is not the timed-out one's"
     finally:
         for pid in (setsid_pid, orphan_pid, daemon):
+            if _alive(pid):
+                os.kill(pid, 9)
+
+
+def test_run_process_timeout_reaches_setsid_and_double_forked_grandchildren(
+    tmp_path: Path
+) -> None:
+    """The same at the level of run_process, with grandchildren that do not hold the
+    output pipe (so only the kill itself is tested)."""
+    script = (f"setsid sh -c 'echo $$ > {tmp_path}/g1; trap \"\" TERM; exec sleep 100' "
+              f">/dev/null 2>&1 & ( setsid sh -c 'echo $$ > {tmp_path}/g2; exec sleep 101' "
+              f">/dev/null 2>&1 & ); while [ ! -s {tmp_path}/g1 ] || [ ! -s {tmp_path}/g2 ]; "
+              "do sleep 0.02; done; sleep 50")
+    outcome = asyncio.run(run_process(["/bin/sh", "-c", script], {"PATH": "/usr/bin:/bin"},
+                                      1.0, 0.3))
+    pids = [int((tmp_path / name).read_text()) for name in ("g1", "g2")]
+    try:
+        assert outcome.status == "timeout"
+        wait_for(lambda: not any(_alive(pid) for pid in pids), 10,
+                 what="both grandchildren to be killed")
+        assert "2 more process(es)" in outcome.detail
+    finally:
+        for pid in pids:
             if _alive(pid):
                 os.kill(pid, 9)
 
