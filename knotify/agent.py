@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from knotify import __version__, hook, spool
+from knotify import __version__, hook, replay, spool
 from knotify.cluster import heartbeat
 from knotify.config import Config
 
@@ -185,6 +185,7 @@ class Agent:
 
     def _drain(self, folder: str, destinations: list[str], up: set[str]) -> int:
         count = 0
+        self._recover_tmp(folder)
         for _ in range(MAX_BATCHES):
             if self.stopping or not up.intersection(destinations):
                 break
@@ -245,6 +246,21 @@ class Agent:
             finally:
                 os.close(fd)
         spool.remove([path])
+
+    def _recover_tmp(self, folder: str) -> None:
+        """Events a hook killed before its rename left in FOLDER/tmp (knotify.replay)."""
+        def bad(fd: int, name: str, reason: str) -> None:
+            try:
+                moved = spool.quarantine(self.settings.spool_dir, fd, name)
+            except OSError as exc:
+                moved = f"left in place ({exc.strerror or exc})"
+            self.log.error("agent.bad_spool_file", path=os.path.join(folder, "tmp", name),
+                           reason=reason, moved_to=moved)
+
+        try:
+            replay.recover_tmp(folder, self.config.max_message, self.log, bad)
+        except OSError as exc:
+            self.log.warning("agent.spool_scan_failed", folder=folder, error=str(exc))
 
     def _quarantine(self, path: str, reason: str) -> None:
         """Move a spool file that is not an event (whatever it is) to SPOOL/bad."""

@@ -212,56 +212,18 @@ class SpoolReplay:
 
     def _recover_tmp(self) -> None:
         """What a writer left in ``tmp/`` when it died before its rename."""
-        tmp_fd = self._open("tmp")
+        tmp_fd = self._open("tmp")  # (a link or a file in its place is moved aside)
         if tmp_fd is None:
             return
-        try:
-            stale = spool.stale_tmp(self.spool_dir, tmp_fd)
-            if not stale:
-                return
-            new_fd = self._open("new")
-            if new_fd is None:
-                self.repair("new")
-                new_fd = spool.open_folder(self.spool_dir, "new")
-            try:
-                for name in stale:
-                    self._recover(tmp_fd, new_fd, name)
-            finally:
-                os.close(new_fd)
-        finally:
-            os.close(tmp_fd)
-
-    def _recover(self, tmp_fd: int, new_fd: int, name: str) -> None:
-        path = os.path.join(self.spool_dir, "tmp", name)
-        try:
-            content = spool.read_file(name, self.max_bytes, dir_fd=tmp_fd)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno in _OURS:
-                raise
-            self._bad(tmp_fd, name, f"cannot be read: {exc.strerror or exc}", "tmp")
-            return
-        except spool.BadFile as exc:
-            self._bad(tmp_fd, name, str(exc), "tmp")
-            return
-        if not content.strip():
-            os.unlink(name, dir_fd=tmp_fd)
-            self.log.warning("spool.tmp_removed", path=path,
-                             reason="empty: its writer died before writing the event")
-            return
-        try:
-            ev = decode_event(loads(content))
-        except Exception as exc:
-            self._bad(tmp_fd, name, "an incomplete event left by a writer that died: "
-                      + _reason(exc), "tmp")
-            return
-        os.rename(name, name, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
-        os.fsync(new_fd)
-        self.stats["spool_recovered"] += 1
-        self.log.warning("spool.tmp_recovered", path=path, event_id=ev.id,
-                         reason="its writer died between writing it and moving it to new/; "
-                         "replayed now")
+        os.close(tmp_fd)
+        new_fd = self._open("new")
+        if new_fd is None:
+            self.repair("new")
+        else:
+            os.close(new_fd)
+        self.stats["spool_recovered"] += recover_tmp(
+            self.spool_dir, self.max_bytes, self.log,
+            lambda fd, name, reason: self._bad(fd, name, reason, "tmp"))
 
     # -- what the operator must hear about -------------------------------------------------
 
@@ -304,3 +266,63 @@ class SpoolReplay:
             self._last_failure = (text, now)
             self.log.warning("spool.scan_failed", error=text,
                              detail="the spool is scanned again at the next interval")
+
+
+def recover_tmp(folder: str, max_bytes: int, log: Any,
+                bad: Callable[[int, str, str], None]) -> int:
+    """Events a writer left in ``FOLDER/tmp`` when it died between its fsync and its
+    rename (files older than :data:`knotify.spool.TMP_GRACE`): a complete one is moved to
+    ``FOLDER/new`` (how many is returned), an empty one removed, anything else given to
+    ``bad(tmp_fd, name, reason)``. Younger files are left to their writer."""
+    try:
+        tmp_fd = spool.open_folder(folder, "tmp")
+    except FileNotFoundError:
+        return 0
+    try:
+        stale = spool.stale_tmp(folder, tmp_fd)
+        if not stale:
+            return 0
+        new_fd = spool.open_folder(folder, "new")
+        try:
+            return sum(_recover(folder, tmp_fd, new_fd, name, max_bytes, log, bad)
+                       for name in stale)
+        finally:
+            os.close(new_fd)
+    finally:
+        os.close(tmp_fd)
+
+
+def _recover(folder: str, tmp_fd: int, new_fd: int, name: str, max_bytes: int, log: Any,
+             bad: Callable[[int, str, str], None]) -> int:
+    path = os.path.join(folder, "tmp", name)
+    try:
+        content = spool.read_file(name, max_bytes, dir_fd=tmp_fd)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        if exc.errno in _OURS:
+            raise
+        bad(tmp_fd, name, f"cannot be read: {exc.strerror or exc}")
+        return 0
+    except spool.BadFile as exc:
+        bad(tmp_fd, name, str(exc))
+        return 0
+    if not content.strip():
+        os.unlink(name, dir_fd=tmp_fd)
+        log.warning("spool.tmp_removed", path=path,
+                    reason="empty: its writer died before writing the event")
+        return 0
+    try:
+        ev = decode_event(loads(content))
+    except Exception as exc:
+        bad(tmp_fd, name, "an incomplete event left by a writer that died: " + _reason(exc))
+        return 0
+    try:
+        os.rename(name, name, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
+    except FileNotFoundError:
+        return 0  # its writer (or another reader) moved it after all
+    os.fsync(new_fd)
+    log.warning("spool.tmp_recovered", path=path, event_id=ev.id,
+                reason="its writer died between writing it and moving it to new/; "
+                "replayed now")
+    return 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import time
 from pathlib import Path
@@ -293,3 +294,32 @@ def test_hostile_files_in_tmp_are_not_read(kenv: KEnv, router: RouterProcess) ->
     wait_for(lambda: not (tmp / f"{2:020d}-nested00.json").exists(), 10,
              what="the nested file to be set aside")
     assert router.alive
+
+
+def test_the_agent_recovers_a_killed_hooks_tmp_file_and_reads_safely(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """On a sending host (only remote routers) the agent delivers the spool: it too
+    recovers what a killed hook left in tmp/, and never opens a FIFO or follows a link."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kenv.write_config(f'[router]\nlisten = ["tcp://127.0.0.1:{port}"]\ninsecure = true\n')
+    router.start()
+    cfg = kenv.root / "n1.toml"
+    cfg.write_text(f'[paths]\nruntime_dir = "{kenv.root}/n1-run"\n'
+                   f'state_dir = "{kenv.root}/n1-state"\n'
+                   f'[hook]\nhost = "n1"\nendpoints = ["tcp://127.0.0.1:{port}"]\n')
+    spool_dir = kenv.root / "n1-state" / "spool"
+    (spool_dir / "new").mkdir(parents=True)
+    (spool_dir / "tmp").mkdir()
+    os.mkfifo(spool_dir / "new" / FIRST)
+    left = spool_dir / "tmp" / spool.file_name(wire("KILLED", 1))
+    left.write_text(json.dumps({**wire("KILLED", 1), "host": "n1"}))
+    _old(left)
+    once = kenv.cli("agent", "-c", str(cfg), "--once", "--log-format", "json", check=False,
+                    timeout=60)
+    assert once.returncode == 0, once.stderr
+    assert names(kenv) == ["KILLED"]
+    assert not left.exists() and not list((spool_dir / "new").iterdir())
+    assert (spool_dir / "bad" / FIRST).exists()
