@@ -846,7 +846,7 @@ class Router:
         try:
             self.journal = Journal(path, self.config.synchronous, mode, gid)
             self.tracker = Tracker(self.journal.load_states())
-        except (OSError, sqlite3.Error, JournalError) as exc:
+        except Exception as exc:  # whatever the file holds: one line, never a traceback
             raise self._journal_refusal(exc) from None
 
     def _journal_refusal(self, exc: BaseException) -> RouterError:

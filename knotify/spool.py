@@ -19,6 +19,7 @@ or a link), at most ``max_bytes`` of them, and whatever else sits there is moved
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -212,24 +213,26 @@ def depth(spool_dir: str) -> int:
 def read_file(path: str, max_bytes: int, dir_fd: int | None = None) -> bytes:
     """The content of one spool file, read as hostile input; BadFile says why not.
 
-    Only a regular file with one link is read (opened without following a link and
-    without blocking, checked again once open), and only if it holds at most
-    ``max_bytes``. FileNotFoundError: it vanished (another reader took it).
+    Only a regular file with one link is read: anything else is never even opened (a
+    device could act on open), and the file is opened without following a link and
+    without blocking, then checked again; it is read only if it holds at most
+    ``max_bytes``. FileNotFoundError: it vanished (another reader took it). Other
+    OSErrors (too many open files, I/O) are the reader's problem, not the file's.
     """
+    first = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISREG(first.st_mode):
+        raise BadFile(f"not a regular file ({what_is(first.st_mode)})")
     try:
         fd = os.open(path, _READ_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        try:
-            mode = os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode
-        except OSError:
-            raise BadFile(f"cannot be opened: {exc.strerror or exc}") from None
-        raise BadFile(f"not a regular file ({what_is(mode)})") from None
+        if exc.errno == errno.ELOOP:  # swapped for a link since the stat
+            raise BadFile("not a regular file (a symbolic link)") from None
+        raise
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise BadFile(f"not a regular file ({what_is(st.st_mode)})")
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (first.st_dev,
+                                                                     first.st_ino):
+            raise BadFile("replaced while it was read")
         if st.st_nlink != 1:
             raise BadFile(f"has {st.st_nlink} hard links (a spool file has one)")
         if st.st_size > max_bytes:
