@@ -19,7 +19,6 @@ or a link), at most ``max_bytes`` of them, and whatever else sits there is moved
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import stat
@@ -224,9 +223,13 @@ def read_file(path: str, max_bytes: int, dir_fd: int | None = None) -> bytes:
         raise BadFile(f"not a regular file ({what_is(first.st_mode)})")
     try:
         fd = os.open(path, _READ_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # swapped for a link since the stat
-            raise BadFile("not a regular file (a symbolic link)") from None
+    except OSError:
+        try:
+            now = os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        except OSError:
+            now = first.st_mode
+        if not stat.S_ISREG(now):  # swapped for a link (or else) since the stat
+            raise BadFile(f"not a regular file ({what_is(now)})") from None
         raise
     try:
         st = os.fstat(fd)
