@@ -197,7 +197,7 @@ def deliver(event: dict[str, object], settings: Settings, send: bool = True) -> 
         # Sent and spooled with the defaults: the router that gets it says why.
         extra = event.get("extra")
         event["extra"] = {**(extra if isinstance(extra, dict) else {}),
-                          "config_problem": settings.config_error}
+                          "config_problem": settings.config_error[:1000]}
     payload = fastjson.dumps({"v": WIRE_VERSION, "op": "event", "event": event}).encode()
     deadline = time.monotonic() + settings.ack_timeout
     want = b'"id":"' + str(event["id"]).encode() + b'"'
