@@ -33,6 +33,8 @@ STATES = {
     "PEER": ("PEER_SILENT", "PEER_BACK"),
 }
 READ_TIMEOUT = 5.0
+#: Connections served at once; more are closed at once (a scrape storm, a hostile peer).
+MAX_CONNECTIONS = 16
 
 
 @dataclass(slots=True, frozen=True)
@@ -105,6 +107,21 @@ class RouterCollector:
             counter = Counter(name, text)
             counter.add_metric([], stats.get(key, 0))
             yield counter
+
+        faults = Counter("knotify_faults", "unexpected errors caught at a boundary (message, "
+                         "batch, command, task, a loop's turn, ...) by where", labels=["where"])
+        for where, count in sorted(r.faults.counts.items()):
+            faults.add_metric([where], count)
+        yield faults
+        turn = Gauge("knotify_loop_last_turn_seconds", "seconds since each background loop "
+                     "last turned", labels=["loop"])
+        restarts = Counter("knotify_loop_restarts", "times each background loop died and was "
+                           "started again", labels=["loop"])
+        for name, loop in sorted(r.supervisor.view().items()):
+            if loop["last_turn_s"] is not None:
+                turn.add_metric([name], loop["last_turn_s"])
+            restarts.add_metric([name], loop["restarts"])
+        yield from (turn, restarts)
 
         ex = r.executor
         actions = Counter("knotify_actions", "finished action runs by outcome",
@@ -195,13 +212,23 @@ async def listen(router: Router, settings: MetricsSettings) -> asyncio.Server:
     reg = registry(router)
     host, port = settings.address
 
+    open_connections = 0
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_connections
+        open_connections += 1
         try:
+            if open_connections > MAX_CONNECTIONS:  # a scrape storm or a hostile peer
+                router.faults.counts["metrics_refused"] += 1
+                return
             await asyncio.wait_for(_answer(reg, reader, writer), READ_TIMEOUT)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError, ValueError):
             pass
+        except Exception as exc:  # one connection's failure: counted, logged, the next served
+            router.faults.record("metrics", exc)
         finally:
+            open_connections -= 1
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()

@@ -16,6 +16,7 @@ import gc
 import grp
 import json
 import os
+import resource
 import signal
 import time
 from typing import Any
@@ -24,18 +25,21 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from knotify import __version__, hook, resync, spool, transport
+from knotify import __version__, hook, resync, sdnotify, spool, transport
 from knotify import config as configmod
 from knotify import log as logmod
 from knotify import metrics as metricsmod
 from knotify.actions.base import Outcome
+from knotify.alerts.engine import MAX_SLEEP as ALERTS_MAX_SLEEP
 from knotify.alerts.engine import OPS as ALERT_OPS
 from knotify.alerts.engine import AlertEngine
+from knotify.cluster.monitor import TICK as CLUSTER_TICK
 from knotify.cluster.monitor import ClusterMonitor
 from knotify.event import (
     Event,
     WireError,
     acked,
+    check_text,
     decode_event,
     decode_message,
     encode,
@@ -43,12 +47,25 @@ from knotify.event import (
 )
 from knotify.executor import Executor, Run
 from knotify.fifo import RESYNC_DELAY, AsyncFifoReader, event_from_line
+from knotify.fifo import TURN as FIFO_TURN
 from knotify.journal import Journal, JournalError
 from knotify.rules import fired
 from knotify.schema import ConfigError
+from knotify.supervisor import Faults, Supervisor
 from knotify.tracker import INVALID_CLASS, STALE, TRANSITION, Tracker, Transition
 
+#: What one event-loop turn reads from a socket at most: messages, events (estimated from
+#: the payload, exact for hooks) and bytes, whichever comes first. The work of a turn
+#: is bounded by these, whatever the senders do.
 MAX_BATCH = 2000
+MAX_BATCH_EVENTS = 2000
+MAX_BATCH_BYTES = 1024 * 1024
+#: Events one ``events`` message may carry (the agent sends at most [agent] batch).
+MAX_EVENTS_PER_MESSAGE = 1000
+#: A socket loop is overdue when messages wait and it has not turned for this long.
+SERVE_TURN = 1.0
+#: The soft limit on open files is raised to the hard one; to this when that is unlimited.
+NOFILE_CAP = 1 << 20
 FLUSH_INTERVAL = 0.2
 PRUNE_EVERY = 10_000
 GC_THRESHOLD = 20_000
@@ -106,6 +123,29 @@ def tune_runtime() -> None:
         pass  # not glibc: its defaults stay
 
 
+def _nothing_waiting(sock: zmq.asyncio.Socket) -> bool:
+    """Whether nothing waits to be read: a socket loop with nothing to do is not stuck."""
+    try:
+        return not int(sock.get(zmq.EVENTS)) & zmq.POLLIN
+    except zmq.ZMQError:
+        return False
+
+
+def raise_nofile() -> int:
+    """Raise the soft limit on open files to the hard one; the limit now in force.
+
+    systemd starts services with a soft limit of 1024: every TCP connection, spool scan
+    and action pipe takes a descriptor, and idle connections could use them all up.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, NOFILE_CAP)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    return soft
+
+
 class RouterError(RuntimeError):
     """The router cannot start; the message says why and what to do."""
 
@@ -139,6 +179,11 @@ class Router:
         self._shedding = False
         self._subscriptions: set[bytes] = set()
         self._subs_checked = 0.0
+        self.faults = Faults(self.log)
+        self.supervisor = Supervisor(self.log, self.faults, self.fail)
+        #: Why the router stopped on its own (it then exits 1), or None.
+        self.fatal: str | None = None
+        self._watchdog_withheld = False
 
     # -- start-up -----------------------------------------------------------------------
 
@@ -328,9 +373,12 @@ class Router:
                     inline_counts[outcome.status] = inline_counts.get(outcome.status, 0) + 1
                     if watched:
                         inline.append((run, outcome))
-        except JournalError as exc:
-            self.stats["journal_errors"] += 1
+        except Exception as exc:
+            # Nothing of the batch is committed: the state table goes back to the journal's.
             self.tracker = Tracker(self._reload_states())
+            if not isinstance(exc, JournalError):
+                raise
+            self.stats["journal_errors"] += 1
             if not self._journal_failing:
                 self.log.error("journal.write_failed", error=str(exc), events=len(events),
                                hint="events are not acked; hooks spool them until it recovers")
@@ -420,29 +468,56 @@ class Router:
         if dropped:
             self.log.info("journal.pruned", events=dropped, keep=self.config.keep_events)
 
-    async def _serve(self, sock: zmq.asyncio.Socket) -> None:
+    async def _serve(self, sock: zmq.asyncio.Socket, name: str) -> None:
         # The same socket without asyncio's futures, to drain and answer a batch cheaply.
         raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        beat = self.supervisor.beater(name)
+        recv, more = raw.recv, raw.get
         while True:
+            beat()
             try:
-                frames = await sock.recv_multipart()
+                first = await sock.recv_multipart()
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.ETERM or self.stop_event.is_set():
                     return
                 self.log.warning("socket.recv_failed", error=str(exc))
+                await asyncio.sleep(0.1)
                 continue
-            batch = [frames]
-            recv, more = raw.recv, raw.get
-            while len(batch) < MAX_BATCH:  # (recv_multipart, but with int flags: cheaper)
+            batch: list[list[bytes]] = [first]
+            events = size = 0
+            # (recv_multipart, but with int flags: cheaper)
+            while (len(batch) < MAX_BATCH and events < MAX_BATCH_EVENTS
+                   and size < MAX_BATCH_BYTES):
                 try:
                     frames = [recv(NOBLOCK)]
+                    while more(RCVMORE):
+                        frames.append(recv(NOBLOCK))
                 except zmq.Again:
                     break
-                while more(RCVMORE):
-                    frames.append(recv(NOBLOCK))
+                except zmq.ZMQError as exc:
+                    self.log.warning("socket.recv_failed", error=str(exc))
+                    break
                 batch.append(frames)
-            self._handle(raw, batch)
+                payload = frames[-1]
+                size += len(payload)
+                events += payload.count(b'"id"') or 1
+            try:
+                self._handle(raw, batch)
+            except Exception as exc:
+                # A bug in the handling of one batch: its peers get an answer (so a hook
+                # spools at once), the next batch is handled as usual.
+                reason = self.faults.record("batch", exc, endpoint=name, messages=len(batch))
+                self._answer_all(raw, batch, f"internal error: {reason}")
             await asyncio.sleep(0)  # let actions and other sockets have a turn
+
+    def _answer_all(self, sock: zmq.Socket[bytes], batch: list[list[bytes]],
+                    error: str) -> None:
+        answer = reply(False, error=error)
+        for frames in batch:
+            with contextlib.suppress(zmq.ZMQError):
+                for frame in frames[:-1]:
+                    sock.send(frame, SNDMORE_NOBLOCK)
+                sock.send(answer, NOBLOCK)
 
     def _overloaded(self) -> bool:
         """Over ``max_backlog`` actions waiting: refuse new events (hooks spool them).
@@ -481,6 +556,9 @@ class Router:
                     items = msg.get("events")
                     if not isinstance(items, list):
                         raise WireError("'events' must be a list")
+                    if len(items) > MAX_EVENTS_PER_MESSAGE:
+                        raise WireError(f"'events' holds {len(items)} events; at most "
+                                        f"{MAX_EVENTS_PER_MESSAGE} per message")
                     good: list[Event] = []
                     bad: list[dict[str, Any]] = []
                     for i, item in enumerate(items):
@@ -492,10 +570,14 @@ class Router:
                     pending.append((envelope, good, bad))
                     events.extend(good)
                 else:
+                    check_text(msg)
                     commands.append((envelope, msg))
             except WireError as exc:
                 self._rejected(str(exc), envelope)
                 replies.append([*envelope, reply(False, error=str(exc))])
+            except Exception as exc:  # a bug: this message is refused, the others go on
+                reason = self.faults.record("message", exc)
+                replies.append([*envelope, reply(False, error=f"internal error: {reason}")])
         if events and self._overloaded():
             self.stats["shed"] += len(events)
             for envelope, _item, _bad in pending:
@@ -508,6 +590,11 @@ class Router:
                 for envelope, _item, _bad in pending:
                     replies.append([*envelope, reply(False, error=f"journal unavailable: {exc}")])
                 pending = []
+            except Exception as exc:
+                # One event the journal or the rules choke on must not cost the others
+                # their ack: the batch again, one message (and one event) at a time.
+                self.faults.record("batch", exc, events=len(events))
+                pending = self._ingest_apart(pending, replies)
         for envelope, item, rejected in pending:
             if rejected is None:
                 replies.append([*envelope, acked(item.id)])
@@ -526,6 +613,44 @@ class Router:
                 for frame in frames[:-1]:
                     send(frame, SNDMORE_NOBLOCK)
                 send(frames[-1], NOBLOCK)
+
+    def _ingest_apart(self, pending: list[tuple[list[bytes], Any, list[dict[str, Any]] | None]],
+                      replies: list[list[bytes]]
+                      ) -> list[tuple[list[bytes], Any, list[dict[str, Any]] | None]]:
+        """After a batch failed for an unexpected reason: each event on its own, so that
+        only the one at fault is refused (named in the answer); the rest are acked."""
+        kept: list[tuple[list[bytes], Any, list[dict[str, Any]] | None]] = []
+        for envelope, item, rejected in pending:
+            single = rejected is None
+            good: list[Event] = []
+            bad = [] if rejected is None else list(rejected)
+            failed: str | None = None
+            # Where each event stood in the message (the refused ones are not in ``item``).
+            refused = {b["index"] for b in bad}
+            places = [i for i in range(len(bad) + (1 if single else len(item)))
+                      if i not in refused]
+            for index, ev in zip(places, [item] if single else item, strict=True):
+                try:
+                    self.ingest([ev])
+                except JournalError as exc:
+                    failed = f"journal unavailable: {exc}"
+                    break
+                except Exception as exc:
+                    reason = self.faults.record("message", exc, event_id=ev.id)
+                    failed = f"internal error: {reason}"
+                    bad.append({"index": index, "error": failed})
+                    continue
+                good.append(ev)
+            if single:
+                if failed is not None:
+                    replies.append([*envelope, reply(False, error=failed)])
+                else:
+                    kept.append((envelope, item, None))
+            elif failed is not None and failed.startswith("journal"):
+                replies.append([*envelope, reply(False, error=failed)])
+            else:
+                kept.append((envelope, good, sorted(bad, key=lambda b: b["index"])))
+        return kept
 
     def _rejected(self, reason: str, envelope: list[bytes]) -> None:
         self.stats["rejected"] += 1
@@ -567,6 +692,9 @@ class Router:
         except WireError as exc:
             self._rejected(str(exc), [])
             return reply(False, error=str(exc))
+        except Exception as exc:  # a bug: this request fails, the router serves on
+            reason = self.faults.record("command", exc, op=op[:40])
+            return reply(False, error=f"internal error: {reason}")
 
     def info(self) -> dict[str, Any]:
         ex = self.executor
@@ -581,6 +709,9 @@ class Router:
             "actions_running": len(ex.active) if ex else 0,
             "action_outcomes": dict(ex.counts) if ex else {},
             "alerts": self.alerts.info() if self.alerts else {},
+            "faults": dict(self.faults.counts),
+            "loops": self.supervisor.view(),
+            "open_files_limit": getattr(self, "_nofile", None),
             **self.stats,
         }
 
@@ -678,40 +809,68 @@ class Router:
     async def _spool_loop(self) -> None:
         while True:
             await asyncio.sleep(SHED_INTERVAL if self._shedding else self.config.spool_interval)
-            self._watch_clients()
-            queued = self.executor.queued if self.executor is not None else 0
-            if self._shedding and queued > self.config.max_backlog // 5:
-                continue  # replaying now would only grow the backlog again
+            self.supervisor.beat("spool")
             try:
-                count = self.replay_spool()
-            except OSError as exc:
-                self.log.warning("spool.scan_failed", error=str(exc))
-                continue
-            if count:
-                self.log.info("spool.replayed", events=count)
-            if self._shedding and not spool.pending(self.config.hook.spool_dir, limit=1):
-                self._shedding = False
-                self.log.info("intake.resumed", actions_queued=queued)
+                self._spool_turn()
+            except Exception as exc:  # one bad turn; the next one tries again
+                self.faults.record("spool", exc)
+
+    def _spool_turn(self) -> None:
+        self._watch_clients()
+        queued = self.executor.queued if self.executor is not None else 0
+        if self._shedding and queued > self.config.max_backlog // 5:
+            return  # replaying now would only grow the backlog again
+        try:
+            count = self.replay_spool()
+        except OSError as exc:
+            self.log.warning("spool.scan_failed", error=str(exc))
+            return
+        if count:
+            self.log.info("spool.replayed", events=count)
+        if self._shedding and not spool.pending(self.config.hook.spool_dir, limit=1):
+            self._shedding = False
+            self.log.info("intake.resumed", actions_queued=queued)
 
     def _fifo_lines(self, lines: list[tuple[str, int, int]], host: str) -> None:
         spool_dir = self.config.hook.spool_dir
-        wire = [event_from_line(line, host, spool.next_seq(spool_dir), ts, mono)
-                for line, ts, mono in lines]
-        events = [decode_event(w) for w in wire]
+        wire: list[dict[str, Any]] = []
         try:
+            wire = [event_from_line(line, host, spool.next_seq(spool_dir), ts, mono)
+                    for line, ts, mono in lines]
+            events = []
+            for w in wire:
+                try:
+                    events.append(decode_event(w))
+                except WireError as exc:  # (a NUL in a name): kept, as an INVALID event
+                    events.append(decode_event(
+                        {**w, "kind": "INVALID", "state": "INVALID", "name": "", "vs": "",
+                         "prio": None, "error": str(exc), "raw": w.get("raw")}))
             self.ingest(events)
-        except JournalError:
+        except Exception as exc:
+            if not isinstance(exc, JournalError):
+                self.faults.record("fifo", exc, lines=len(lines))
             # Never drop a FIFO line: it waits in the spool until the journal is back.
+            if not wire:
+                wire = [{"v": 1, "id": hook.new_id(), "host": host, "source": "fifo",
+                         "kind": "INVALID", "state": "INVALID", "name": "", "ts_ns": ts,
+                         "raw": line[:4096]} for line, ts, _ in lines]
             for w in wire:
                 try:
                     spool.write(spool_dir, w)
-                except OSError as exc:
-                    self.log.critical("fifo.line_lost", line=w.get("raw"), error=str(exc))
+                except OSError as err:
+                    self.log.critical("fifo.line_lost", line=w.get("raw"), error=str(err))
 
     def _schedule_resync(self, source: configmod.FifoSource, host: str) -> None:
+        self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(asyncio.get_running_loop().create_task(self._resync(source, host)))
 
     async def _resync(self, source: configmod.FifoSource, host: str) -> None:
+        try:
+            await self._resync_once(source, host)
+        except Exception as exc:  # one resync failing is logged; the FIFO reads on
+            self.faults.record("resync", exc, fifo=source.path)
+
+    async def _resync_once(self, source: configmod.FifoSource, host: str) -> None:
         """After a FIFO (re)opens: read what waited in it, then ask keepalived for its states."""
         await asyncio.sleep(RESYNC_DELAY)
         log = self.log.bind(fifo=source.path)
@@ -734,19 +893,51 @@ class Router:
                     spool.write(spool_dir, w)
         log.info("resync.done", instances=len(instances), host=host)
 
-    async def _flush_loop(self) -> None:
+    def _flush(self) -> None:
         assert self.executor is not None
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            try:
-                self.executor.flush()
-            except JournalError as exc:
-                self.log.warning("journal.flush_failed", error=str(exc))
+        try:
+            self.executor.flush()
+        except JournalError as exc:
+            self.log.warning("journal.flush_failed", error=str(exc))
+
+    def _watchdog(self) -> None:
+        """Pet systemd's watchdog while every loop turns; say once when one does not."""
+        stale = self.supervisor.stale()
+        if stale:
+            if not self._watchdog_withheld:
+                self.log.critical("watchdog.withheld", loops={n: round(s, 1) for n, s in stale},
+                                  detail="a loop has not turned for too long; systemd's "
+                                  "watchdog (if any) will restart the router")
+            self._watchdog_withheld = True
+            return
+        if self._watchdog_withheld:
+            self.log.warning("watchdog.resumed", detail="every loop turns again")
+            self._watchdog_withheld = False
+        sdnotify.notify("WATCHDOG=1")
+
+    def fail(self, reason: str) -> None:
+        """Stop the router because it cannot go on as it is; ``knotify run`` exits 1."""
+        if self.fatal is None:
+            self.fatal = reason
+        self.stop()
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """What asyncio would print (a callback or a forgotten task that raised): logged as a
+        fault of its own, in the router's log format."""
+        exc = context.get("exception")
+        if isinstance(exc, BaseException):
+            self.faults.record("loop", exc, message=str(context.get("message", ""))[:200])
+        else:
+            self.faults.counts["loop"] += 1
+            self.log.error("router.fault", where="loop",
+                           reason=str(context.get("message", ""))[:300])
 
     # -- main -------------------------------------------------------------------------------
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_exception)
+        self._nofile = raise_nofile()
         self._take_runtime_dir()
         try:
             self.journal = Journal(self.config.journal, self.config.synchronous)
@@ -773,29 +964,44 @@ class Router:
                 endpoints=[self.config.control_endpoint, *self.config.listen],
                 journal=self.config.journal, rules=len(self.config.rules),
                 keys=len(self.tracker.states), spool_replayed=replayed,
-                fifos=[f.path for f in self.config.fifos],
+                fifos=[f.path for f in self.config.fifos], open_files_limit=self._nofile,
             )
             tune_runtime()
-            for sock in self.sockets:
-                self._tasks.append(loop.create_task(self._serve(sock)))
-            self._tasks.append(loop.create_task(self._spool_loop()))
-            self._tasks.append(loop.create_task(self._flush_loop()))
-            self._tasks.append(loop.create_task(self.alerts.run()))
-            self._tasks.append(loop.create_task(self.cluster.run()))
-            if metrics is not None:
-                self._tasks.append(loop.create_task(metrics.serve_forever()))
-            for source in self.config.fifos:
-                host = source.host or self.config.hook.host or os.uname().nodename
-                on_open = (functools.partial(self._schedule_resync, source, host)
-                           if source.resync else None)
-                reader = AsyncFifoReader(source.path, self.config.hook.spool_dir,
-                                         functools.partial(self._fifo_lines, host=host),
-                                         self.log, on_open)
-                self.fifo_readers.append(reader)
-                self._tasks.append(loop.create_task(reader.run()))
+            self._start_loops(metrics)
+            sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving")
             await self.stop_event.wait()
         finally:
             await self._shutdown()
+        if self.fatal is not None:
+            raise RouterError(f"the router stopped: {self.fatal}")
+
+    def _start_loops(self, metrics: asyncio.Server | None) -> None:
+        """Every background task, each under the supervisor (restarted if it dies)."""
+        assert self.alerts is not None and self.cluster is not None
+        sup = self.supervisor
+        for endpoint, sock in zip([self.config.control_endpoint, *self.config.listen],
+                                  self.sockets, strict=True):
+            name = f"serve {endpoint}"
+            sup.spawn(name, functools.partial(self._serve, sock, name), SERVE_TURN,
+                      idle=functools.partial(_nothing_waiting, sock))
+        sup.spawn("spool", self._spool_loop, lambda: self.config.spool_interval)
+        sup.every("flush", FLUSH_INTERVAL, self._flush)
+        self.alerts.beat = sup.beater("alerts")
+        sup.spawn("alerts", self.alerts.run, ALERTS_MAX_SLEEP)
+        sup.every("cluster", CLUSTER_TICK, self.cluster.tick)
+        if metrics is not None:
+            sup.spawn("metrics", metrics.serve_forever)
+        for source in self.config.fifos:
+            host = source.host or self.config.hook.host or os.uname().nodename
+            on_open = (functools.partial(self._schedule_resync, source, host)
+                       if source.resync else None)
+            name = f"fifo {source.path}"
+            reader = AsyncFifoReader(source.path, self.config.hook.spool_dir,
+                                     functools.partial(self._fifo_lines, host=host),
+                                     self.log, on_open, sup.beater(name))
+            self.fifo_readers.append(reader)
+            sup.spawn(name, reader.run, FIFO_TURN)
+        sup.every("watchdog", min(1.0, sdnotify.watchdog_interval() or 1.0), self._watchdog)
 
     async def _metrics(self) -> asyncio.Server:
         """Bind the Prometheus port (a bind error stops the start)."""
@@ -816,9 +1022,12 @@ class Router:
     def stop(self) -> None:
         if not self.stop_event.is_set():
             self.log.info("router.stopping", drain_timeout=self.config.drain_timeout)
+            with contextlib.suppress(OSError):
+                sdnotify.notify("STOPPING=1")
         self.stop_event.set()
 
     async def _shutdown(self) -> None:
+        await self.supervisor.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

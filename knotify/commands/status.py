@@ -56,8 +56,22 @@ def run(args: argparse.Namespace) -> int:
     if args.cluster and not cluster.get("groups"):
         blocks.insert(0, "no cluster yet (an instance reported by two or more hosts, or a "
                       "[[cluster.group]])")
+    loops = answer.get("router", {}).get("loops")
+    if loops and not args.cluster:
+        blocks.append(loops_table(loops))
     print("\n\n".join(blocks))
     return 0
+
+
+def loops_table(loops: dict[str, dict[str, Any]]) -> str:
+    """The router's background loops: when each last turned, restarts, the last error."""
+    rows = []
+    for name, loop in loops.items():
+        turn = loop.get("last_turn_s")
+        rows.append([name, "-" if turn is None else f"{format_duration(turn)} ago",
+                     "running" if loop.get("running") else "DOWN",
+                     str(loop.get("restarts", 0)), str(loop.get("last_error") or "")])
+    return render(["LOOP", "LAST TURN", "STATE", "RESTARTS", "LAST ERROR"], rows)
 
 
 def _for(since_ns: int | None, now: int) -> str:

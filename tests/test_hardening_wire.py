@@ -1,0 +1,256 @@
+"""Issue 9, part A: no message, connection or clock can stop, freeze or blind the router.
+
+Each test here first reproduced its finding against a real router process (it failed),
+then pinned the fix. Messages are sent with the project's own ZMTP peer
+(:mod:`knotify.zmtp`) to the router's real libzmq socket.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import KEnv, RouterProcess, wait_for
+
+from knotify import zmtp
+
+LOG_RULE = """
+[[rule]]
+id = "log-all"
+on = "every"
+[[rule.action]]
+type = "log"
+"""
+
+
+def _event(name: str = "VI_1", **fields: Any) -> dict[str, Any]:
+    ev: dict[str, Any] = {"v": 1, "id": f"ev{time.time_ns()}x{name.encode().hex()[:20]}",
+                          "host": "h1", "kind": "INSTANCE", "name": name, "state": "MASTER",
+                          "prio": 100, "source": "send"}
+    ev.update(fields)
+    return ev
+
+
+def _ask(kenv: KEnv, payload: bytes | str, timeout: float = 10) -> dict[str, Any]:
+    """One raw request on the control socket; the decoded answer."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    raw = zmtp.request(f"ipc://{kenv.runtime}/knotify.sock", data, timeout)
+    answer: dict[str, Any] = json.loads(raw)
+    return answer
+
+
+def _serving(kenv: KEnv) -> None:
+    """The control socket still answers, and a hook is acked (not spooled)."""
+    assert _ask(kenv, b'{"v":1,"op":"ping"}', 5)["ok"] is True
+    before = len(kenv.spooled())
+    proc = kenv.hook("INSTANCE", "VI_ALIVE", "BACKUP", "50")
+    assert proc.returncode == 0, proc.stderr
+    assert len(kenv.spooled()) == before, "the hook got no ack and spooled its event"
+
+
+# A JSON lone surrogate, written as JSON escapes (what a hostile peer sends).
+SURROGATE = "\\ud800"
+
+
+def _hostile_messages() -> list[tuple[str, bytes]]:
+    def event_with(**raw: str) -> bytes:
+        """An event message whose named fields are raw JSON text (escapes kept)."""
+        ev = _event("VI_H")
+        text = json.dumps({"v": 1, "op": "event", "event": ev})
+        for key, value in raw.items():
+            if key in ev:
+                text = text.replace(f'"{key}": {json.dumps(ev[key])}', f'"{key}": {value}', 1)
+            else:
+                text = text.replace('"source": "send"', f'"source": "send", "{key}": {value}', 1)
+        return text.encode()
+
+    return [
+        ("lone surrogate in host", event_with(host=f'"h{SURROGATE}"')),
+        ("lone surrogate in name", event_with(name=f'"VI{SURROGATE}"')),
+        ("lone surrogate in vs", event_with(kind='"RS"', state='"UP"', vs=f'"v{SURROGATE}"')),
+        ("lone surrogate in form", event_with(form=f'"f{SURROGATE}"')),
+        ("lone surrogate in boot", event_with(boot=f'"b{SURROGATE}"', mono_ns="5")),
+        ("lone surrogate in error", event_with(error=f'"e{SURROGATE}"')),
+        ("lone surrogate in extra", event_with(extra='{"detail": "d' + SURROGATE + '"}')),
+        ("deep extra", event_with(extra='{"a":' * 900 + "1" + "}" * 900)),
+        ("history filter", f'{{"v":1,"op":"history","host":"h{SURROGATE}"}}'.encode()),
+        ("history name filter", f'{{"v":1,"op":"history","name":"n{SURROGATE}"}}'.encode()),
+        ("silence reason", ('{"v":1,"op":"silence_add","matchers":["host=x"],"duration_s":60,'
+                            f'"reason":"r{SURROGATE}"}}').encode()),
+        ("silence matcher", ('{"v":1,"op":"silence_add","matchers":["host=x' + SURROGATE
+                             + '"],"duration_s":60}').encode()),
+        ("huge duration", ('{"v":1,"op":"silence_add","matchers":["host=x"],"duration_s":1'
+                           + "0" * 400 + "}").encode()),
+        ("huge float duration", b'{"v":1,"op":"silence_add","matchers":["host=x"],'
+                                b'"duration_s":1e308}'),
+        ("huge silence id", ('{"v":1,"op":"silence_expire","id":1' + "0" * 30 + "}").encode()),
+        ("heartbeat host", f'{{"v":1,"op":"heartbeat","host":"h{SURROGATE}"}}'.encode()),
+        ("peer_forget host", f'{{"v":1,"op":"peer_forget","host":"h{SURROGATE}"}}'.encode()),
+        ("deeply nested array", b"[" * 100_000),
+        ("deeply nested object", b'{"a":' * 50_000),
+        ("deep array inside a message", b'{"v":1,"op":"ping","x":' + b"[" * 5000
+         + b"]" * 5000 + b"}"),
+        ("events with a surrogate", json.dumps({"v": 1, "op": "events", "events": [
+            _event("VI_E1")]}).replace('"h1"', f'"h1{SURROGATE}"').encode()),
+    ]
+
+
+def test_hostile_messages_are_answered_and_the_router_serves_on(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """Finding 1: one message ended a socket's receive loop for good, silently (on the
+    control socket every hook then waited 250 ms and spooled; status stopped answering).
+
+    Each hostile message in turn, each followed by a good event: every one is answered
+    (a refusal naming the problem), every good event is journaled, hooks are acked.
+    """
+    kenv.write_config(LOG_RULE)
+    router.start()
+    good = []
+    refused = 0
+    for i, (what, payload) in enumerate(_hostile_messages()):
+        answer = _ask(kenv, payload)
+        assert answer.get("v") == 1 and isinstance(answer.get("ok"), bool), (what, answer)
+        if not answer["ok"]:
+            refused += 1
+            assert answer["error"] and "internal error" not in answer["error"], (what, answer)
+        ev = _event(f"VI_GOOD{i}")
+        assert _ask(kenv, json.dumps({"v": 1, "op": "event", "event": ev}))["ok"] is True, what
+        good.append(ev["id"])
+    assert {e["id"] for e in kenv.history()} >= set(good)
+    _serving(kenv)
+    info = json.loads(kenv.cli("status", "--json").stdout)["router"]
+    assert info["rejected"] >= refused
+    assert info["faults"] == {}, "every hostile message was refused for a reason, no bug hit"
+    assert router.alive
+
+
+def test_a_bad_event_in_a_batch_does_not_cost_the_good_ones_their_ack(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """An events message: the good events are acked, the bad one is named in 'rejected'."""
+    kenv.write_config(LOG_RULE)
+    router.start()
+    events = [_event("VI_B1"), _event("VI_B2"), _event("VI_B3")]
+    text = json.dumps({"v": 1, "op": "events", "events": events})
+    text = text.replace('"VI_B2"', f'"VI_B2{SURROGATE}"')
+    answer = _ask(kenv, text)
+    assert answer["ok"] is True
+    assert set(answer["ids"]) == {events[0]["id"], events[2]["id"]}
+    assert [r["index"] for r in answer["rejected"]] == [1]
+    assert "surrogate" in answer["rejected"][0]["error"]
+    names = {e["name"] for e in kenv.history()}
+    assert {"VI_B1", "VI_B3"} <= names
+
+
+# -- finding 13: NUL in names, "v": true ---------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["name", "vs", "host", "detail"])
+def test_nul_in_a_name_is_refused_on_the_wire(kenv: KEnv, router: RouterProcess,
+                                              field: str) -> None:
+    """Finding 13: NUL was accepted in names (exec actions then failed)."""
+    kenv.write_config(LOG_RULE)
+    router.start()
+    if field == "vs":
+        ev = _event("[10.0.0.5]:tcp:80", kind="RS", state="UP", vs="[10.0.0.1]:tcp:80\0x")
+    elif field == "detail":
+        ev = _event("VI_1", extra={"detail": "a\0b"})
+    else:
+        ev = _event("VI_1")
+        ev[field] = "x\0y"
+    answer = _ask(kenv, json.dumps({"v": 1, "op": "event", "event": ev}))
+    assert answer["ok"] is False
+    assert "NUL" in answer["error"]
+    assert kenv.history() == []
+
+
+@pytest.mark.parametrize("version", ["true", "1.0", '"1"'])
+def test_message_version_must_be_the_integer_1(kenv: KEnv, router: RouterProcess,
+                                               version: str) -> None:
+    """Finding 13: ``"v": true`` passed as version 1."""
+    kenv.write_config(LOG_RULE)
+    router.start()
+    ev = json.dumps(_event("VI_1"))
+    answer = _ask(kenv, f'{{"v":{version},"op":"event","event":{ev}}}')
+    assert answer["ok"] is False and "version" in answer["error"]
+    answer = _ask(kenv, f'{{"v":{version},"op":"ping"}}')
+    assert answer["ok"] is False and "version" in answer["error"]
+    assert kenv.history() == []
+
+
+# -- supervision and liveness ----------------------------------------------------------------
+
+
+def test_router_tells_systemd_it_is_ready_and_pets_the_watchdog(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """Type=notify: READY=1 once serving, WATCHDOG=1 while every loop turns, STOPPING=1."""
+    import socket
+
+    path = str(kenv.root / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    try:
+        kenv.env.update({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+        kenv.write_config(LOG_RULE)
+        router.start(wait=False)
+        first = sock.recv(4096).decode()
+        assert router.proc is not None
+        assert first.startswith("READY=1\n") and f"MAINPID={router.proc.pid}" in first
+        router.wait_ready()
+        pets = [sock.recv(4096) for _ in range(3)]
+        assert pets == [b"WATCHDOG=1"] * 3
+        status = json.loads(kenv.cli("status", "--json").stdout)["router"]
+        loops = status["loops"]
+        assert {"spool", "flush", "alerts", "cluster", "watchdog",
+                f"serve ipc://{kenv.runtime}/knotify.sock"} <= set(loops)
+        for name, loop in loops.items():
+            assert loop["running"] and loop["restarts"] == 0, name
+            assert loop["last_turn_s"] is not None and loop["last_turn_s"] < 15, (name, loop)
+        text = kenv.cli("status").stdout
+        assert "LOOP" in text and "LAST TURN" in text and "spool" in text
+        router.stop()
+        rest = b""
+        while True:
+            data = sock.recv(4096)
+            if data == b"STOPPING=1":
+                break
+            rest += data
+        assert set(rest.split(b"WATCHDOG=1")) <= {b""}
+    finally:
+        sock.close()
+
+
+def test_a_background_task_that_dies_is_restarted_and_then_stops_the_router(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """A FIFO reader that cannot take its lock: before, its task died silently (the FIFO
+    was never read and nothing said so). Now every death is logged loudly and counted,
+    the task is started again, and when it keeps dying the router exits 1 (systemd then
+    restarts it)."""
+    from knotify.fifo import lock_path
+
+    fifo = kenv.root / "ka.fifo"
+    kenv.write_config(LOG_RULE + f'[router]\nfifos = ["{fifo}"]\n')
+    spool_dir = kenv.spool
+    spool_dir.mkdir(parents=True)
+    Path(lock_path(str(spool_dir), str(fifo))).mkdir()  # open() on it fails: EISDIR
+    router.start()
+    wait_for(lambda: any(r.get("event") == "task.crashed" for r in router.records()),
+             20, what="the reader's crash to be logged")
+    _serving(kenv)  # the rest of the router serves on meanwhile
+    assert router.proc is not None
+    code = router.proc.wait(60)
+    assert code == 1
+    records = router.records()
+    crashed = [r for r in records if r.get("event") == "task.crashed"]
+    assert len(crashed) == 4 and all(r["task"] == f"fifo {fifo}" for r in crashed)
+    assert all(r["level"] == "critical" and "IsADirectoryError" in r["error"] for r in crashed)
+    [failing] = [r for r in records if r.get("event") == "task.failing"]
+    assert failing["crashes"] == 5
+    assert "the router stopped: the fifo" in router.log_text()
