@@ -60,6 +60,8 @@ from knotify.tracker import INVALID_CLASS, STALE, TRANSITION, Tracker, Transitio
 MAX_BATCH = 2000
 MAX_BATCH_EVENTS = 2000
 MAX_BATCH_BYTES = 1024 * 1024
+#: Messages libzmq queues per connection (see _bind).
+RCVHWM = 1000
 #: Events one ``events`` message may carry (the agent sends at most [agent] batch).
 MAX_EVENTS_PER_MESSAGE = 1000
 #: A socket loop is overdue when messages wait and it has not turned for this long.
@@ -80,10 +82,11 @@ SHED_INTERVAL = 0.05
 SUBSCRIPTIONS_EVERY = 0.1
 #: Config values a reload applies at once, and those that need a restart (and are reported).
 LIVE = ("rules", "defaults", "alerts", "receivers", "spool_interval", "drain_timeout",
-        "max_backlog",
+        "max_backlog", "max_clock_skew", "max_keys", "forget_deleted",
         "keep_events", "cluster", "agent")
 RESTART_ONLY = ("runtime_dir", "state_dir", "listen", "curve", "insecure", "group", "journal",
-                "fifos", "synchronous", "max_message", "max_parallel", "metrics")
+                "fifos", "synchronous", "max_message", "max_parallel", "metrics",
+                "handshake_timeout")
 
 
 def _fields(ev: Event, tr: Transition, fields: dict[str, Any] | None = None
@@ -250,9 +253,19 @@ class Router:
             sock = self.ctx.socket(zmq.ROUTER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message)
-            sock.setsockopt(zmq.RCVHWM, 100_000)
+            # Messages queued per connection before libzmq stops reading it (TCP pushes
+            # back): a hook sends one, the agent one at a time, a fast sender a window.
+            sock.setsockopt(zmq.RCVHWM, RCVHWM)
             sock.setsockopt(zmq.SNDHWM, 100_000)
             if endpoint.startswith("tcp://"):
+                # A connection that has not finished its handshake (CURVE included) in
+                # time is closed: idle connections cannot pile up before authentication.
+                # Keepalive probes close connections whose peer vanished.
+                sock.setsockopt(zmq.HANDSHAKE_IVL, int(self.config.handshake_timeout * 1000))
+                sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+                sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
+                sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
+                sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
                 if curve is not None:
                     sock.curve_server = True
                     sock.curve_publickey = public

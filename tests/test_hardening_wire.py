@@ -7,13 +7,17 @@ then pinned the fix. Messages are sent with the project's own ZMTP peer
 
 from __future__ import annotations
 
+import contextlib
 import json
+import resource
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KEnv, RouterProcess, wait_for
+from conftest import KEnv, RouterProcess, need, wait_for
 
 from knotify import zmtp
 
@@ -189,8 +193,6 @@ def test_router_tells_systemd_it_is_ready_and_pets_the_watchdog(
     kenv: KEnv, router: RouterProcess
 ) -> None:
     """Type=notify: READY=1 once serving, WATCHDOG=1 while every loop turns, STOPPING=1."""
-    import socket
-
     path = str(kenv.root / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
@@ -254,3 +256,92 @@ def test_a_background_task_that_dies_is_restarted_and_then_stops_the_router(
     [failing] = [r for r in records if r.get("event") == "task.failing"]
     assert failing["crashes"] == 5
     assert "the router stopped: the fifo" in router.log_text()
+
+
+# -- finding 2: connections -------------------------------------------------------------------
+
+
+def _curve_router(kenv: KEnv, extra: str = "") -> tuple[int, Path]:
+    """Router config listening on TCP with CURVE; returns (port, clients folder)."""
+    from test_security import free_port, keygen
+
+    port = free_port()
+    keys, clients = kenv.root / "keys", kenv.root / "clients"
+    clients.mkdir()
+    _, secret = keygen(kenv, "router", keys)
+    kenv.write_config(LOG_RULE + f"""
+[router]
+listen = ["tcp://127.0.0.1:{port}"]
+{extra}
+[router.curve]
+secret_key = "{secret}"
+clients = "{clients}"
+""")
+    return port, clients
+
+
+@contextlib.contextmanager
+def _soft_nofile(limit: int) -> Iterator[None]:
+    """Start children with a soft limit on open files of ``limit``, as systemd does (1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_idle_tcp_connections_cannot_use_up_the_routers_files(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """Finding 2: ~1,100 idle TCP connections to the CURVE port, under systemd's soft limit
+    of 1024 open files, made spool scans fail (EMFILE) and the next local hook connection
+    abort libzmq. The router now raises its soft limit to the hard one at start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need(hard >= 4096, f"needs a hard limit on open files of 4096 or more (it is {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this test's own 2,000
+    try:
+        port, _ = _curve_router(kenv)
+        with _soft_nofile(1024):
+            router.start()
+        started = next(r for r in router.records() if r.get("event") == "router.started")
+        assert started["open_files_limit"] == hard
+        idle = []
+        try:
+            for _ in range(2000):
+                conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+                idle.append(conn)
+            # Local hooks are still acked (not spooled), status answers, spool scans work.
+            for i in range(5):
+                proc = kenv.hook("INSTANCE", f"VI_{i}", "MASTER", "100")
+                assert proc.returncode == 0, proc.stderr
+            assert kenv.spooled() == []
+            assert len(kenv.status()) == 5
+            assert kenv.cli("status").returncode == 0
+        finally:
+            for conn in idle:
+                conn.close()
+        assert router.alive
+        assert not [r for r in router.records() if r.get("event") == "spool.scan_failed"]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_idle_connections_that_never_finish_the_handshake_are_closed(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """A connection that sends nothing (or half a greeting) is closed after
+    ``handshake_timeout``: idle pre-authentication connections do not pile up."""
+    port, _ = _curve_router(kenv, 'handshake_timeout = "1s"')
+    router.start()
+    silent = socket.create_connection(("127.0.0.1", port), timeout=30)
+    half = socket.create_connection(("127.0.0.1", port), timeout=30)
+    half.sendall(b"\xff" + b"\x00" * 8)  # the start of a ZMTP signature, then nothing
+    started = time.monotonic()
+    for conn in (silent, half):
+        data = b"x"
+        while data:  # libzmq's greeting first, then EOF when it gives up on us
+            data = conn.recv(4096)
+        conn.close()
+    assert time.monotonic() - started < 25
+    assert router.alive
