@@ -23,7 +23,6 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from zmq.auth.asyncio import AsyncioAuthenticator
 
 from knotify import __version__, hook, resync, sdnotify, spool, transport
 from knotify import config as configmod
@@ -53,6 +52,7 @@ from knotify.rules import fired
 from knotify.schema import ConfigError
 from knotify.supervisor import Faults, Supervisor
 from knotify.tracker import INVALID_CLASS, STALE, TRANSITION, Tracker, Transition
+from knotify.trust import LOCAL, PLAIN_TCP, KeyRing, Peer, ZapHandler
 
 #: What one event-loop turn reads from a socket at most: messages, events (estimated from
 #: the payload, exact for hooks) and bytes, whichever comes first. The work of a turn
@@ -60,6 +60,9 @@ from knotify.tracker import INVALID_CLASS, STALE, TRANSITION, Tracker, Transitio
 MAX_BATCH = 2000
 MAX_BATCH_EVENTS = 2000
 MAX_BATCH_BYTES = 1024 * 1024
+#: How often the clients folder is looked at, and re-read even if it looks the same.
+CLIENTS_CHECK = 1.0
+CLIENTS_REREAD = 10.0
 #: Messages libzmq queues per connection (see _bind).
 RCVHWM = 1000
 #: Events one ``events`` message may carry (the agent sends at most [agent] batch).
@@ -169,11 +172,16 @@ class Router:
         self.stop_event = asyncio.Event()
         self.started = time.time()
         self.stats = {"received": 0, "batches": 0, "journaled": 0, "duplicates": 0, "rejected": 0,
-                      "journal_errors": 0, "spool_replayed": 0, "shed": 0, "shed_periods": 0}
+                      "journal_errors": 0, "spool_replayed": 0, "shed": 0, "shed_periods": 0,
+                      "unauthorised": 0}
         self.fifo_readers: list[AsyncFifoReader] = []
         self._lock_fd: int | None = None
-        self.auth: AsyncioAuthenticator | None = None
+        self.keyring: KeyRing | None = None
+        self.zap: ZapHandler | None = None
+        #: Per socket (as in ``sockets``): who its senders are: "local", "curve", "plain".
+        self._trust: list[str] = []
         self._clients_mark: tuple[int, int] | None = None
+        self._clients_read = 0.0
         self._resync_lock = asyncio.Lock()
         self._log_settings = (config.log_format, config.log_level)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -243,12 +251,12 @@ class Router:
         curve = self.config.curve
         if curve is not None and any(e.startswith("tcp://") for e in self.config.listen):
             public, secret = transport.load_secret(curve.secret_key)
-            self.auth = AsyncioAuthenticator(self.ctx)
-            self.auth.start()
-            self.auth.configure_curve(domain=ZAP_DOMAIN, location=curve.clients)
+            self.keyring = KeyRing(curve.clients, curve.admins, curve.hosts)
+            self.keyring.load()
+            self.zap = ZapHandler(self.ctx, self.keyring, ZAP_DOMAIN, self.log)
             self._watch_clients()
-            self.log.info("curve.enabled", clients=transport.clients_in(curve.clients),
-                          keys=curve.clients)
+            self.log.info("curve.enabled", clients=self.keyring.names(), keys=curve.clients,
+                          admins=sorted(curve.admins) or None)
         for endpoint in [control, *self.config.listen]:
             sock = self.ctx.socket(zmq.ROUTER)
             sock.setsockopt(zmq.LINGER, 0)
@@ -271,6 +279,8 @@ class Router:
                     sock.curve_publickey = public
                     sock.curve_secretkey = secret
                     sock.zap_domain = ZAP_DOMAIN.encode()
+                    # No ZAP handler (it died): refuse, never let everyone in.
+                    sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
                 else:
                     self.log.warning("tcp.insecure", endpoint=endpoint,
                                      reason="insecure = true: anyone who reaches it can send")
@@ -282,6 +292,8 @@ class Router:
             if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
                 self._own(endpoint[len("ipc://"):], 0o660 if self.config.group else 0o600)
             self.sockets.append(sock)
+            self._trust.append("local" if endpoint.startswith("ipc://")
+                               else "curve" if curve is not None else "plain")
         self._sync_ctx = zmq.Context()
         # XPUB: a PUB that tells who subscribed, so nothing is encoded for nobody.
         self.pub = self._sync_ctx.socket(zmq.XPUB)
@@ -481,47 +493,69 @@ class Router:
         if dropped:
             self.log.info("journal.pruned", events=dropped, keep=self.config.keep_events)
 
-    async def _serve(self, sock: zmq.asyncio.Socket, name: str) -> None:
+    async def _serve(self, sock: zmq.asyncio.Socket, name: str, trust: str = "local") -> None:
         # The same socket without asyncio's futures, to drain and answer a batch cheaply.
         raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         beat = self.supervisor.beater(name)
         recv, more = raw.recv, raw.get
+        keyed = trust == "curve"  # each message says which client key sent it
         while True:
             beat()
             try:
-                first = await sock.recv_multipart()
+                first: list[Any] = await sock.recv_multipart(copy=not keyed)
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.ETERM or self.stop_event.is_set():
                     return
                 self.log.warning("socket.recv_failed", error=str(exc))
                 await asyncio.sleep(0.1)
                 continue
-            batch: list[list[bytes]] = [first]
+            peers: list[Peer | None] | None = None if trust == "local" else []
+            batch: list[list[bytes]] = []
+            frames: list[Any] = first
             events = size = 0
             # (recv_multipart, but with int flags: cheaper)
-            while (len(batch) < MAX_BATCH and events < MAX_BATCH_EVENTS
-                   and size < MAX_BATCH_BYTES):
+            while True:
+                if peers is not None:
+                    if keyed:
+                        peers.append(self._peer(frames[-1]))
+                        frames = [f.bytes for f in frames]
+                    else:
+                        peers.append(PLAIN_TCP)
+                batch.append(frames)
+                payload = frames[-1]
+                size += len(payload)
+                events += payload.count(b'"id"') or 1
+                if (len(batch) >= MAX_BATCH or events >= MAX_BATCH_EVENTS
+                        or size >= MAX_BATCH_BYTES):
+                    break
                 try:
-                    frames = [recv(NOBLOCK)]
+                    frames = [recv(NOBLOCK, copy=not keyed)]
                     while more(RCVMORE):
-                        frames.append(recv(NOBLOCK))
+                        frames.append(recv(NOBLOCK, copy=not keyed))
                 except zmq.Again:
                     break
                 except zmq.ZMQError as exc:
                     self.log.warning("socket.recv_failed", error=str(exc))
                     break
-                batch.append(frames)
-                payload = frames[-1]
-                size += len(payload)
-                events += payload.count(b'"id"') or 1
             try:
-                self._handle(raw, batch)
+                self._handle(raw, batch, peers)
             except Exception as exc:
                 # A bug in the handling of one batch: its peers get an answer (so a hook
                 # spools at once), the next batch is handled as usual.
                 reason = self.faults.record("batch", exc, endpoint=name, messages=len(batch))
                 self._answer_all(raw, batch, f"internal error: {reason}")
             await asyncio.sleep(0)  # let actions and other sockets have a turn
+
+    def _peer(self, frame: zmq.Frame) -> Peer | None:
+        """Who sent a message on a CURVE socket: its key, checked against the key ring
+        now (None: the key was removed since the connection was made)."""
+        if self.keyring is None:
+            return None
+        try:
+            user = frame.get("User-Id")
+        except zmq.ZMQError:
+            return None
+        return self.keyring.peer(user) if isinstance(user, str) else None
 
     def _answer_all(self, sock: zmq.Socket[bytes], batch: list[list[bytes]],
                     error: str) -> None:
@@ -547,7 +581,10 @@ class Router:
                              reason="actions fall behind; new events go to the spool")
         return self._shedding
 
-    def _handle(self, sock: zmq.Socket[bytes], batch: list[list[bytes]]) -> None:
+    def _handle(self, sock: zmq.Socket[bytes], batch: list[list[bytes]],
+                peers: list[Peer | None] | None = None) -> None:
+        """Decode, journal and answer one batch; ``peers``: who sent each message (None:
+        all came in on a local socket, where anything goes)."""
         replies: list[list[bytes]] = []
         # (envelope, the event, None) for "event", (envelope, events, rejected) for "events"
         pending: list[tuple[list[bytes], Any, list[dict[str, Any]] | None]] = []
@@ -556,13 +593,26 @@ class Router:
         now = time.time_ns()
         limit = self.config.max_message
         self.stats["received"] += len(batch)
-        for frames in batch:
+        for i, frames in enumerate(batch):
             envelope, payload = frames[:-1], frames[-1]
             try:
+                peer = LOCAL if peers is None else peers[i]
+                if peer is None:
+                    self.stats["unauthorised"] += 1
+                    raise WireError("this client key is not authorised (any more): its "
+                                    "file is not in the router's clients folder")
                 msg = decode_message(payload, limit)
                 op = msg["op"]
+                refusal = peer.refuse_op(op, msg)
+                if refusal is not None:
+                    self.stats["unauthorised"] += 1
+                    raise WireError(refusal)
                 if op == "event":
                     ev = decode_event(msg.get("event"), now)
+                    refusal = peer.refuse_host(ev.host)
+                    if refusal is not None:
+                        self.stats["unauthorised"] += 1
+                        raise WireError(refusal)
                     pending.append((envelope, ev, None))
                     events.append(ev)
                 elif op == "events":
@@ -574,16 +624,26 @@ class Router:
                                         f"{MAX_EVENTS_PER_MESSAGE} per message")
                     good: list[Event] = []
                     bad: list[dict[str, Any]] = []
-                    for i, item in enumerate(items):
+                    for index, item in enumerate(items):
                         try:
-                            good.append(decode_event(item, now))
+                            ev = decode_event(item, now)
+                            refusal = peer.refuse_host(ev.host)
+                            if refusal is not None:
+                                self.stats["unauthorised"] += 1
+                                raise WireError(refusal)
+                            good.append(ev)
                         except WireError as exc:
-                            bad.append({"index": i, "error": str(exc)})
+                            bad.append({"index": index, "error": str(exc)})
                             self._rejected(str(exc), envelope)
                     pending.append((envelope, good, bad))
                     events.extend(good)
                 else:
                     check_text(msg)
+                    if op == "heartbeat" and isinstance(msg.get("host"), str):
+                        refusal = peer.refuse_host(msg["host"])
+                        if refusal is not None:
+                            self.stats["unauthorised"] += 1
+                            raise WireError(refusal)
                     commands.append((envelope, msg))
             except WireError as exc:
                 self._rejected(str(exc), envelope)
@@ -748,9 +808,13 @@ class Router:
         self.config.hook.endpoints = new.hook.endpoints
         if self.cluster is not None:
             self.cluster.reload(self.config.cluster)
-        if self.auth is not None and self.config.curve is not None:
-            # New client keys dropped into the folder take effect on reload.
-            self.auth.configure_curve(domain=ZAP_DOMAIN, location=self.config.curve.clients)
+        if (self.keyring is not None and new.curve is not None and self.config.curve is not None
+                and (new.curve.secret_key, new.curve.clients)
+                == (self.config.curve.secret_key, self.config.curve.clients)):
+            # Roles (admins, hosts) apply at once; new keys in the folder too.
+            self.config.curve = new.curve
+            self.keyring.configure(new.curve.admins, new.curve.hosts)
+            self._watch_clients(force=True)
         detail = f"config reloaded: {len(new.rules)} rules"
         if fixed:
             detail += f"; changes to {', '.join(fixed)} need a restart"
@@ -802,22 +866,24 @@ class Router:
         self.log.error("spool.bad_file", path=path, reason=reason,
                        moved_to=bad)
 
-    def _watch_clients(self) -> None:
-        """Re-read the authorised client keys when their folder changes."""
+    def _watch_clients(self, force: bool = False) -> None:
+        """Re-read the authorised client keys when their folder changes (and every
+        CLIENTS_REREAD seconds, for a key file rewritten in place)."""
         curve = self.config.curve
-        if self.auth is None or curve is None:
+        if self.keyring is None or curve is None:
             return
         try:
             st = os.stat(curve.clients)
             mark = (st.st_mtime_ns, st.st_ino)
         except OSError:
             mark = (0, 0)
-        if mark != self._clients_mark:
-            if self._clients_mark is not None:
-                self.auth.configure_curve(domain=ZAP_DOMAIN, location=curve.clients)
-                self.log.info("curve.clients_changed",
-                              clients=transport.clients_in(curve.clients))
-            self._clients_mark = mark
+        now = time.monotonic()
+        if force or mark != self._clients_mark or now - self._clients_read > CLIENTS_REREAD:
+            self._clients_mark, self._clients_read = mark, now
+            if self.keyring.load():
+                self.log.info("curve.clients_changed", clients=self.keyring.names(),
+                              detail="messages of removed keys are refused from now on, "
+                              "on open connections too")
 
     async def _spool_loop(self) -> None:
         while True:
@@ -829,7 +895,6 @@ class Router:
                 self.faults.record("spool", exc)
 
     def _spool_turn(self) -> None:
-        self._watch_clients()
         queued = self.executor.queued if self.executor is not None else 0
         if self._shedding and queued > self.config.max_backlog // 5:
             return  # replaying now would only grow the backlog again
@@ -992,12 +1057,16 @@ class Router:
         """Every background task, each under the supervisor (restarted if it dies)."""
         assert self.alerts is not None and self.cluster is not None
         sup = self.supervisor
-        for endpoint, sock in zip([self.config.control_endpoint, *self.config.listen],
-                                  self.sockets, strict=True):
+        for endpoint, sock, trust in zip([self.config.control_endpoint, *self.config.listen],
+                                         self.sockets, self._trust, strict=True):
             name = f"serve {endpoint}"
-            sup.spawn(name, functools.partial(self._serve, sock, name), SERVE_TURN,
+            sup.spawn(name, functools.partial(self._serve, sock, name, trust), SERVE_TURN,
                       idle=functools.partial(_nothing_waiting, sock))
         sup.spawn("spool", self._spool_loop, lambda: self.config.spool_interval)
+        if self.zap is not None:
+            self.zap.beat = sup.beater("zap")
+            sup.spawn("zap", self.zap.run, 1.0)
+            sup.every("keys", CLIENTS_CHECK, self._watch_clients)
         sup.every("flush", FLUSH_INTERVAL, self._flush)
         self.alerts.beat = sup.beater("alerts")
         sup.spawn("alerts", self.alerts.run, ALERTS_MAX_SLEEP)
@@ -1057,8 +1126,8 @@ class Router:
             await self.alerts.stop(self.config.drain_timeout)
         if self.journal is not None:
             self.journal.close()
-        if self.auth is not None:
-            self.auth.stop()
+        if self.zap is not None:
+            self.zap.close()
         self.ctx.term()
         if self._sync_ctx is not None:
             self._sync_ctx.term()

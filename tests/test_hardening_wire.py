@@ -345,3 +345,168 @@ def test_idle_connections_that_never_finish_the_handshake_are_closed(
         conn.close()
     assert time.monotonic() - started < 25
     assert router.alive
+
+
+# -- finding 5: trust ----------------------------------------------------------------------
+
+
+class CurveClient:
+    """One CURVE connection to the router (pyzmq DEALER), kept open across requests."""
+
+    def __init__(self, kenv: KEnv, port: int, name: str) -> None:
+        import zmq
+
+        from knotify import transport
+
+        self.keys = kenv.root / "keys"
+        curve = transport.load_client(str(self.keys / "router.key"),
+                                      str(self.keys / f"{name}.key_secret"))
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.curve_serverkey = curve.server_public
+        self.sock.curve_publickey = curve.public
+        self.sock.curve_secretkey = curve.secret
+        self.sock.connect(f"tcp://127.0.0.1:{port}")
+
+    def ask(self, message: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+        self.sock.send(json.dumps(message).encode())
+        if not self.sock.poll(int(timeout * 1000)):
+            raise TimeoutError("no answer over CURVE")
+        answer: dict[str, Any] = json.loads(self.sock.recv())
+        return answer
+
+    def send_event(self, host: str, name: str) -> dict[str, Any]:
+        return self.ask({"v": 1, "op": "event", "event": _event(name, host=host)})
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def _client_key(kenv: KEnv, clients: Path, name: str) -> None:
+    from test_security import keygen
+
+    public, _ = keygen(kenv, name, kenv.root / "keys")
+    (clients / public.name).write_bytes(public.read_bytes())
+
+
+def test_a_removed_key_is_refused_on_its_open_connection(kenv: KEnv, router: RouterProcess) -> None:
+    """Finding 5: a removed client key kept its open connection (events and commands
+    still accepted 5 s later). Its messages are now refused once the folder is re-read."""
+    port, clients = _curve_router(kenv)
+    _client_key(kenv, clients, "lb1")
+    router.start()
+    client = CurveClient(kenv, port, "lb1")
+    try:
+        assert client.send_event("lb1", "VI_1")["ok"] is True
+        (clients / "lb1.key").unlink()
+        removed = time.monotonic()
+        wait_for(lambda: not client.send_event("lb1", "VI_X")["ok"], 10,
+                 what="the removed key's messages to be refused")
+        assert time.monotonic() - removed < 5
+        answer = client.send_event("lb1", "VI_2")
+        assert answer["ok"] is False and "not authorised" in answer["error"]
+        assert client.ask({"v": 1, "op": "ping"})["ok"] is False
+        hb = client.ask({"v": 1, "op": "heartbeat", "host": "lb1"})
+        assert hb["ok"] is False
+    finally:
+        client.close()
+    # (VI_X: probes sent until the removal was noticed; VI_2 came after)
+    assert {e["name"] for e in kenv.history()} <= {"VI_1", "VI_X"}
+    info = json.loads(kenv.cli("status", "--json").stdout)["router"]
+    assert info["unauthorised"] >= 3
+    assert any(r.get("event") == "curve.clients_changed" for r in router.records())
+
+
+def test_a_key_may_send_only_as_its_own_hosts(kenv: KEnv, router: RouterProcess) -> None:
+    """Finding 5: any authorised key could claim any host name."""
+    port, clients = _curve_router(kenv)
+    text = kenv.config.read_text() + '[router.curve.hosts]\nrelay = ["lb7", "lb8"]\n'
+    kenv.config.write_text(text)
+    for name in ("lb1", "relay"):
+        _client_key(kenv, clients, name)
+    router.start()
+    lb1, relay = CurveClient(kenv, port, "lb1"), CurveClient(kenv, port, "relay")
+    try:
+        assert lb1.send_event("lb1", "VI_1")["ok"] is True
+        answer = lb1.send_event("lb2", "VI_1")
+        assert answer["ok"] is False
+        assert "client key 'lb1' may not send as host 'lb2'" in answer["error"]
+        batch = lb1.ask({"v": 1, "op": "events", "events": [
+            _event("VI_A", host="lb1"), _event("VI_B", host="lb9")]})
+        assert batch["ok"] is True and len(batch["ids"]) == 1
+        assert batch["rejected"][0]["index"] == 1 and "'lb9'" in batch["rejected"][0]["error"]
+        hb = lb1.ask({"v": 1, "op": "heartbeat", "host": "lb2"})
+        assert hb["ok"] is False and "may not send as host 'lb2'" in hb["error"]
+        assert lb1.ask({"v": 1, "op": "heartbeat", "host": "lb1"})["ok"] is True
+        # [router.curve.hosts] names the hosts a key may send as (its own name no longer).
+        assert relay.send_event("lb7", "VI_1")["ok"] is True
+        assert relay.send_event("lb8", "VI_1")["ok"] is True
+        assert relay.send_event("relay", "VI_1")["ok"] is False
+    finally:
+        lb1.close()
+        relay.close()
+    assert sorted((e["host"], e["name"]) for e in kenv.history()) == [
+        ("lb1", "VI_1"), ("lb1", "VI_A"), ("lb7", "VI_1"), ("lb8", "VI_1")]
+
+
+CONTROL = [
+    {"v": 1, "op": "reload"},
+    {"v": 1, "op": "silence_add", "matchers": ["host=*"], "duration_s": 60, "reason": "x"},
+    {"v": 1, "op": "silence_list"},
+    {"v": 1, "op": "peer_forget", "host": "lb2"},
+    {"v": 1, "op": "history"},
+    {"v": 1, "op": "history", "host": "lb2"},
+    {"v": 1, "op": "status"},
+    {"v": 1, "op": "stats"},
+]
+
+
+def test_control_operations_need_the_local_socket_or_an_admin_key(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """Finding 5: any authorised key could reload the config, add a silence on host=*,
+    read every host's history and forget peers."""
+    port, clients = _curve_router(kenv)
+    kenv.config.write_text(kenv.config.read_text().replace(
+        "[router.curve]\n", '[router.curve]\nadmins = ["ops"]\n'))
+    kenv.config.write_text(kenv.config.read_text() + "[cluster]\n")
+    for name in ("lb1", "ops"):
+        _client_key(kenv, clients, name)
+    router.start()
+    lb1, ops = CurveClient(kenv, port, "lb1"), CurveClient(kenv, port, "ops")
+    try:
+        assert lb1.send_event("lb1", "VI_1")["ok"] is True
+        for message in CONTROL:
+            answer = lb1.ask(message)
+            assert answer["ok"] is False, message
+            assert "only the local control socket or a key in [router.curve] admins" in \
+                answer["error"], (message, answer)
+        # Its own history it may read; ping it may.
+        own = lb1.ask({"v": 1, "op": "history", "host": "lb1"})
+        assert own["ok"] is True and [e["name"] for e in own["events"]] == ["VI_1"]
+        assert lb1.ask({"v": 1, "op": "ping"})["ok"] is True
+        # An admin key may do everything (peer_forget answers "not a watched peer").
+        for message in CONTROL:
+            answer = ops.ask(message)
+            assert answer["ok"] or "not a watched peer" in answer["error"], (message, answer)
+    finally:
+        lb1.close()
+        ops.close()
+    assert kenv.cli("silence", "list").returncode == 0  # the local socket may
+    assert sum(r.get("event") == "silence.added" for r in router.records()) == 1  # the admin's
+
+
+def test_plain_tcp_may_send_events_but_not_control(kenv: KEnv, router: RouterProcess) -> None:
+    from test_security import free_port
+
+    port = free_port()
+    kenv.write_config(LOG_RULE + f'[router]\nlisten = ["tcp://127.0.0.1:{port}"]\n'
+                      "insecure = true\n")
+    router.start()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    ev = json.dumps({"v": 1, "op": "event", "event": _event("VI_1", host="anyhost")})
+    assert json.loads(zmtp.request(endpoint, ev.encode(), 10))["ok"] is True
+    answer = json.loads(zmtp.request(endpoint, b'{"v":1,"op":"reload"}', 10))
+    assert answer["ok"] is False and "a plain-TCP sender may not use 'reload'" in answer["error"]
