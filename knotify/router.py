@@ -173,7 +173,7 @@ class Router:
         self.started = time.time()
         self.stats = {"received": 0, "batches": 0, "journaled": 0, "duplicates": 0, "rejected": 0,
                       "journal_errors": 0, "spool_replayed": 0, "shed": 0, "shed_periods": 0,
-                      "unauthorised": 0}
+                      "unauthorised": 0, "clock_ahead": 0}
         self.fifo_readers: list[AsyncFifoReader] = []
         self._lock_fd: int | None = None
         self.keyring: KeyRing | None = None
@@ -353,6 +353,7 @@ class Router:
         rules = self.config.rules
         now_mono = time.monotonic()
         now_ns = time.time_ns()
+        ahead_ns = now_ns + int(self.config.max_clock_skew * 1e9)
         try:
             # What is logged about the batch (and log actions' lines) is written only once
             # the batch is committed, and dropped with it if the commit fails.
@@ -365,6 +366,8 @@ class Router:
                         results.append(False)
                         continue
                     batch_ids.add(ev.id)
+                    if ev.ts_ns > ahead_ns:
+                        self._clock_ahead(ev, now_ns)
                     tr = self.tracker.observe(ev)
                     self.journal.add_event(ev, tr)
                     accepted.append((ev, tr))
@@ -429,6 +432,42 @@ class Router:
             self._since_prune = 0
             self._prune()
         return results
+
+    def _clock_ahead(self, ev: Event, now_ns: int) -> None:
+        """An event dated further ahead of the router's clock than ``max_clock_skew``
+        (another boot's clock, a bad NTP step, a hostile sender): it is ordered as if it
+        happened when it arrived, so it cannot make the key's later real events stale.
+        What it said is kept in ``extra.clock`` and shows in history."""
+        ahead_s = round((ev.ts_ns - now_ns) / 1e9, 3)
+        ev.extra = {**ev.extra, "clock": {"reported_ts_ns": ev.ts_ns, "ahead_s": ahead_s,
+                                          "ordered": "as received"}}
+        self.log.warning("event.clock_ahead", event_id=ev.id, host=ev.host, kind=ev.kind,
+                         name=ev.name, ahead_s=ahead_s,
+                         max_clock_skew_s=self.config.max_clock_skew,
+                         detail="ordered as received (the router's clock)")
+        ev.ts_ns = min(ev.recv_ns, now_ns) if ev.recv_ns else now_ns
+        self.stats["clock_ahead"] += 1
+
+    def _unpin_states(self) -> None:
+        """States a journal holds with a start far ahead of the router's clock (written
+        before max_clock_skew, or with a larger one): brought back to now, so that their
+        keys' real events are no longer stale."""
+        assert self.journal is not None
+        now = time.time_ns()
+        limit = now + int(self.config.max_clock_skew * 1e9)
+        pinned = [(key, ks) for key, ks in self.tracker.states.items() if ks.since_ns > limit]
+        if not pinned:
+            return
+        with self.journal.transaction():
+            for key, ks in pinned:
+                ks.since_ns = now
+                ks.boot, ks.mono_ns, ks.pid = "", 0, 0
+                self.journal.put_state(key, ks)
+        self.log.warning("state.clock_ahead", keys=len(pinned),
+                         first=dict(zip(("host", "kind", "name", "vs"), pinned[0][0],
+                                        strict=True)),
+                         detail="these states began after the router's clock plus "
+                         "max_clock_skew; they now count from the router's start")
 
     def _reload_states(self) -> dict[Any, Any]:
         assert self.journal is not None
@@ -1033,6 +1072,7 @@ class Router:
                                       self.ingest, self.log)
         self._bind_signals(loop)
         try:
+            self._unpin_states()
             self._recover()
             replayed = self.replay_spool()
             self._bind()

@@ -510,3 +510,61 @@ def test_plain_tcp_may_send_events_but_not_control(kenv: KEnv, router: RouterPro
     assert json.loads(zmtp.request(endpoint, ev.encode(), 10))["ok"] is True
     answer = json.loads(zmtp.request(endpoint, b'{"v":1,"op":"reload"}', 10))
     assert answer["ok"] is False and "a plain-TCP sender may not use 'reload'" in answer["error"]
+
+
+# -- finding 4: clocks ------------------------------------------------------------------------
+
+YEAR_NS = 365 * 86400 * 10**9
+
+
+def _send(kenv: KEnv, ev: dict[str, Any]) -> dict[str, Any]:
+    return _ask(kenv, json.dumps({"v": 1, "op": "event", "event": ev}))
+
+
+def test_an_event_far_ahead_of_the_routers_clock_cannot_pin_its_key(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """Finding 4: one event dated a year ahead, from another boot, made every later real
+    event of its key stale (and fire nothing), persisted, with no way to recover."""
+    kenv.write_config(LOG_RULE)
+    router.start()
+    now = time.time_ns()
+    future = _event("VI_1", state="MASTER", ts_ns=now + YEAR_NS, boot="boot-from-nowhere",
+                    mono_ns=5 * 10**9)
+    assert _send(kenv, future)["ok"] is True
+    real = _event("VI_1", state="BACKUP", ts_ns=time.time_ns(), boot="real-boot",
+                  mono_ns=10**9)
+    assert _send(kenv, real)["ok"] is True
+    events = {e["id"]: e for e in kenv.history()}
+    assert events[real["id"]]["class"] == "transition"
+    assert (events[real["id"]]["prev_state"], events[real["id"]]["state"]) == ("MASTER", "BACKUP")
+    ahead = events[future["id"]]
+    # How it was classified shows in history: ordered by when it arrived.
+    assert ahead["extra"]["clock"]["reported_ts_ns"] == now + YEAR_NS
+    assert ahead["extra"]["clock"]["ahead_s"] > 364 * 86400
+    assert ahead["ts_ns"] <= time.time_ns()
+    text = kenv.cli("history", "--name", "VI_1").stdout
+    assert "INIT -> MASTER (clock ahead by 364d23h: ordered as received)" in text, text
+    [state] = kenv.status()
+    assert state["state"] == "BACKUP"
+    assert any(r.get("event") == "event.clock_ahead" for r in router.records())
+
+
+def test_a_key_pinned_by_an_old_router_is_freed_at_start(kenv: KEnv, router: RouterProcess) -> None:
+    """A state pinned in the journal before (here: with a huge max_clock_skew) is brought
+    back to the router's clock when it starts with a sane one."""
+    kenv.write_config(LOG_RULE + '[router]\nmax_clock_skew = "1000d"\n')
+    router.start()
+    assert _send(kenv, _event("VI_1", state="MASTER", ts_ns=time.time_ns() + YEAR_NS,
+                              boot="boot-a", mono_ns=10**9))["ok"] is True
+    stale = _event("VI_1", state="BACKUP", ts_ns=time.time_ns(), boot="boot-b", mono_ns=10**9)
+    assert _send(kenv, stale)["ok"] is True
+    assert {e["id"]: e for e in kenv.history()}[stale["id"]]["class"] == "stale"
+    router.stop()
+    kenv.write_config(LOG_RULE)  # the default max_clock_skew (5m)
+    router.start()
+    assert any(r.get("event") == "state.clock_ahead" for r in router.records())
+    real = _event("VI_1", state="BACKUP", ts_ns=time.time_ns(), boot="boot-b",
+                  mono_ns=2 * 10**9)
+    assert _send(kenv, real)["ok"] is True
+    assert {e["id"]: e for e in kenv.history()}[real["id"]]["class"] == "transition"

@@ -10,6 +10,7 @@ from knotify.alerts.report import alert_lines
 from knotify.client import RouterRefused, RouterUnavailable, request
 from knotify.commands import client_settings, fail
 from knotify.commands.table import clean, fmt_time
+from knotify.units import format_duration
 
 HELP = "show events newest first, with the actions each one triggered and how they ended"
 
@@ -59,7 +60,12 @@ def _line(ev: dict[str, Any]) -> str:
     else:
         what = f"{state} ({ev['class']})"
     prio = "" if ev["prio"] is None else f" prio {ev['prio']}"
-    via = " via spool" if ev.get("extra", {}).get("via") == "spool" else ""
+    extra = ev.get("extra") or {}
+    via = " via spool" if extra.get("via") == "spool" else ""
+    clock = extra.get("clock")
+    if isinstance(clock, dict) and isinstance(clock.get("ahead_s"), int | float):
+        what += (f" (clock ahead by {format_duration(clock['ahead_s'])}: ordered as "
+                 "received)")
     return (f"{fmt_time(ev['ts_ns'])}  {ev['host']}  {ev['kind']} {name}  {what}{prio}  "
             f"[{ev['source']}{via} seq {ev['seq']}] {ev['id']}")
 
