@@ -114,7 +114,7 @@ class Config:
     #: Bounds and clocks (docs/architecture.md, "Bounds"); defaults as in parse().
     handshake_timeout: float = 10.0
     max_clock_skew: float = 300.0
-    max_keys: int = 10_000
+    max_keys: int = 20_000
     forget_deleted: float = 86_400.0
 
     @property
@@ -209,7 +209,7 @@ def parse(text: str, path: str) -> Config:
     max_clock_skew = r.duration("max_clock_skew", "5m")
     if max_clock_skew <= 0:
         raise r.error("max_clock_skew", "must be more than 0")
-    max_keys = r.integer("max_keys", 10_000, lo=10, hi=10_000_000)
+    max_keys = r.integer("max_keys", 20_000, lo=10, hi=10_000_000)
     forget_deleted = r.duration("forget_deleted", "1d")
     r.done()
 

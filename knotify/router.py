@@ -51,7 +51,7 @@ from knotify.journal import Journal, JournalError
 from knotify.rules import fired
 from knotify.schema import ConfigError
 from knotify.supervisor import Faults, Supervisor
-from knotify.tracker import INVALID_CLASS, STALE, TRANSITION, Tracker, Transition
+from knotify.tracker import INVALID_CLASS, REFUSED, STALE, TRANSITION, Tracker, Transition
 from knotify.trust import LOCAL, PLAIN_TCP, KeyRing, Peer, ZapHandler
 
 #: What one event-loop turn reads from a socket at most: messages, events (estimated from
@@ -60,6 +60,14 @@ from knotify.trust import LOCAL, PLAIN_TCP, KeyRing, Peer, ZapHandler
 MAX_BATCH = 2000
 MAX_BATCH_EVENTS = 2000
 MAX_BATCH_BYTES = 1024 * 1024
+#: Kinds whose keys count against max_keys (the router's own CLUSTER/PEER events do not).
+KEYED_KINDS = frozenset(("INSTANCE", "GROUP", "VS", "RS"))
+KEYS_FULL_LOG_EVERY = 60.0
+#: How often keys DELETED for longer than [router] forget_deleted are looked for.
+FORGET_EVERY = 60.0
+#: States and events in one status or history reply at most (the CLI pages on).
+STATUS_PAGE = 1000
+HISTORY_PAGE = 1000
 #: How often the clients folder is looked at, and re-read even if it looks the same.
 CLIENTS_CHECK = 1.0
 CLIENTS_REREAD = 10.0
@@ -173,7 +181,8 @@ class Router:
         self.started = time.time()
         self.stats = {"received": 0, "batches": 0, "journaled": 0, "duplicates": 0, "rejected": 0,
                       "journal_errors": 0, "spool_replayed": 0, "shed": 0, "shed_periods": 0,
-                      "unauthorised": 0, "clock_ahead": 0}
+                      "unauthorised": 0, "clock_ahead": 0, "largest_batch": 0,
+                      "keys_refused": 0, "keys_forgotten": 0}
         self.fifo_readers: list[AsyncFifoReader] = []
         self._lock_fd: int | None = None
         self.keyring: KeyRing | None = None
@@ -195,6 +204,7 @@ class Router:
         #: Why the router stopped on its own (it then exits 1), or None.
         self.fatal: str | None = None
         self._watchdog_withheld = False
+        self._keys_full_logged = -KEYS_FULL_LOG_EVERY
 
     # -- start-up -----------------------------------------------------------------------
 
@@ -354,6 +364,8 @@ class Router:
         now_mono = time.monotonic()
         now_ns = time.time_ns()
         ahead_ns = now_ns + int(self.config.max_clock_skew * 1e9)
+        states = self.tracker.states
+        max_keys = self.config.max_keys
         try:
             # What is logged about the batch (and log actions' lines) is written only once
             # the batch is committed, and dropped with it if the commit fails.
@@ -368,6 +380,13 @@ class Router:
                     batch_ids.add(ev.id)
                     if ev.ts_ns > ahead_ns:
                         self._clock_ahead(ev, now_ns)
+                    if (len(states) >= max_keys and ev.key not in states
+                            and ev.kind in KEYED_KINDS and not self._make_room()):
+                        tr = self._refuse_key(ev)
+                        self.journal.add_event(ev, tr)
+                        accepted.append((ev, tr))
+                        results.append(True)
+                        continue
                     tr = self.tracker.observe(ev)
                     self.journal.add_event(ev, tr)
                     accepted.append((ev, tr))
@@ -417,6 +436,8 @@ class Router:
             self._journal_failing = False
         self.stats["batches"] += 1
         self.stats["journaled"] += len(accepted)
+        if len(events) > self.stats["largest_batch"]:
+            self.stats["largest_batch"] = len(events)
         self.stats["duplicates"] += len(events) - len(accepted)
         for ev, tr in accepted:
             if watched:
@@ -447,6 +468,53 @@ class Router:
                          detail="ordered as received (the router's clock)")
         ev.ts_ns = min(ev.recv_ns, now_ns) if ev.recv_ns else now_ns
         self.stats["clock_ahead"] += 1
+
+    def _make_room(self) -> bool:
+        """At max_keys: forget the keys reported DELETED longest ago (a few at once), in
+        the current transaction. Whether there is room now."""
+        assert self.journal is not None
+        deleted = sorted((ks.updated_ns, key) for key, ks in self.tracker.states.items()
+                         if ks.state == "DELETED")
+        if not deleted:
+            return False
+        keys = [key for _, key in deleted[:max(1, self.config.max_keys // 100)]]
+        self._forget(keys, "to make room under max_keys")
+        return True
+
+    def _forget(self, keys: list[Any], why: str) -> None:
+        assert self.journal is not None
+        self.tracker.forget(keys)
+        self.journal.forget_states(keys)
+        self.stats["keys_forgotten"] += len(keys)
+        self.log.info("keys.forgotten", keys=len(keys), reason=why,
+                      first=dict(zip(("host", "kind", "name", "vs"), keys[0], strict=True)))
+
+    def _forget_deleted(self) -> None:
+        """Forget keys that have been DELETED for longer than [router] forget_deleted."""
+        assert self.journal is not None
+        cutoff = time.time_ns() - int(self.config.forget_deleted * 1e9)
+        old = [key for key, ks in self.tracker.states.items()
+               if ks.state == "DELETED" and ks.updated_ns < cutoff]
+        if old:
+            with self.journal.transaction():
+                self._forget(old, f"DELETED for longer than {self.config.forget_deleted:g}s")
+
+    def _refuse_key(self, ev: Event) -> Transition:
+        """A new key past max_keys: the event is journaled (not lost, not retried) as
+        ``refused``, with the reason; it is not tracked and fires nothing."""
+        limit = self.config.max_keys
+        ev.error = (f"not tracked: the router already tracks [router] max_keys = {limit} "
+                    "keys and none is DELETED; raise max_keys, or report the keys that are "
+                    "gone as DELETED")
+        self.stats["keys_refused"] += 1
+        now = time.monotonic()
+        if now - self._keys_full_logged > KEYS_FULL_LOG_EVERY:
+            self._keys_full_logged = now
+            self.log.warning("keys.full", max_keys=limit, refused=self.stats["keys_refused"],
+                             event_id=ev.id, host=ev.host, kind=ev.kind, name=ev.name,
+                             detail="events of new keys are journaled as 'refused' and fire "
+                             "nothing until there is room")
+        return Transition(REFUSED, ev.state, "", None, 0)
 
     def _unpin_states(self) -> None:
         """States a journal holds with a start far ahead of the router's clock (written
@@ -778,8 +846,15 @@ class Router:
                 return reply(True, version=__version__, pid=os.getpid(),
                              uptime_s=round(time.time() - self.started, 3))
             if op == "status":
-                return reply(True, states=self.journal.status(), router=self.info(),
-                             cluster=self.cluster.view() if self.cluster else {})
+                offset = msg.get("offset", 0)
+                if type(offset) is not int or not 0 <= offset < 2**62:
+                    raise WireError("status 'offset' must be an integer of 0 or more")
+                total = len(self.tracker.states)
+                nxt = offset + STATUS_PAGE if offset + STATUS_PAGE < total else None
+                return reply(True, states=self.journal.status(offset, STATUS_PAGE),
+                             states_total=total, next=nxt, router=self.info(),
+                             cluster=self.cluster.view() if self.cluster and not offset
+                             else {})
             if op == "heartbeat" and self.cluster is not None:
                 return self.cluster.heartbeat(msg)
             if op == "peer_forget" and self.cluster is not None:
@@ -792,7 +867,14 @@ class Router:
                 for k, v in filters.items():
                     if v is not None and not isinstance(v, str):
                         raise WireError(f"history {k!r} must be a string")
-                return reply(True, events=self.journal.history(limit, **filters))
+                before = msg.get("before")
+                if before is not None and (type(before) is not int or not 0 < before < 2**62):
+                    raise WireError("history 'before' must be an event number (rowid)")
+                # One reply holds a page at most; "next_before" asks for the rest.
+                page = self.journal.history(min(limit, HISTORY_PAGE), before=before, **filters)
+                more = limit > HISTORY_PAGE and len(page) == HISTORY_PAGE
+                return reply(True, events=page,
+                             next_before=page[-1]["rowid"] if more else None)
             if op == "stats":
                 return reply(True, router=self.info())
             if op == "reload":
@@ -1111,6 +1193,7 @@ class Router:
         self.alerts.beat = sup.beater("alerts")
         sup.spawn("alerts", self.alerts.run, ALERTS_MAX_SLEEP)
         sup.every("cluster", CLUSTER_TICK, self.cluster.tick)
+        sup.every("forget", FORGET_EVERY, self._forget_deleted)
         if metrics is not None:
             sup.spawn("metrics", metrics.serve_forever)
         for source in self.config.fifos:

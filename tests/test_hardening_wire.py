@@ -213,6 +213,8 @@ def test_router_tells_systemd_it_is_ready_and_pets_the_watchdog(
                 f"serve ipc://{kenv.runtime}/knotify.sock"} <= set(loops)
         for name, loop in loops.items():
             assert loop["running"] and loop["restarts"] == 0, name
+            if loop["interval_s"] is not None and loop["interval_s"] >= 30:
+                continue  # (the DELETED-keys sweep turns once a minute)
             assert loop["last_turn_s"] is not None and loop["last_turn_s"] < 15, (name, loop)
         text = kenv.cli("status").stdout
         assert "LOOP" in text and "LAST TURN" in text and "spool" in text
@@ -568,3 +570,101 @@ def test_a_key_pinned_by_an_old_router_is_freed_at_start(kenv: KEnv, router: Rou
                   mono_ns=2 * 10**9)
     assert _send(kenv, real)["ok"] is True
     assert {e["id"]: e for e in kenv.history()}[real["id"]]["class"] == "transition"
+
+
+# -- finding 6: bounded work ------------------------------------------------------------------
+
+
+def _events_message(prefix: str, count: int, host: str = "h1") -> bytes:
+    events = [{"v": 1, "id": f"{prefix}{i:08d}", "host": host, "kind": "INSTANCE",
+               "name": f"VI_{i % 50}", "state": "MASTER" if i % 2 else "BACKUP",
+               "source": "send", "seq": i + 1} for i in range(count)]
+    return json.dumps({"v": 1, "op": "events", "events": events}).encode()
+
+
+def test_work_per_loop_turn_is_bounded_by_events_not_messages(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """Finding 6: MAX_BATCH counted messages, so 400 messages of 2,000 events were one
+    batch of 800,000 events (the loop blocked 30 s, RSS 1 GiB). Now a message holds at
+    most 1,000 events (more: refused, saying so) and a loop turn takes at most about
+    2,000 events however they are packed."""
+    kenv.write_config(LOG_RULE + '[router]\nmax_message = 1048576\n')
+    router.start()
+    too_many = _ask(kenv, _events_message("big", 2000))
+    assert too_many["ok"] is False
+    assert "'events' holds 2000 events; at most 1000 per message" in too_many["error"]
+    # 20 messages of 1,000 events, all waiting at once on one connection.
+    dealer = zmtp.Dealer(f"ipc://{kenv.runtime}/knotify.sock", 120)
+    try:
+        for m in range(20):
+            dealer.send(_events_message(f"m{m:02d}x", 1000))
+        answers = [json.loads(dealer.recv()[-1]) for _ in range(20)]
+    finally:
+        dealer.close()
+    assert all(a["ok"] and len(a["ids"]) == 1000 for a in answers)
+    info = json.loads(kenv.cli("status", "--json").stdout)["router"]
+    assert info["journaled"] == 20_000
+    assert info["largest_batch"] <= 3000, info["largest_batch"]
+    _serving(kenv)
+
+
+def test_keys_are_capped_with_a_clear_refusal_and_deleted_ones_are_forgotten(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """Finding 6: keys were never forgotten (200,000 names: 253 MiB, a 12.6 s scrape).
+    Past [router] max_keys a new key's event is journaled as 'refused' (kept, acked,
+    fires nothing, not tracked) and says why; keys reported DELETED make room."""
+    kenv.write_config(LOG_RULE + "[router]\nmax_keys = 10\n")
+    router.start()
+    for i in range(10):
+        kenv.cli("send", "INSTANCE", f"VI_{i}", "MASTER", "100")
+    over = _event("VI_OVER")
+    assert _send(kenv, over)["ok"] is True  # acked: journaled, not lost
+    [refused] = [e for e in kenv.history() if e["id"] == over["id"]]
+    assert refused["class"] == "refused" and refused["actions"] == []
+    assert "max_keys" in refused["error"] and "DELETED" in refused["error"]
+    assert len(kenv.status()) == 10
+    assert any(r.get("event") == "keys.full" for r in router.records())
+    # A known key still works; a DELETED one is forgotten when room is needed.
+    kenv.cli("send", "INSTANCE", "VI_3", "BACKUP", "50")
+    kenv.cli("send", "INSTANCE", "VI_4", "DELETED", "0")
+    kenv.cli("send", "INSTANCE", "VI_NEW", "MASTER", "100")
+    states = {s["name"]: s["state"] for s in kenv.status()}
+    assert "VI_4" not in states and states["VI_NEW"] == "MASTER" and states["VI_3"] == "BACKUP"
+    info = json.loads(kenv.cli("status", "--json").stdout)["router"]
+    assert info["keys"] == 10 and info["keys_refused"] == 1 and info["keys_forgotten"] == 1
+    # After a restart the forgotten key stays forgotten (it is gone from the journal).
+    router.stop()
+    router.start()
+    assert "VI_4" not in {s["name"] for s in kenv.status()}
+
+
+def test_status_is_paged(kenv: KEnv, router: RouterProcess) -> None:
+    """Finding 6: status answered 41 MB in one reply. A reply now holds at most 1,000
+    states; the CLI asks page by page."""
+    kenv.write_config(LOG_RULE)
+    router.start()
+    dealer = zmtp.Dealer(f"ipc://{kenv.runtime}/knotify.sock", 60)
+    try:
+        for m in range(3):
+            events = [{"v": 1, "id": f"pg{m}x{i:06d}", "host": f"h{m}", "kind": "INSTANCE",
+                       "name": f"VI_{i}", "state": "MASTER", "source": "send"}
+                      for i in range(900)]
+            dealer.send(json.dumps({"v": 1, "op": "events", "events": events}).encode())
+        for _ in range(3):
+            assert json.loads(dealer.recv()[-1])["ok"]
+    finally:
+        dealer.close()
+    first = _ask(kenv, b'{"v":1,"op":"status"}')
+    assert len(first["states"]) == 1000 and first["states_total"] == 2700
+    assert first["next"] == 1000
+    last = _ask(kenv, b'{"v":1,"op":"status","offset":2000}')
+    assert len(last["states"]) == 700 and last.get("next") is None
+    everything = kenv.status()
+    assert len(everything) == 2700
+    assert len({(s["host"], s["name"]) for s in everything}) == 2700
+    # History likewise: a reply holds 1,000 events at most, the CLI asks for the rest.
+    page = _ask(kenv, b'{"v":1,"op":"history","limit":5000}')
+    assert len(page["events"]) == 1000 and isinstance(page["next_before"], int)
+    assert len({e["id"] for e in kenv.history(limit=5000)}) == 2700

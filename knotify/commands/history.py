@@ -30,11 +30,19 @@ def run(args: argparse.Namespace) -> int:
     filters = {k: v for k in ("host", "kind", "name") if (v := getattr(args, k)) is not None}
     if "kind" in filters:
         filters["kind"] = filters["kind"].upper()
+    events: list[dict[str, Any]] = []
+    before: int | None = None
     try:
-        answer = request(settings, "history", timeout=30.0, limit=args.limit, **filters)
+        while len(events) < args.limit:  # the router answers a page (1,000) at a time
+            page = {"before": before} if before is not None else {}
+            answer = request(settings, "history", timeout=30.0,
+                             limit=args.limit - len(events), **filters, **page)
+            events.extend(answer["events"])
+            before = answer.get("next_before")
+            if not isinstance(before, int) or not answer["events"]:
+                break
     except (RouterUnavailable, RouterRefused) as exc:
         return fail(str(exc))
-    events: list[dict[str, Any]] = answer["events"]
     if args.json:
         print(json.dumps(events, indent=2))
         return 0
@@ -57,6 +65,8 @@ def _line(ev: dict[str, Any]) -> str:
         what = f"{ev['prev_state']} -> {ev['state']}"
     elif ev["class"] == "invalid":
         what = f"INVALID: {ev['error']}"
+    elif ev["class"] == "refused":
+        what = f"{state} (refused: {ev['error']})"
     else:
         what = f"{state} ({ev['class']})"
     prio = "" if ev["prio"] is None else f" prio {ev['prio']}"

@@ -26,9 +26,16 @@ def run(args: argparse.Namespace) -> int:
     settings = client_settings(args)
     try:
         answer = request(settings, "status")
+        states: list[dict[str, Any]] = answer["states"]
+        offset = answer.get("next")
+        while isinstance(offset, int) and offset == len(states):  # 1,000 states a reply
+            more = request(settings, "status", offset=offset)
+            if not more["states"]:
+                break
+            states.extend(more["states"])
+            offset = more.get("next")
     except (RouterUnavailable, RouterRefused) as exc:
         return fail(str(exc))
-    states: list[dict[str, Any]] = answer["states"]
     cluster: dict[str, Any] = answer.get("cluster") or {}
     if args.json:
         print(json.dumps({"states": states, "router": answer.get("router", {}),
