@@ -734,14 +734,18 @@ class Router:
                     for index, item in enumerate(items):
                         try:
                             ev = decode_event(item, now)
-                            refusal = peer.refuse_host(ev.host)
-                            if refusal is not None:
-                                self.stats["unauthorised"] += 1
-                                raise WireError(refusal)
-                            good.append(ev)
                         except WireError as exc:
                             bad.append({"index": index, "error": str(exc)})
                             self._rejected(str(exc), envelope)
+                            continue
+                        refusal = peer.refuse_host(ev.host)
+                        if refusal is not None:
+                            # The whole message: a sender sets aside events refused one
+                            # by one, but these are good events from a misconfigured
+                            # sender, to keep until its key or name is fixed.
+                            self.stats["unauthorised"] += 1
+                            raise WireError(f"event {index}: {refusal}")
+                        good.append(ev)
                     pending.append((envelope, good, bad))
                     events.extend(good)
                 else:
