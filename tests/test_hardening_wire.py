@@ -671,3 +671,136 @@ def test_status_is_paged(kenv: KEnv, router: RouterProcess) -> None:
     page = _ask(kenv, b'{"v":1,"op":"history","limit":5000}')
     assert len(page["events"]) == 1000 and isinstance(page["next_before"], int)
     assert len({e["id"] for e in kenv.history(limit=5000)}) == 2700
+
+
+def test_a_batch_that_fails_for_an_unknown_reason_costs_only_the_event_at_fault(
+    kenv: KEnv
+) -> None:
+    """The batch boundary, in-process: ``ingest`` raising something unexpected (a bug no
+    input is known to trigger any more, so one is injected for events named POISON)
+    must not cost the other events of the batch their ack. Real sockets, a real journal."""
+    import asyncio
+
+    import structlog
+    import zmq
+
+    from knotify import config as configmod
+    from knotify.executor import Executor
+    from knotify.journal import Journal
+    from knotify.router import Router
+
+    class Buggy(Router):
+        def ingest(self, events: list[Any]) -> list[bool]:
+            if any(ev.name == "POISON" for ev in events):
+                raise RuntimeError("an unknown bug")
+            return super().ingest(events)
+
+    kenv.write_config(LOG_RULE)
+    kenv.state.mkdir(parents=True)
+    router = Buggy(configmod.load(str(kenv.config)), structlog.get_logger("test"))
+
+    async def main() -> list[dict[str, Any]]:
+        router.journal = Journal(str(kenv.journal))
+        router.executor = Executor(router.journal, lambda: router.tracker, router.log,
+                                   router.publish, 4)
+        ctx = zmq.Context()
+        server = ctx.socket(zmq.ROUTER)
+        server.bind("inproc://batch")
+        messages = [
+            {"v": 1, "op": "event", "event": _event("VI_GOOD1")},
+            {"v": 1, "op": "event", "event": _event("POISON")},
+            {"v": 1, "op": "events", "events": [_event("VI_GOOD2"), _event("POISON"),
+                                                _event("VI_GOOD3")]},
+            {"v": 1, "op": "ping"},
+        ]
+        clients = []  # one connection per request, as hooks do
+        for message in messages:
+            client = ctx.socket(zmq.DEALER)
+            client.connect("inproc://batch")
+            client.send(json.dumps(message).encode())
+            clients.append(client)
+        batch = [server.recv_multipart() for _ in messages]
+        router._handle(server, batch)
+        answers = [json.loads(client.recv()) for client in clients]
+        for client in clients:
+            client.close(0)
+        server.close(0)
+        ctx.term()
+        return answers
+
+    try:
+        one, poison, many, ping = asyncio.run(main())
+        assert one["ok"] is True, one
+        assert poison["ok"] is False and "internal error: RuntimeError: an unknown bug" \
+            in poison["error"]
+        assert many["ok"] is True and len(many["ids"]) == 2
+        assert [r["index"] for r in many["rejected"]] == [1]
+        assert ping["ok"] is True
+        assert router.faults.counts["batch"] == 1 and router.faults.counts["message"] == 2
+        assert router.journal is not None
+        names = sorted(e["name"] for e in router.journal.history(100))
+        assert names == ["VI_GOOD1", "VI_GOOD2", "VI_GOOD3"]
+    finally:
+        if router.journal is not None:
+            router.journal.close()
+
+
+def test_a_fifo_line_the_decoder_refuses_is_kept_as_invalid(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """A FIFO line with a NUL in its name (keepalived never writes one, a hostile writer
+    to a group-writable FIFO might): journaled as INVALID, and the reader reads on."""
+    import os
+
+    fifo = kenv.root / "ka.fifo"
+    os.mkfifo(fifo)
+    kenv.write_config(LOG_RULE + f'[router]\nfifos = ["{fifo}"]\n')
+    router.start()
+    fd = os.open(fifo, os.O_WRONLY)
+    try:
+        os.write(fd, b"INSTANCE \"VI\x00EVIL\" MASTER 100\nINSTANCE \"VI_OK\" BACKUP 100\n")
+    finally:
+        os.close(fd)
+    events = wait_for(lambda: (lambda h: h if len(h) == 2 else None)(kenv.history()), 20,
+                      what="both FIFO lines in the journal")
+    by_kind = {e["kind"]: e for e in events}
+    assert by_kind["INVALID"]["error"] and "NUL" in by_kind["INVALID"]["error"]
+    assert by_kind["INSTANCE"]["name"] == "VI_OK"
+    assert router.alive
+
+
+def test_metrics_show_faults_and_loops_and_a_scrape_storm_is_served(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """Scrapes are rendered off the loop, one at a time and reused for 2 s: 40 scrapes at
+    once are all answered (or closed when over 16 at once), the router serves on."""
+    import concurrent.futures
+    import urllib.error
+    import urllib.request
+
+    from test_security import free_port
+
+    port = free_port()
+    kenv.write_config(LOG_RULE + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    router.start()
+    _ask(kenv, b'{"v":1,"op":"event","event":{"v":1}}')  # one refused message
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scrape(_: int) -> bytes | None:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as answer:
+                body: bytes = answer.read()
+                return body
+        except (urllib.error.URLError, ConnectionError):
+            return None  # closed: over the connection limit
+
+    with concurrent.futures.ThreadPoolExecutor(40) as pool:
+        bodies = list(pool.map(scrape, range(40)))
+    served = [b for b in bodies if b is not None]
+    assert len(served) >= 16
+    text = served[0].decode()
+    assert 'knotify_loop_last_turn_seconds{loop="serve ipc://' in text
+    assert 'knotify_loop_restarts_total{loop="flush"} 0.0' in text
+    assert "knotify_messages_rejected_total 1.0" in text
+    assert "knotify_keys_refused_total 0.0" in text
+    _serving(kenv)
