@@ -275,11 +275,12 @@ class Router:
             # back): a hook sends one, the agent one at a time, a fast sender a window.
             sock.setsockopt(zmq.RCVHWM, RCVHWM)
             sock.setsockopt(zmq.SNDHWM, 100_000)
+            # A connection that has not finished its handshake (CURVE included) in time
+            # is closed: idle connections cannot pile up before authentication (a hook
+            # finishes it at once; the control socket is guarded by its folder, still).
+            sock.setsockopt(zmq.HANDSHAKE_IVL, int(self.config.handshake_timeout * 1000))
             if endpoint.startswith("tcp://"):
-                # A connection that has not finished its handshake (CURVE included) in
-                # time is closed: idle connections cannot pile up before authentication.
                 # Keepalive probes close connections whose peer vanished.
-                sock.setsockopt(zmq.HANDSHAKE_IVL, int(self.config.handshake_timeout * 1000))
                 sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
                 sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
                 sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
