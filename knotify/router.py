@@ -205,6 +205,8 @@ class Router:
         self.fatal: str | None = None
         self._watchdog_withheld = False
         self._keys_full_logged = -KEYS_FULL_LOG_EVERY
+        #: Whether a key may be DELETED (looked for again only once one is reported).
+        self._maybe_deleted = True
 
     # -- start-up -----------------------------------------------------------------------
 
@@ -389,6 +391,8 @@ class Router:
                         results.append(True)
                         continue
                     tr = self.tracker.observe(ev)
+                    if tr.state == "DELETED":
+                        self._maybe_deleted = True
                     self.journal.add_event(ev, tr)
                     accepted.append((ev, tr))
                     results.append(True)
@@ -424,6 +428,7 @@ class Router:
         except Exception as exc:
             # Nothing of the batch is committed: the state table goes back to the journal's.
             self.tracker = Tracker(self._reload_states())
+            self._maybe_deleted = True
             if not isinstance(exc, JournalError):
                 raise
             self.stats["journal_errors"] += 1
@@ -474,9 +479,12 @@ class Router:
         """At max_keys: forget the keys reported DELETED longest ago (a few at once), in
         the current transaction. Whether there is room now."""
         assert self.journal is not None
+        if not self._maybe_deleted:
+            return False  # (none since the last look: a flood of new names costs nothing)
         deleted = sorted((ks.updated_ns, key) for key, ks in self.tracker.states.items()
                          if ks.state == "DELETED")
         if not deleted:
+            self._maybe_deleted = False
             return False
         keys = [key for _, key in deleted[:max(1, self.config.max_keys // 100)]]
         self._forget(keys, "to make room under max_keys")
