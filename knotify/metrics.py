@@ -86,7 +86,8 @@ class Snapshot:
         return cls(
             states=[(key, ks.state, ks.since_ns, ks.prio, ks.epoch)
                     for key, ks in r.tracker.states.items()],
-            stats=dict(r.stats), faults=dict(r.faults.counts), loops=r.supervisor.view(),
+            stats={**r.stats, "curve_refused": r.zap.refused if r.zap is not None else 0},
+            faults=dict(r.faults.counts), loops=r.supervisor.view(),
             actions=dict(ex.counts) if ex else {}, queued=ex.queued if ex else 0,
             running=len(ex.active) if ex else 0,
             spool_depth=spool.depth(r.config.hook.spool_dir),
@@ -147,6 +148,8 @@ class RouterCollector:
             ("keys_refused", "knotify_keys_refused", "events of new keys past max_keys "
              "(journaled as refused, not tracked)"),
             ("keys_forgotten", "knotify_keys_forgotten", "DELETED keys forgotten"),
+            ("curve_refused", "knotify_curve_refused", "TCP connections refused for an "
+             "unknown CURVE key"),
         ):
             counter = Counter(name, text)
             counter.add_metric([], stats.get(key, 0))

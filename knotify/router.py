@@ -919,6 +919,7 @@ class Router:
             "faults": dict(self.faults.counts),
             "loops": self.supervisor.view(),
             "open_files_limit": getattr(self, "_nofile", None),
+            "curve_refused": self.zap.refused if self.zap is not None else 0,
             **self.stats,
         }
 

@@ -22,6 +22,7 @@ What a message may do depends on where it came from (:class:`Peer`):
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ from zmq.utils import z85
 
 #: libzmq's well-known ZAP endpoint (RFC 27).
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+#: Connections refused for an unknown key are logged at most this often (and counted).
+REFUSED_LOG_EVERY = 10.0
 #: Ops any authorised sender may use (hosts are checked for events and heartbeats).
 SENDER_OPS = frozenset({"event", "events", "heartbeat", "ping"})
 
@@ -144,6 +147,8 @@ class ZapHandler:
         self.log = log
         self.beat = beat
         self.refused = 0
+        self._logged = -REFUSED_LOG_EVERY
+        self._quiet = 0
         self.sock = ctx.socket(zmq.REP)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(ZAP_ENDPOINT)
@@ -163,8 +168,14 @@ class ZapHandler:
         user_id = z85.encode(credentials[0])
         if user_id.decode("ascii") not in self.ring.keys:
             self.refused += 1
-            self.log.info("curve.refused", address=address.decode("ascii", "replace"),
-                          reason="unknown client key")
+            now = time.monotonic()
+            if now - self._logged >= REFUSED_LOG_EVERY:  # a stranger's storm: one line
+                self.log.info("curve.refused", address=address.decode("ascii", "replace"),
+                              key=user_id.decode("ascii"), reason="unknown client key",
+                              refused_since_last_line=self._quiet or None)
+                self._logged, self._quiet = now, 0
+            else:
+                self._quiet += 1
             return [version, request_id, b"400", b"unknown key", b"", b""]
         return [version, request_id, b"200", b"OK", user_id, b""]
 

@@ -412,12 +412,19 @@ def test_a_removed_key_is_refused_on_its_open_connection(kenv: KEnv, router: Rou
         assert client.ask({"v": 1, "op": "ping"})["ok"] is False
         hb = client.ask({"v": 1, "op": "heartbeat", "host": "lb1"})
         assert hb["ok"] is False
+        # A new connection with the removed key does not get through the handshake.
+        again = CurveClient(kenv, port, "lb1")
+        try:
+            with pytest.raises(TimeoutError):
+                again.ask({"v": 1, "op": "ping"}, timeout=2)
+        finally:
+            again.close()
     finally:
         client.close()
     # (VI_X: probes sent until the removal was noticed; VI_2 came after)
     assert {e["name"] for e in kenv.history()} <= {"VI_1", "VI_X"}
     info = json.loads(kenv.cli("status", "--json").stdout)["router"]
-    assert info["unauthorised"] >= 3
+    assert info["unauthorised"] >= 3 and info["curve_refused"] >= 1
     assert any(r.get("event") == "curve.clients_changed" for r in router.records())
 
 
