@@ -55,6 +55,11 @@ class CurveKeys:
     secret_key: str
     clients: str = ""       # router: folder of authorised client public keys
     server_key: str = ""    # client: the router's public key
+    #: router: client key names (``NAME`` of ``NAME.key``) allowed control operations.
+    admins: tuple[str, ...] = ()
+    #: router: the host names a client key may send as; a key not named here may send
+    #: as the host its file is named for (``lb1.key``: ``lb1``) and nothing else.
+    hosts: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(slots=True)
@@ -106,6 +111,11 @@ class Config:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    #: Bounds and clocks (docs/architecture.md, "Bounds"); defaults as in parse().
+    handshake_timeout: float = 10.0
+    max_clock_skew: float = 300.0
+    max_keys: int = 20_000
+    forget_deleted: float = 86_400.0
 
     @property
     def control_endpoint(self) -> str:
@@ -170,7 +180,8 @@ def parse(text: str, path: str) -> Config:
     if r.has("curve"):
         c = r.table("curve")
         curve = CurveKeys(secret_key=_key_file(c, "secret_key", secret=True),
-                          clients=c.text("clients"))
+                          clients=c.text("clients"), admins=tuple(c.strings("admins", [])),
+                          hosts=_key_hosts(c))
         if not os.path.isdir(curve.clients):
             raise c.error("clients", f"{curve.clients} is not a folder of client public keys")
         c.done()
@@ -188,6 +199,14 @@ def parse(text: str, path: str) -> Config:
     max_message = r.integer("max_message", 256 * 1024, lo=4096, hi=64 * 1024 * 1024)
     max_parallel = r.integer("max_parallel_actions", 32, lo=1, hi=10_000)
     max_backlog = r.integer("max_backlog", 5_000, lo=10, hi=10_000_000)
+    handshake_timeout = r.duration("handshake_timeout", "10s")
+    if not 0.1 <= handshake_timeout <= 300:
+        raise r.error("handshake_timeout", "expected 100ms .. 5m")
+    max_clock_skew = r.duration("max_clock_skew", "5m")
+    if max_clock_skew <= 0:
+        raise r.error("max_clock_skew", "must be more than 0")
+    max_keys = r.integer("max_keys", 20_000, lo=10, hi=10_000_000)
+    forget_deleted = r.duration("forget_deleted", "1d")
     r.done()
 
     h = top.table("hook")
@@ -228,6 +247,8 @@ def parse(text: str, path: str) -> Config:
         insecure=insecure, group=group, journal=journal, fifos=fifos, drain_timeout=drain_timeout,
         spool_interval=spool_interval, synchronous=synchronous, keep_events=keep_events,
         max_message=max_message, max_parallel=max_parallel, max_backlog=max_backlog,
+        handshake_timeout=handshake_timeout, max_clock_skew=max_clock_skew,
+        max_keys=max_keys, forget_deleted=forget_deleted,
         hook=hook, log_format=log_format,
         log_level=log_level,
         defaults=defaults, rules=[], alerts=alerts, receivers=receivers,
@@ -256,6 +277,19 @@ def _key_file(t: Table, key: str, *, secret: bool) -> str:
     except transport.KeyFileError as exc:
         raise t.error(key, str(exc)) from None
     return path
+
+
+def _key_hosts(c: Table) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``[router.curve.hosts]``: client key name -> the host names it may send as."""
+    t = c.table("hosts")
+    out = []
+    for name in sorted(t.data):
+        hosts = t.strings(name, allow_str=True)
+        if not hosts or not all(hosts):
+            raise t.error(name, "expected host names (\"*\" for any host)")
+        out.append((name, tuple(hosts)))
+    t.done()
+    return tuple(out)
 
 
 def _fifos(r: Table) -> list[FifoSource]:

@@ -20,6 +20,8 @@ from knotify import keepalived
 
 WIRE_VERSION = 1
 MAX_MESSAGE = 256 * 1024
+#: Nesting allowed in a command or an event's ``extra`` (a real one has two or three levels).
+MAX_DEPTH = 16
 
 KINDS = ("INSTANCE", "GROUP", "VS", "RS")
 #: Kinds the router makes itself; never accepted from the wire.
@@ -161,8 +163,47 @@ def _short_strings(words: list[Any]) -> bool:
     return total <= 4096 or max(map(len, words)) <= 4096
 
 
-def _safe(text: str) -> str:
-    return text if text.isascii() else keepalived.safe_text(text)
+def _safe(text: str, what: str) -> str:
+    """``text`` as valid Unicode: argv's undecodable bytes (``\\udcXX``) shown as ``\\xNN``;
+    any other lone surrogate (which only a hand-made JSON escape can make) refused."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    _no_lone_surrogate(text, what)
+    return keepalived.safe_text(text)
+
+
+def _no_lone_surrogate(text: str, what: str) -> None:
+    for c in text:
+        if "\ud800" <= c <= "\udfff" and not "\udc80" <= c <= "\udcff":
+            raise WireError(f"{what} holds a lone surrogate (\\u{ord(c):04x}): not valid Unicode")
+
+
+def check_text(data: object, what: str = "message", depth: int = 0) -> None:
+    """Refuse text that is not valid Unicode anywhere in ``data``, and nesting over 16.
+
+    For commands and an event's ``extra``: what they hold reaches SQLite, the log and
+    templates, none of which can take a lone surrogate."""
+    if depth > MAX_DEPTH:
+        raise WireError(f"{what} is nested more than {MAX_DEPTH} levels deep")
+    if isinstance(data, str):
+        if not data.isascii():
+            try:
+                data.encode("utf-8")
+            except UnicodeEncodeError:
+                raise WireError(f"{what} holds text that is not valid Unicode (a lone "
+                                "surrogate)") from None
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            check_text(key, what, depth + 1)
+            check_text(value, what, depth + 1)
+    elif isinstance(data, list):
+        for item in data:
+            check_text(item, what, depth + 1)
 
 
 def decode_event(data: object, recv_ns: int | None = None) -> Event:
@@ -186,16 +227,18 @@ def decode_event(data: object, recv_ns: int | None = None) -> Event:
     ident = data["id"]
     if _ID.fullmatch(ident) is None:
         raise WireError(f"event id {ident[:80]!r} must be 8..64 letters, digits, '-' or '_'")
-    host = _safe(data["host"])
+    host = _safe(data["host"], "event host")
     if not 1 <= len(host) <= 255 or "\n" in host or "\r" in host or "\0" in host:
-        raise WireError("event host must be 1..255 characters without newlines")
+        raise WireError("event host must be 1..255 characters without newlines or NUL")
     source = data["source"]
     if source not in SOURCES:
         raise WireError(f"event source {source!r} is not one of {', '.join(SOURCES)}")
     kind = data["kind"]
     state = data["state"]
-    name = _safe(data["name"])
-    vs = _safe(data.get("vs", ""))
+    name = _safe(data["name"], "event name")
+    vs = _safe(data.get("vs", ""), "event vs")
+    if "\0" in name or "\0" in vs:
+        raise WireError("event name or vs holds a NUL character")
     error = data.get("error")
     if kind == INVALID:
         if state != INVALID:
@@ -224,18 +267,25 @@ def decode_event(data: object, recv_ns: int | None = None) -> Event:
     raw = data.get("raw")
     if raw is not None and len(raw) > 4096:
         raise WireError("event raw line is longer than 4096 characters")
-    if error is not None and len(error) > 2000:
-        error = error[:2000]
-    form = data.get("form", "")
+    if error is not None:
+        error = _safe(error[:2000], "event error")
+    form = _safe(data.get("form", ""), "event form")
     if len(form) > 32:
         raise WireError("event form is longer than 32 characters")
     mono_ns, boot, pid = data.get("mono_ns", 0), data.get("boot", ""), data.get("pid", 0)
     if not 0 <= mono_ns < 2**63 or not 0 <= pid < 2**31 or len(boot) > 64:
         raise WireError("event mono_ns, pid or boot is out of range")
+    boot = _safe(boot, "event boot")
+    extra = data.get("extra") or {}
+    if extra:
+        check_text(extra, "event extra", 1)
+        detail = extra.get("detail")
+        if detail is not None and (not isinstance(detail, str) or "\0" in detail):
+            raise WireError("event extra 'detail' must be text without NUL characters")
     return Event(
         ident, host, kind, name, state, prio, vs, seq, ts_ns or time.time_ns(), source, form,
         argv, raw, error, recv_ns if recv_ns is not None else time.time_ns(),
-        data.get("extra") or {}, mono_ns, boot, pid,
+        extra, mono_ns, boot, pid,
     )
 
 
@@ -249,9 +299,10 @@ def decode_message(payload: bytes, limit: int = MAX_MESSAGE) -> dict[str, Any]:
         raise WireError(f"message is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise WireError("message must be a JSON object")
-    if data.get("v") != WIRE_VERSION:
+    version = data.get("v")
+    if version.__class__ is not int or version != WIRE_VERSION:
         raise WireError(
-            f"message version {data.get('v')!r} is not supported (this router speaks 1)"
+            f"message version {version!r} is not supported (this router speaks 1)"[:200]
         )
     if not isinstance(data.get("op"), str):
         raise WireError("message has no 'op'")
@@ -275,8 +326,13 @@ def loads(payload: bytes | str) -> Any:
     """JSON in, fast; :mod:`json` for what orjson refuses (escaped lone surrogates)."""
     try:
         return orjson.loads(payload)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc) or "recursion" in str(exc).lower():
+            raise ValueError(f"nested too deeply ({exc})") from None
+    try:
         return json.loads(payload)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def reply(ok: bool, **fields: Any) -> bytes:

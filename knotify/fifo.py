@@ -31,6 +31,8 @@ TERM_GRACE = 0.8
 #: After a (re)open, read what waited in the FIFO first, then ask keepalived for its states.
 RESYNC_DELAY = 0.5
 REOPEN_INTERVAL = 0.1
+#: The router's reader turns at least this often while it waits (for its watchdog).
+TURN = 1.0
 
 
 def event_from_line(line: str, host: str, seq: int, ts_ns: int,
@@ -98,12 +100,14 @@ class AsyncFifoReader:
 
     def __init__(self, path: str, spool_dir: str,
                  on_lines: Callable[[list[tuple[str, int, int]]], None], log: Any,
-                 on_open: Callable[[], None] | None = None) -> None:
+                 on_open: Callable[[], None] | None = None,
+                 beat: Callable[[], None] | None = None) -> None:
         self.path = path
         self.spool_dir = spool_dir
         self.on_lines = on_lines
         self.on_open = on_open
         self.log = log.bind(fifo=path)
+        self.beat = beat or (lambda: None)
 
     async def run(self) -> None:
         lock = None
@@ -116,6 +120,7 @@ class AsyncFifoReader:
                         self.log.warning("fifo.busy", reason="another knotify reader holds this "
                                          "FIFO; waiting for it to go")
                         waited = True
+                    self.beat()
                     await asyncio.sleep(0.5)
             await self._loop()
         finally:
@@ -126,6 +131,7 @@ class AsyncFifoReader:
         loop = asyncio.get_running_loop()
         missing_logged = False
         while True:
+            self.beat()
             if not is_fifo(self.path):
                 if not missing_logged:
                     self.log.info("fifo.waiting", reason="not there yet (keepalived creates it)")
@@ -162,7 +168,10 @@ class AsyncFifoReader:
             if self.on_open is not None:
                 self.on_open()
             try:
-                await eof.wait()
+                while not eof.is_set():
+                    self.beat()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(eof.wait(), TURN)
             finally:
                 loop.remove_reader(fd)
                 os.close(fd)

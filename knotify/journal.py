@@ -24,6 +24,8 @@ from knotify.tracker import KeyState, Transition
 #: 2: events carry ``kid`` (their key's number in ``keys``), indexed instead of the four
 #: key columns: a small integer index costs a third as much to keep up at full intake.
 SCHEMA_VERSION = 2
+#: Key numbers held in memory at most (see Journal._kids).
+KIDS_CACHED = 50_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -179,12 +181,16 @@ class Journal:
         self._event_ids: set[str] = set()
         self._states: dict[Key, tuple[Any, ...]] = {}
         self._runs: list[tuple[Any, ...]] = []
-        #: Every key's number (the router is the only writer), and the batch's new ones.
-        self._kids: dict[Key, int] = {
+        #: Keys' numbers (the router is the only writer), and the batch's new ones. All of
+        #: them while there are at most KIDS_CACHED; past that a cache, and a key not in
+        #: it is looked up (memory stays bounded however many names senders make up).
+        count, last_kid = self.db.execute("SELECT count(*), max(kid) FROM keys").fetchone()
+        self._kids_all = count <= KIDS_CACHED
+        self._kids: dict[Key, int] = {} if not self._kids_all else {
             (row[1], row[2], row[3], row[4]): row[0]
             for row in self.db.execute("SELECT kid, host, kind, name, vs FROM keys")}
         self._new_keys: list[tuple[Any, ...]] = []
-        self._next_kid = max(self._kids.values(), default=0) + 1
+        self._next_kid = (last_kid or 0) + 1
         last = self.db.execute("SELECT max(rowid) FROM runs").fetchone()[0]
         self._next_run = (last or 0) + 1
         self._in_tx = False
@@ -273,6 +279,9 @@ class Journal:
         self._event_ids.clear()
         self._states.clear()
         self._runs.clear()
+        if len(self._kids) > KIDS_CACHED:  # every number in it is committed by now
+            self._kids.clear()
+            self._kids_all = False
 
     def _write_batch(self) -> None:
         if self._new_keys:
@@ -325,9 +334,15 @@ class Journal:
         key = ev.key
         kid = self._kids.get(key)
         if kid is None:
-            kid = self._kids[key] = self._next_kid
-            self._next_kid += 1
-            self._new_keys.append((kid, *key))
+            found = None if self._kids_all else self.db.execute(
+                "SELECT kid FROM keys WHERE host = ? AND kind = ? AND name = ? AND vs = ?",
+                key).fetchone()
+            if found is not None:
+                kid = self._kids[key] = found[0]
+            else:
+                kid = self._kids[key] = self._next_kid
+                self._next_kid += 1
+                self._new_keys.append((kid, *key))
         row = (
             ev.id, ev.host, ev.kind, ev.name, ev.vs, ev.state, tr.state, ev.prio, ev.seq,
             ev.ts_ns, ev.recv_ns, ev.source, ev.form, tr.cls, tr.prev_state,
@@ -442,13 +457,26 @@ class Journal:
                               (event_id,)).fetchone()
         return _row_event(row) if row else None
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self, offset: int = 0, limit: int = -1) -> list[dict[str, Any]]:
+        """The state table in key order; ``limit`` rows from ``offset`` (-1: all)."""
         rows = self.db.execute(
             "SELECT host, kind, name, vs, state, prio, since_ns, event_id, seq, epoch, "
-            "updated_ns FROM state ORDER BY host, kind, name, vs")
+            "updated_ns FROM state ORDER BY host, kind, name, vs LIMIT ? OFFSET ?",
+            (limit, offset))
         keys = ("host", "kind", "name", "vs", "state", "prio", "since_ns", "event_id", "seq",
                 "transitions", "updated_ns")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def state_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM state").fetchone()[0])
+
+    def forget_states(self, keys: list[Key]) -> None:
+        """Remove keys from the state table (in the current transaction)."""
+        assert self._in_tx
+        for key in keys:
+            self._states.pop(key, None)
+        self.db.executemany("DELETE FROM state WHERE host = ? AND kind = ? AND name = ? "
+                            "AND vs = ?", keys)
 
     def history(self, limit: int = 50, *, host: str | None = None, kind: str | None = None,
                 name: str | None = None, before: int | None = None) -> list[dict[str, Any]]:

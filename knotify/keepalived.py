@@ -61,7 +61,15 @@ def safe_text(text: str) -> str:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
+        pass
+    try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        # A lone surrogate that is no escaped byte (JSON "\ud800" from the wire): shown as
+        # \uXXXX, so that nothing downstream ever sees text that is not valid Unicode.
+        return "".join(f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff"
+                       and not "\udc80" <= c <= "\udcff" else c for c in text
+                       ).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _prio(word: str, what: str) -> int:
@@ -74,6 +82,8 @@ def _name(word: str, what: str) -> str:
     name = safe_text(word)
     if not name:
         raise ParseError(f"{what}: the name is empty")
+    if "\0" in name:  # (only a FIFO line can carry one) no name holds it, no argv can
+        raise ParseError(f"{what}: the name holds a NUL character")
     if len(name) > MAX_NAME:
         raise ParseError(f"{what}: the name is longer than {MAX_NAME} characters")
     return name

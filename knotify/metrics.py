@@ -1,9 +1,11 @@
 """Prometheus metrics on an optional HTTP port (``[metrics] listen = "127.0.0.1:9650"``).
 
-Everything is read from the router's own state when Prometheus scrapes, inside the
-router's event loop (the HTTP server is an asyncio server there, not a thread), so
-a scrape sees one consistent moment and the hot path pays nothing. Transitions are
-the tracker's per-key epoch, which the journal keeps: the counter survives restarts.
+When Prometheus scrapes, the router's state is copied inside its event loop (a
+:class:`Snapshot`: one consistent moment, a few milliseconds even at ``max_keys``),
+and the text is rendered from the copy in a worker thread, so a scrape of 10,000 keys
+(seconds of encoding) never holds the loop; the hot path pays nothing. One rendering
+at a time, reused for :data:`CACHE_S`: a scrape storm costs one. Transitions are the
+tracker's per-key epoch, which the journal keeps: the counter survives restarts.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from knotify.schema import Table
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
-    from prometheus_client.registry import CollectorRegistry
 
     from knotify.router import Router
 
@@ -33,6 +34,11 @@ STATES = {
     "PEER": ("PEER_SILENT", "PEER_BACK"),
 }
 READ_TIMEOUT = 5.0
+WRITE_TIMEOUT = 30.0
+#: A rendering is served again to scrapes within this many seconds of it.
+CACHE_S = 2.0
+#: Connections served at once; more are closed at once (a scrape storm, a hostile peer).
+MAX_CONNECTIONS = 16
 
 
 @dataclass(slots=True, frozen=True)
@@ -58,17 +64,51 @@ def parse_settings(top: Table) -> MetricsSettings:
     return MetricsSettings(listen)
 
 
-class RouterCollector:
-    """A prometheus-client collector that reads a running :class:`~knotify.router.Router`."""
+@dataclass(slots=True)
+class Snapshot:
+    """What a scrape shows, copied from the router inside its event loop."""
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    states: list[tuple[tuple[str, str, str, str], str, int, int | None, int]]
+    stats: dict[str, int]
+    faults: dict[str, int]
+    loops: dict[str, dict[str, Any]]
+    actions: dict[str, int]
+    queued: int
+    running: int
+    spool_depth: int
+    alerts: dict[str, Any]
+    cluster: dict[str, Any] | None
+    heartbeats: int
+
+    @classmethod
+    def take(cls, r: Router) -> Snapshot:
+        ex = r.executor
+        return cls(
+            states=[(key, ks.state, ks.since_ns, ks.prio, ks.epoch)
+                    for key, ks in r.tracker.states.items()],
+            stats={**r.stats, "curve_refused": r.zap.refused if r.zap is not None else 0},
+            faults=dict(r.faults.counts), loops=r.supervisor.view(),
+            actions=dict(ex.counts) if ex else {}, queued=ex.queued if ex else 0,
+            running=len(ex.active) if ex else 0,
+            spool_depth=spool.depth(r.config.hook.spool_dir),
+            alerts=r.alerts.info() if r.alerts is not None else {},
+            cluster=r.cluster.view() if r.cluster is not None else None,
+            heartbeats=r.cluster.heartbeats if r.cluster is not None else 0)
+
+
+class RouterCollector:
+    """A prometheus-client collector that reads the :class:`Snapshot` it is given."""
+
+    def __init__(self) -> None:
+        self.snap: Snapshot | None = None
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily as Counter
         from prometheus_client.core import GaugeMetricFamily as Gauge
 
-        r = self.router
+        r = self.snap
+        if r is None:
+            return
         info = Gauge("knotify_build_info", "knotify version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -81,14 +121,14 @@ class RouterCollector:
         prio = Gauge("knotify_priority", "last reported VRRP priority", labels=keys)
         transitions = Counter("knotify_transitions", "state changes seen per subject",
                               labels=keys)
-        for (host, kind, name, vs), ks in sorted(r.tracker.states.items()):
+        for (host, kind, name, vs), current, since_ns, priority, epoch in sorted(r.states):
             labels = [host, kind, name, vs]
-            for word in dict.fromkeys((*STATES.get(kind, ()), ks.state)):
-                state.add_metric([*labels, word], 1.0 if word == ks.state else 0.0)
-            since.add_metric(labels, ks.since_ns / 1e9)
-            if ks.prio is not None:
-                prio.add_metric(labels, ks.prio)
-            transitions.add_metric(labels, ks.epoch)
+            for word in dict.fromkeys((*STATES.get(kind, ()), current)):
+                state.add_metric([*labels, word], 1.0 if word == current else 0.0)
+            since.add_metric(labels, since_ns / 1e9)
+            if priority is not None:
+                prio.add_metric(labels, priority)
+            transitions.add_metric(labels, epoch)
         yield from (state, since, prio, transitions)
 
         stats = r.stats
@@ -101,25 +141,46 @@ class RouterCollector:
             ("journal_errors", "knotify_journal_errors", "failed journal commits"),
             ("batches", "knotify_journal_batches", "intake batches committed (events/batches "
              "is the mean batch size)"),
+            ("unauthorised", "knotify_messages_unauthorised", "messages refused for their "
+             "sender (a removed key, another host's name, a control op without admin)"),
+            ("clock_ahead", "knotify_events_clock_ahead", "events dated past max_clock_skew "
+             "ahead of the router's clock (ordered as received)"),
+            ("keys_refused", "knotify_keys_refused", "events of new keys past max_keys "
+             "(journaled as refused, not tracked)"),
+            ("keys_forgotten", "knotify_keys_forgotten", "DELETED keys forgotten"),
+            ("curve_refused", "knotify_curve_refused", "TCP connections refused for an "
+             "unknown CURVE key"),
         ):
             counter = Counter(name, text)
             counter.add_metric([], stats.get(key, 0))
             yield counter
 
-        ex = r.executor
+        faults = Counter("knotify_faults", "unexpected errors caught at a boundary (message, "
+                         "batch, command, task, a loop's turn, ...) by where", labels=["where"])
+        for where, count in sorted(r.faults.items()):
+            faults.add_metric([where], count)
+        yield faults
+        turn = Gauge("knotify_loop_last_turn_seconds", "seconds since each background loop "
+                     "last turned", labels=["loop"])
+        restarts = Counter("knotify_loop_restarts", "times each background loop died and was "
+                           "started again", labels=["loop"])
+        for name, loop in sorted(r.loops.items()):
+            if loop["last_turn_s"] is not None:
+                turn.add_metric([name], loop["last_turn_s"])
+            restarts.add_metric([name], loop["restarts"])
+        yield from (turn, restarts)
+
         actions = Counter("knotify_actions", "finished action runs by outcome",
                           labels=["outcome"])
-        for outcome, count in sorted((ex.counts if ex else {}).items()):
+        for outcome, count in sorted(r.actions.items()):
             actions.add_metric([outcome], count)
         yield actions
-        yield _gauge("knotify_actions_queued", "action runs waiting for their turn",
-                     ex.queued if ex else 0)
-        yield _gauge("knotify_actions_running", "action runs under way",
-                     len(ex.active) if ex else 0)
+        yield _gauge("knotify_actions_queued", "action runs waiting for their turn", r.queued)
+        yield _gauge("knotify_actions_running", "action runs under way", r.running)
         yield _gauge("knotify_spool_depth", "events waiting in this router's spool",
-                     spool.depth(r.config.hook.spool_dir))
+                     r.spool_depth)
 
-        alert_info: dict[str, Any] = r.alerts.info() if r.alerts is not None else {}
+        alert_info = r.alerts
         alerts = Counter("knotify_alerts", "alert outcomes (sent, failed, silenced, ...)",
                          labels=["outcome"])
         for outcome, count in sorted(alert_info.get("outcomes", {}).items()):
@@ -135,7 +196,7 @@ class RouterCollector:
                      alert_info.get("attempts_running", 0))
 
         if r.cluster is not None:
-            yield from _cluster(r.cluster.view(), r.cluster.heartbeats)
+            yield from _cluster(r.cluster, r.heartbeats)
 
 
 def _gauge(name: str, text: str, value: float) -> Metric:
@@ -180,28 +241,61 @@ def _cluster(view: dict[str, Any], heartbeats: int) -> Iterator[Metric]:
     yield from (up, heard, depth)
 
 
-def registry(router: Router) -> CollectorRegistry:
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.process_collector import ProcessCollector
+class Exposition:
+    """Renders the metrics text off the event loop, one rendering at a time, cached."""
 
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(RouterCollector(router))
-    ProcessCollector(registry=reg)
-    return reg
+    def __init__(self, router: Router) -> None:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.process_collector import ProcessCollector
+
+        self.router = router
+        self.collector = RouterCollector()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        ProcessCollector(registry=self.registry)
+        self._lock = asyncio.Lock()
+        self._cache: dict[str, tuple[float, bytes]] = {}
+
+    async def render(self, accept: str) -> tuple[bytes, str]:
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, ctype = choose_encoder(accept)
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            cached = self._cache.get(ctype)
+            if cached is not None and loop.time() - cached[0] < CACHE_S:
+                return cached[1], ctype
+            self.collector.snap = Snapshot.take(self.router)
+            try:
+                body = await loop.run_in_executor(None, encoder, self.registry)
+            finally:
+                self.collector.snap = None
+            self._cache = {ctype: (loop.time(), body)}
+            return body, ctype
 
 
 async def listen(router: Router, settings: MetricsSettings) -> asyncio.Server:
     """Bind the metrics port (OSError if it cannot be bound); serve with ``serve_forever``."""
-    reg = registry(router)
+    exposition = Exposition(router)
     host, port = settings.address
 
+    open_connections = 0
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_connections
+        open_connections += 1
         try:
-            await asyncio.wait_for(_answer(reg, reader, writer), READ_TIMEOUT)
+            if open_connections > MAX_CONNECTIONS:  # a scrape storm or a hostile peer
+                router.faults.counts["metrics_refused"] += 1
+                return
+            await _answer(exposition, reader, writer)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError, ValueError):
             pass
+        except Exception as exc:  # one connection's failure: counted, logged, the next served
+            router.faults.record("metrics", exc)
         finally:
+            open_connections -= 1
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
@@ -209,25 +303,24 @@ async def listen(router: Router, settings: MetricsSettings) -> asyncio.Server:
     return await asyncio.start_server(handle, host, port)
 
 
-async def _answer(reg: CollectorRegistry, reader: asyncio.StreamReader,
+async def _answer(exposition: Exposition, reader: asyncio.StreamReader,
                   writer: asyncio.StreamWriter) -> None:
-    from prometheus_client.exposition import choose_encoder
-
-    request = (await reader.readline()).decode("latin-1").split()
-    accept = ""
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        if name.strip().lower() == "accept":
-            accept = value.strip()
+    async with asyncio.timeout(READ_TIMEOUT):  # a slow sender holds a slot this long at most
+        request = (await reader.readline()).decode("latin-1").split()
+        accept = ""
+        for _ in range(100):
+            line = await reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "accept":
+                accept = value.strip()
     method, path = (request[0], request[1]) if len(request) >= 2 else ("", "")
     if method not in ("GET", "HEAD"):
         status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
     elif path.split("?", 1)[0] in ("/metrics", "/metrics/"):
-        encoder, ctype = choose_encoder(accept)
-        status, body = "200 OK", encoder(reg)
+        body, ctype = await exposition.render(accept)
+        status = "200 OK"
     elif path == "/":
         status, ctype = "200 OK", "text/html"
         body = b'<html><body><a href="/metrics">knotify metrics</a></body></html>\n'
@@ -236,4 +329,5 @@ async def _answer(reg: CollectorRegistry, reader: asyncio.StreamReader,
     head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n").encode()
     writer.write(head if method == "HEAD" else head + body)
-    await writer.drain()
+    async with asyncio.timeout(WRITE_TIMEOUT):
+        await writer.drain()

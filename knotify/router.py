@@ -15,6 +15,7 @@ import functools
 import gc
 import grp
 import os
+import resource
 import signal
 import sqlite3
 import stat
@@ -23,20 +24,22 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from zmq.auth.asyncio import AsyncioAuthenticator
 
-from knotify import __version__, hook, resync, spool, transport
+from knotify import __version__, hook, resync, sdnotify, spool, transport
 from knotify import config as configmod
 from knotify import log as logmod
 from knotify import metrics as metricsmod
 from knotify.actions.base import Outcome
+from knotify.alerts.engine import MAX_SLEEP as ALERTS_MAX_SLEEP
 from knotify.alerts.engine import OPS as ALERT_OPS
 from knotify.alerts.engine import AlertEngine
+from knotify.cluster.monitor import TICK as CLUSTER_TICK
 from knotify.cluster.monitor import ClusterMonitor
 from knotify.event import (
     Event,
     WireError,
     acked,
+    check_text,
     decode_event,
     decode_message,
     encode,
@@ -44,13 +47,40 @@ from knotify.event import (
 )
 from knotify.executor import Executor, Run
 from knotify.fifo import RESYNC_DELAY, AsyncFifoReader, event_from_line
+from knotify.fifo import TURN as FIFO_TURN
 from knotify.journal import Journal, JournalError, corrupt
 from knotify.replay import SpoolReplay
 from knotify.rules import fired
 from knotify.schema import ConfigError
-from knotify.tracker import INVALID_CLASS, STALE, TRANSITION, Tracker, Transition
+from knotify.supervisor import Faults, Supervisor
+from knotify.tracker import INVALID_CLASS, REFUSED, STALE, TRANSITION, Tracker, Transition
+from knotify.trust import LOCAL, PLAIN_TCP, KeyRing, Peer, ZapHandler
 
+#: What one event-loop turn reads from a socket at most: messages, events (estimated from
+#: the payload, exact for hooks) and bytes, whichever comes first. The work of a turn
+#: is bounded by these, whatever the senders do.
 MAX_BATCH = 2000
+MAX_BATCH_EVENTS = 2000
+MAX_BATCH_BYTES = 1024 * 1024
+#: Kinds whose keys count against max_keys (the router's own CLUSTER/PEER events do not).
+KEYED_KINDS = frozenset(("INSTANCE", "GROUP", "VS", "RS"))
+KEYS_FULL_LOG_EVERY = 60.0
+#: How often keys DELETED for longer than [router] forget_deleted are looked for.
+FORGET_EVERY = 60.0
+#: States and events in one status or history reply at most (the CLI pages on).
+STATUS_PAGE = 1000
+HISTORY_PAGE = 1000
+#: How often the clients folder is looked at, and re-read even if it looks the same.
+CLIENTS_CHECK = 1.0
+CLIENTS_REREAD = 10.0
+#: Messages libzmq queues per connection (see _bind).
+RCVHWM = 1000
+#: Events one ``events`` message may carry (the agent sends at most [agent] batch).
+MAX_EVENTS_PER_MESSAGE = 1000
+#: A socket loop is overdue when messages wait and it has not turned for this long.
+SERVE_TURN = 1.0
+#: The soft limit on open files is raised to the hard one; to this when that is unlimited.
+NOFILE_CAP = 1 << 20
 FLUSH_INTERVAL = 0.2
 PRUNE_EVERY = 10_000
 GC_THRESHOLD = 20_000
@@ -65,10 +95,11 @@ SHED_INTERVAL = 0.05
 SUBSCRIPTIONS_EVERY = 0.1
 #: Config values a reload applies at once, and those that need a restart (and are reported).
 LIVE = ("rules", "defaults", "alerts", "receivers", "spool_interval", "drain_timeout",
-        "max_backlog",
+        "max_backlog", "max_clock_skew", "max_keys", "forget_deleted",
         "keep_events", "cluster", "agent")
 RESTART_ONLY = ("runtime_dir", "state_dir", "listen", "curve", "insecure", "group", "journal",
-                "fifos", "synchronous", "max_message", "max_parallel", "metrics")
+                "fifos", "synchronous", "max_message", "max_parallel", "metrics",
+                "handshake_timeout")
 
 
 def _fields(ev: Event, tr: Transition, fields: dict[str, Any] | None = None
@@ -108,6 +139,29 @@ def tune_runtime() -> None:
         pass  # not glibc: its defaults stay
 
 
+def _nothing_waiting(sock: zmq.asyncio.Socket) -> bool:
+    """Whether nothing waits to be read: a socket loop with nothing to do is not stuck."""
+    try:
+        return not int(sock.get(zmq.EVENTS)) & zmq.POLLIN
+    except zmq.ZMQError:
+        return False
+
+
+def raise_nofile() -> int:
+    """Raise the soft limit on open files to the hard one; the limit now in force.
+
+    systemd starts services with a soft limit of 1024: every TCP connection, spool scan
+    and action pipe takes a descriptor, and idle connections could use them all up.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, NOFILE_CAP)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    return soft
+
+
 class RouterError(RuntimeError):
     """The router cannot start; the message says why and what to do."""
 
@@ -128,14 +182,20 @@ class Router:
         self.stop_event = asyncio.Event()
         self.started = time.time()
         self.stats = {"received": 0, "batches": 0, "journaled": 0, "duplicates": 0, "rejected": 0,
-                      "journal_errors": 0, "spool_replayed": 0, "shed": 0, "shed_periods": 0}
+                      "journal_errors": 0, "spool_replayed": 0, "shed": 0, "shed_periods": 0,
+                      "unauthorised": 0, "clock_ahead": 0, "largest_batch": 0,
+                      "keys_refused": 0, "keys_forgotten": 0}
         self.fifo_readers: list[AsyncFifoReader] = []
         self._lock_fd: int | None = None
         self._journal_lock_fd: int | None = None
         self.spool_replay = SpoolReplay(config.hook.spool_dir, config.max_message, self.ingest,
                                         self.log, self.stats, self._forget_batch)
-        self.auth: AsyncioAuthenticator | None = None
+        self.keyring: KeyRing | None = None
+        self.zap: ZapHandler | None = None
+        #: Per socket (as in ``sockets``): who its senders are: "local", "curve", "plain".
+        self._trust: list[str] = []
         self._clients_mark: tuple[int, int] | None = None
+        self._clients_read = 0.0
         self._resync_lock = asyncio.Lock()
         self._log_settings = (config.log_format, config.log_level)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -144,6 +204,14 @@ class Router:
         self._shedding = False
         self._subscriptions: set[bytes] = set()
         self._subs_checked = 0.0
+        self.faults = Faults(self.log)
+        self.supervisor = Supervisor(self.log, self.faults, self.fail)
+        #: Why the router stopped on its own (it then exits 1), or None.
+        self.fatal: str | None = None
+        self._watchdog_withheld = False
+        self._keys_full_logged = -KEYS_FULL_LOG_EVERY
+        #: Whether a key may be DELETED (looked for again only once one is reported).
+        self._maybe_deleted = True
 
     # -- start-up -----------------------------------------------------------------------
 
@@ -245,24 +313,37 @@ class Router:
         curve = self.config.curve
         if curve is not None and any(e.startswith("tcp://") for e in self.config.listen):
             public, secret = transport.load_secret(curve.secret_key)
-            self.auth = AsyncioAuthenticator(self.ctx)
-            self.auth.start()
-            self.auth.configure_curve(domain=ZAP_DOMAIN, location=curve.clients)
+            self.keyring = KeyRing(curve.clients, curve.admins, curve.hosts)
+            self.keyring.load()
+            self.zap = ZapHandler(self.ctx, self.keyring, ZAP_DOMAIN, self.log)
             self._watch_clients()
-            self.log.info("curve.enabled", clients=transport.clients_in(curve.clients),
-                          keys=curve.clients)
+            self.log.info("curve.enabled", clients=self.keyring.names(), keys=curve.clients,
+                          admins=sorted(curve.admins) or None)
         for endpoint in [control, *self.config.listen]:
             sock = self.ctx.socket(zmq.ROUTER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message)
-            sock.setsockopt(zmq.RCVHWM, 100_000)
+            # Messages queued per connection before libzmq stops reading it (TCP pushes
+            # back): a hook sends one, the agent one at a time, a fast sender a window.
+            sock.setsockopt(zmq.RCVHWM, RCVHWM)
             sock.setsockopt(zmq.SNDHWM, 100_000)
+            # A connection that has not finished its handshake (CURVE included) in time
+            # is closed: idle connections cannot pile up before authentication (a hook
+            # finishes it at once; the control socket is guarded by its folder, still).
+            sock.setsockopt(zmq.HANDSHAKE_IVL, int(self.config.handshake_timeout * 1000))
             if endpoint.startswith("tcp://"):
+                # Keepalive probes close connections whose peer vanished.
+                sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+                sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
+                sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
+                sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
                 if curve is not None:
                     sock.curve_server = True
                     sock.curve_publickey = public
                     sock.curve_secretkey = secret
                     sock.zap_domain = ZAP_DOMAIN.encode()
+                    # No ZAP handler (it died): refuse, never let everyone in.
+                    sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
                 else:
                     self.log.warning("tcp.insecure", endpoint=endpoint,
                                      reason="insecure = true: anyone who reaches it can send")
@@ -274,6 +355,8 @@ class Router:
             if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
                 self._own(endpoint[len("ipc://"):], 0o660 if self.config.group else 0o600)
             self.sockets.append(sock)
+            self._trust.append("local" if endpoint.startswith("ipc://")
+                               else "curve" if curve is not None else "plain")
         self._sync_ctx = zmq.Context()
         # XPUB: a PUB that tells who subscribed, so nothing is encoded for nobody.
         self.pub = self._sync_ctx.socket(zmq.XPUB)
@@ -333,6 +416,9 @@ class Router:
         rules = self.config.rules
         now_mono = time.monotonic()
         now_ns = time.time_ns()
+        ahead_ns = now_ns + int(self.config.max_clock_skew * 1e9)
+        states = self.tracker.states
+        max_keys = self.config.max_keys
         try:
             # What is logged about the batch (and log actions' lines) is written only once
             # the batch is committed, and dropped with it if the commit fails.
@@ -345,7 +431,18 @@ class Router:
                         results.append(False)
                         continue
                     batch_ids.add(ev.id)
+                    if ev.ts_ns > ahead_ns:
+                        self._clock_ahead(ev, now_ns)
+                    if (len(states) >= max_keys and ev.key not in states
+                            and ev.kind in KEYED_KINDS and not self._make_room()):
+                        tr = self._refuse_key(ev)
+                        self.journal.add_event(ev, tr)
+                        accepted.append((ev, tr))
+                        results.append(True)
+                        continue
                     tr = self.tracker.observe(ev)
+                    if tr.state == "DELETED":
+                        self._maybe_deleted = True
                     self.journal.add_event(ev, tr)
                     accepted.append((ev, tr))
                     results.append(True)
@@ -378,9 +475,13 @@ class Router:
                     inline_counts[outcome.status] = inline_counts.get(outcome.status, 0) + 1
                     if watched:
                         inline.append((run, outcome))
-        except JournalError as exc:
-            self.stats["journal_errors"] += 1
+        except Exception as exc:
+            # Nothing of the batch is committed: the state table goes back to the journal's.
             self.tracker = Tracker(self._reload_states())
+            self._maybe_deleted = True
+            if not isinstance(exc, JournalError):
+                raise
+            self.stats["journal_errors"] += 1
             if not self._journal_failing:
                 self.log.error("journal.write_failed", error=str(exc), events=len(events),
                                hint="events are not acked; hooks spool them until it recovers")
@@ -391,6 +492,8 @@ class Router:
             self._journal_failing = False
         self.stats["batches"] += 1
         self.stats["journaled"] += len(accepted)
+        if len(events) > self.stats["largest_batch"]:
+            self.stats["largest_batch"] = len(events)
         self.stats["duplicates"] += len(events) - len(accepted)
         for ev, tr in accepted:
             if watched:
@@ -406,6 +509,92 @@ class Router:
             self._since_prune = 0
             self._prune()
         return results
+
+    def _clock_ahead(self, ev: Event, now_ns: int) -> None:
+        """An event dated further ahead of the router's clock than ``max_clock_skew``
+        (another boot's clock, a bad NTP step, a hostile sender): it is ordered as if it
+        happened when it arrived, so it cannot make the key's later real events stale.
+        What it said is kept in ``extra.clock`` and shows in history."""
+        ahead_s = round((ev.ts_ns - now_ns) / 1e9, 3)
+        ev.extra = {**ev.extra, "clock": {"reported_ts_ns": ev.ts_ns, "ahead_s": ahead_s,
+                                          "ordered": "as received"}}
+        self.log.warning("event.clock_ahead", event_id=ev.id, host=ev.host, kind=ev.kind,
+                         name=ev.name, ahead_s=ahead_s,
+                         max_clock_skew_s=self.config.max_clock_skew,
+                         detail="ordered as received (the router's clock)")
+        ev.ts_ns = min(ev.recv_ns, now_ns) if ev.recv_ns else now_ns
+        self.stats["clock_ahead"] += 1
+
+    def _make_room(self) -> bool:
+        """At max_keys: forget the keys reported DELETED longest ago (a few at once), in
+        the current transaction. Whether there is room now."""
+        assert self.journal is not None
+        if not self._maybe_deleted:
+            return False  # (none since the last look: a flood of new names costs nothing)
+        deleted = sorted((ks.updated_ns, key) for key, ks in self.tracker.states.items()
+                         if ks.state == "DELETED")
+        if not deleted:
+            self._maybe_deleted = False
+            return False
+        keys = [key for _, key in deleted[:max(1, self.config.max_keys // 100)]]
+        self._forget(keys, "to make room under max_keys")
+        return True
+
+    def _forget(self, keys: list[Any], why: str) -> None:
+        assert self.journal is not None
+        self.tracker.forget(keys)
+        self.journal.forget_states(keys)
+        self.stats["keys_forgotten"] += len(keys)
+        self.log.info("keys.forgotten", keys=len(keys), reason=why,
+                      first=dict(zip(("host", "kind", "name", "vs"), keys[0], strict=True)))
+
+    def _forget_deleted(self) -> None:
+        """Forget keys that have been DELETED for longer than [router] forget_deleted."""
+        assert self.journal is not None
+        cutoff = time.time_ns() - int(self.config.forget_deleted * 1e9)
+        old = [key for key, ks in self.tracker.states.items()
+               if ks.state == "DELETED" and ks.updated_ns < cutoff]
+        if old:
+            with self.journal.transaction():
+                self._forget(old, f"DELETED for longer than {self.config.forget_deleted:g}s")
+
+    def _refuse_key(self, ev: Event) -> Transition:
+        """A new key past max_keys: the event is journaled (not lost, not retried) as
+        ``refused``, with the reason; it is not tracked and fires nothing."""
+        limit = self.config.max_keys
+        ev.error = (f"not tracked: the router already tracks [router] max_keys = {limit} "
+                    "keys and none is DELETED; raise max_keys, or report the keys that are "
+                    "gone as DELETED")
+        self.stats["keys_refused"] += 1
+        now = time.monotonic()
+        if now - self._keys_full_logged > KEYS_FULL_LOG_EVERY:
+            self._keys_full_logged = now
+            self.log.warning("keys.full", max_keys=limit, refused=self.stats["keys_refused"],
+                             event_id=ev.id, host=ev.host, kind=ev.kind, name=ev.name,
+                             detail="events of new keys are journaled as 'refused' and fire "
+                             "nothing until there is room")
+        return Transition(REFUSED, ev.state, "", None, 0)
+
+    def _unpin_states(self) -> None:
+        """States a journal holds with a start far ahead of the router's clock (written
+        before max_clock_skew, or with a larger one): brought back to now, so that their
+        keys' real events are no longer stale."""
+        assert self.journal is not None
+        now = time.time_ns()
+        limit = now + int(self.config.max_clock_skew * 1e9)
+        pinned = [(key, ks) for key, ks in self.tracker.states.items() if ks.since_ns > limit]
+        if not pinned:
+            return
+        with self.journal.transaction():
+            for key, ks in pinned:
+                ks.since_ns = now
+                ks.boot, ks.mono_ns, ks.pid = "", 0, 0
+                self.journal.put_state(key, ks)
+        self.log.warning("state.clock_ahead", keys=len(pinned),
+                         first=dict(zip(("host", "kind", "name", "vs"), pinned[0][0],
+                                        strict=True)),
+                         detail="these states began after the router's clock plus "
+                         "max_clock_skew; they now count from the router's start")
 
     def _reload_states(self) -> dict[Any, Any]:
         assert self.journal is not None
@@ -470,29 +659,78 @@ class Router:
         if dropped:
             self.log.info("journal.pruned", events=dropped, keep=self.config.keep_events)
 
-    async def _serve(self, sock: zmq.asyncio.Socket) -> None:
+    async def _serve(self, sock: zmq.asyncio.Socket, name: str, trust: str = "local") -> None:
         # The same socket without asyncio's futures, to drain and answer a batch cheaply.
         raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        beat = self.supervisor.beater(name)
+        recv, more = raw.recv, raw.get
+        keyed = trust == "curve"  # each message says which client key sent it
         while True:
+            beat()
             try:
-                frames = await sock.recv_multipart()
+                first: list[Any] = await sock.recv_multipart(copy=not keyed)
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.ETERM or self.stop_event.is_set():
                     return
                 self.log.warning("socket.recv_failed", error=str(exc))
+                await asyncio.sleep(0.1)
                 continue
-            batch = [frames]
-            recv, more = raw.recv, raw.get
-            while len(batch) < MAX_BATCH:  # (recv_multipart, but with int flags: cheaper)
+            peers: list[Peer | None] | None = None if trust == "local" else []
+            batch: list[list[bytes]] = []
+            frames: list[Any] = first
+            events = size = 0
+            # (recv_multipart, but with int flags: cheaper)
+            while True:
+                if peers is not None:
+                    if keyed:
+                        peers.append(self._peer(frames[-1]))
+                        frames = [f.bytes for f in frames]
+                    else:
+                        peers.append(PLAIN_TCP)
+                batch.append(frames)
+                payload = frames[-1]
+                size += len(payload)
+                events += payload.count(b'"id"') or 1
+                if (len(batch) >= MAX_BATCH or events >= MAX_BATCH_EVENTS
+                        or size >= MAX_BATCH_BYTES):
+                    break
                 try:
-                    frames = [recv(NOBLOCK)]
+                    frames = [recv(NOBLOCK, copy=not keyed)]
+                    while more(RCVMORE):
+                        frames.append(recv(NOBLOCK, copy=not keyed))
                 except zmq.Again:
                     break
-                while more(RCVMORE):
-                    frames.append(recv(NOBLOCK))
-                batch.append(frames)
-            self._handle(raw, batch)
+                except zmq.ZMQError as exc:
+                    self.log.warning("socket.recv_failed", error=str(exc))
+                    break
+            try:
+                self._handle(raw, batch, peers)
+            except Exception as exc:
+                # A bug in the handling of one batch: its peers get an answer (so a hook
+                # spools at once), the next batch is handled as usual.
+                reason = self.faults.record("batch", exc, endpoint=name, messages=len(batch))
+                self._answer_all(raw, batch, f"internal error: {reason}")
             await asyncio.sleep(0)  # let actions and other sockets have a turn
+
+    def _peer(self, frame: zmq.Frame) -> Peer | None:
+        """Who sent a message on a CURVE socket: its key, checked against the key ring
+        now (None: the key was removed since the connection was made)."""
+        if self.keyring is None:
+            return None
+        try:
+            user = frame.get("User-Id")
+        except zmq.ZMQError:
+            return None
+        return self.keyring.peer(user) if isinstance(user, str) else None
+
+    def _answer_all(self, sock: zmq.Socket[bytes], batch: list[list[bytes]],
+                    error: str) -> None:
+        answer = reply(False, error=error)
+        for frames in batch:
+            with contextlib.suppress(zmq.ZMQError):
+                for frame in frames[:-1]:
+                    sock.send(frame, SNDMORE_NOBLOCK)
+                sock.send(answer, NOBLOCK)
 
     def _overloaded(self) -> bool:
         """Over ``max_backlog`` actions waiting: refuse new events (hooks spool them).
@@ -509,7 +747,10 @@ class Router:
                              reason="actions fall behind; new events go to the spool")
         return self._shedding
 
-    def _handle(self, sock: zmq.Socket[bytes], batch: list[list[bytes]]) -> None:
+    def _handle(self, sock: zmq.Socket[bytes], batch: list[list[bytes]],
+                peers: list[Peer | None] | None = None) -> None:
+        """Decode, journal and answer one batch; ``peers``: who sent each message (None:
+        all came in on a local socket, where anything goes)."""
         replies: list[list[bytes]] = []
         # (envelope, the event, None) for "event", (envelope, events, rejected) for "events"
         pending: list[tuple[list[bytes], Any, list[dict[str, Any]] | None]] = []
@@ -518,34 +759,68 @@ class Router:
         now = time.time_ns()
         limit = self.config.max_message
         self.stats["received"] += len(batch)
-        for frames in batch:
+        for i, frames in enumerate(batch):
             envelope, payload = frames[:-1], frames[-1]
             try:
+                peer = LOCAL if peers is None else peers[i]
+                if peer is None:
+                    self.stats["unauthorised"] += 1
+                    raise WireError("this client key is not authorised (any more): its "
+                                    "file is not in the router's clients folder")
                 msg = decode_message(payload, limit)
                 op = msg["op"]
+                refusal = peer.refuse_op(op, msg)
+                if refusal is not None:
+                    self.stats["unauthorised"] += 1
+                    raise WireError(refusal)
                 if op == "event":
                     ev = decode_event(msg.get("event"), now)
+                    refusal = peer.refuse_host(ev.host)
+                    if refusal is not None:
+                        self.stats["unauthorised"] += 1
+                        raise WireError(refusal)
                     pending.append((envelope, ev, None))
                     events.append(ev)
                 elif op == "events":
                     items = msg.get("events")
                     if not isinstance(items, list):
                         raise WireError("'events' must be a list")
+                    if len(items) > MAX_EVENTS_PER_MESSAGE:
+                        raise WireError(f"'events' holds {len(items)} events; at most "
+                                        f"{MAX_EVENTS_PER_MESSAGE} per message")
                     good: list[Event] = []
                     bad: list[dict[str, Any]] = []
-                    for i, item in enumerate(items):
+                    for index, item in enumerate(items):
                         try:
-                            good.append(decode_event(item, now))
+                            ev = decode_event(item, now)
                         except WireError as exc:
-                            bad.append({"index": i, "error": str(exc)})
+                            bad.append({"index": index, "error": str(exc)})
                             self._rejected(str(exc), envelope)
+                            continue
+                        refusal = peer.refuse_host(ev.host)
+                        if refusal is not None:
+                            # The whole message: a sender sets aside events refused one
+                            # by one, but these are good events from a misconfigured
+                            # sender, to keep until its key or name is fixed.
+                            self.stats["unauthorised"] += 1
+                            raise WireError(f"event {index}: {refusal}")
+                        good.append(ev)
                     pending.append((envelope, good, bad))
                     events.extend(good)
                 else:
+                    check_text(msg)
+                    if op == "heartbeat" and isinstance(msg.get("host"), str):
+                        refusal = peer.refuse_host(msg["host"])
+                        if refusal is not None:
+                            self.stats["unauthorised"] += 1
+                            raise WireError(refusal)
                     commands.append((envelope, msg))
             except WireError as exc:
                 self._rejected(str(exc), envelope)
                 replies.append([*envelope, reply(False, error=str(exc))])
+            except Exception as exc:  # a bug: this message is refused, the others go on
+                reason = self.faults.record("message", exc)
+                replies.append([*envelope, reply(False, error=f"internal error: {reason}")])
         if events and self._overloaded():
             self.stats["shed"] += len(events)
             for envelope, _item, _bad in pending:
@@ -558,6 +833,11 @@ class Router:
                 for envelope, _item, _bad in pending:
                     replies.append([*envelope, reply(False, error=f"journal unavailable: {exc}")])
                 pending = []
+            except Exception as exc:
+                # One event the journal or the rules choke on must not cost the others
+                # their ack: the batch again, one message (and one event) at a time.
+                self.faults.record("batch", exc, events=len(events))
+                pending = self._ingest_apart(pending, replies)
         for envelope, item, rejected in pending:
             if rejected is None:
                 replies.append([*envelope, acked(item.id)])
@@ -577,6 +857,44 @@ class Router:
                     send(frame, SNDMORE_NOBLOCK)
                 send(frames[-1], NOBLOCK)
 
+    def _ingest_apart(self, pending: list[tuple[list[bytes], Any, list[dict[str, Any]] | None]],
+                      replies: list[list[bytes]]
+                      ) -> list[tuple[list[bytes], Any, list[dict[str, Any]] | None]]:
+        """After a batch failed for an unexpected reason: each event on its own, so that
+        only the one at fault is refused (named in the answer); the rest are acked."""
+        kept: list[tuple[list[bytes], Any, list[dict[str, Any]] | None]] = []
+        for envelope, item, rejected in pending:
+            single = rejected is None
+            good: list[Event] = []
+            bad = [] if rejected is None else list(rejected)
+            failed: str | None = None
+            # Where each event stood in the message (the refused ones are not in ``item``).
+            refused = {b["index"] for b in bad}
+            places = [i for i in range(len(bad) + (1 if single else len(item)))
+                      if i not in refused]
+            for index, ev in zip(places, [item] if single else item, strict=True):
+                try:
+                    self.ingest([ev])
+                except JournalError as exc:
+                    failed = f"journal unavailable: {exc}"
+                    break
+                except Exception as exc:
+                    reason = self.faults.record("message", exc, event_id=ev.id)
+                    failed = f"internal error: {reason}"
+                    bad.append({"index": index, "error": failed})
+                    continue
+                good.append(ev)
+            if single:
+                if failed is not None:
+                    replies.append([*envelope, reply(False, error=failed)])
+                else:
+                    kept.append((envelope, item, None))
+            elif failed is not None and failed.startswith("journal"):
+                replies.append([*envelope, reply(False, error=failed)])
+            else:
+                kept.append((envelope, good, sorted(bad, key=lambda b: b["index"])))
+        return kept
+
     def _rejected(self, reason: str, envelope: list[bytes]) -> None:
         self.stats["rejected"] += 1
         self.log.warning("wire.rejected", reason=reason)
@@ -591,8 +909,15 @@ class Router:
                 return reply(True, version=__version__, pid=os.getpid(),
                              uptime_s=round(time.time() - self.started, 3))
             if op == "status":
-                return reply(True, states=self.journal.status(), router=self.info(),
-                             cluster=self.cluster.view() if self.cluster else {})
+                offset = msg.get("offset", 0)
+                if type(offset) is not int or not 0 <= offset < 2**62:
+                    raise WireError("status 'offset' must be an integer of 0 or more")
+                total = len(self.tracker.states)
+                nxt = offset + STATUS_PAGE if offset + STATUS_PAGE < total else None
+                return reply(True, states=self.journal.status(offset, STATUS_PAGE),
+                             states_total=total, next=nxt, router=self.info(),
+                             cluster=self.cluster.view() if self.cluster and not offset
+                             else {})
             if op == "heartbeat" and self.cluster is not None:
                 return self.cluster.heartbeat(msg)
             if op == "peer_forget" and self.cluster is not None:
@@ -605,7 +930,14 @@ class Router:
                 for k, v in filters.items():
                     if v is not None and not isinstance(v, str):
                         raise WireError(f"history {k!r} must be a string")
-                return reply(True, events=self.journal.history(limit, **filters))
+                before = msg.get("before")
+                if before is not None and (type(before) is not int or not 0 < before < 2**62):
+                    raise WireError("history 'before' must be an event number (rowid)")
+                # One reply holds a page at most; "next_before" asks for the rest.
+                page = self.journal.history(min(limit, HISTORY_PAGE), before=before, **filters)
+                more = limit > HISTORY_PAGE and len(page) == HISTORY_PAGE
+                return reply(True, events=page,
+                             next_before=page[-1]["rowid"] if more else None)
             if op == "stats":
                 return reply(True, router=self.info())
             if op == "reload":
@@ -617,6 +949,9 @@ class Router:
         except WireError as exc:
             self._rejected(str(exc), [])
             return reply(False, error=str(exc))
+        except Exception as exc:  # a bug: this request fails, the router serves on
+            reason = self.faults.record("command", exc, op=op[:40])
+            return reply(False, error=f"internal error: {reason}")
 
     def info(self) -> dict[str, Any]:
         ex = self.executor
@@ -632,6 +967,10 @@ class Router:
             "actions_running": len(ex.active) if ex else 0,
             "action_outcomes": dict(ex.counts) if ex else {},
             "alerts": self.alerts.info() if self.alerts else {},
+            "faults": dict(self.faults.counts),
+            "loops": self.supervisor.view(),
+            "open_files_limit": getattr(self, "_nofile", None),
+            "curve_refused": self.zap.refused if self.zap is not None else 0,
             **self.stats,
         }
 
@@ -655,9 +994,13 @@ class Router:
         self.config.hook.endpoints = new.hook.endpoints
         if self.cluster is not None:
             self.cluster.reload(self.config.cluster)
-        if self.auth is not None and self.config.curve is not None:
-            # New client keys dropped into the folder take effect on reload.
-            self.auth.configure_curve(domain=ZAP_DOMAIN, location=self.config.curve.clients)
+        if (self.keyring is not None and new.curve is not None and self.config.curve is not None
+                and (new.curve.secret_key, new.curve.clients)
+                == (self.config.curve.secret_key, self.config.curve.clients)):
+            # Roles (admins, hosts) apply at once; new keys in the folder too.
+            self.config.curve = new.curve
+            self.keyring.configure(new.curve.admins, new.curve.hosts)
+            self._watch_clients(force=True)
         detail = f"config reloaded: {len(new.rules)} rules"
         if fixed:
             detail += f"; changes to {', '.join(fixed)} need a restart"
@@ -684,60 +1027,89 @@ class Router:
         """After a batch failed unexpectedly: the tracker forgets what was rolled back."""
         self.tracker = Tracker(self._reload_states())
 
-    def _watch_clients(self) -> None:
-        """Re-read the authorised client keys when their folder changes."""
+    def _watch_clients(self, force: bool = False) -> None:
+        """Re-read the authorised client keys when their folder changes (and every
+        CLIENTS_REREAD seconds, for a key file rewritten in place)."""
         curve = self.config.curve
-        if self.auth is None or curve is None:
+        if self.keyring is None or curve is None:
             return
         try:
             st = os.stat(curve.clients)
             mark = (st.st_mtime_ns, st.st_ino)
         except OSError:
             mark = (0, 0)
-        if mark != self._clients_mark:
-            if self._clients_mark is not None:
-                self.auth.configure_curve(domain=ZAP_DOMAIN, location=curve.clients)
-                self.log.info("curve.clients_changed",
-                              clients=transport.clients_in(curve.clients))
-            self._clients_mark = mark
+        now = time.monotonic()
+        if force or mark != self._clients_mark or now - self._clients_read > CLIENTS_REREAD:
+            self._clients_mark, self._clients_read = mark, now
+            if self.keyring.load():
+                self.log.info("curve.clients_changed", clients=self.keyring.names(),
+                              detail="messages of removed keys are refused from now on, "
+                              "on open connections too")
 
     async def _spool_loop(self) -> None:
         while True:
             await asyncio.sleep(SHED_INTERVAL if self._shedding else self.config.spool_interval)
-            self._watch_clients()
-            queued = self.executor.queued if self.executor is not None else 0
-            if self._shedding and queued > self.config.max_backlog // 5:
-                continue  # replaying now would only grow the backlog again
+            self.supervisor.beat("spool")
             try:
-                count = self.replay_spool()
-            except OSError as exc:
-                self.log.warning("spool.scan_failed", error=str(exc))
-                continue
-            if count:
-                self.log.info("spool.replayed", events=count)
-            if self._shedding and not spool.pending(self.config.hook.spool_dir, limit=1):
-                self._shedding = False
-                self.log.info("intake.resumed", actions_queued=queued)
+                self._spool_turn()
+            except Exception as exc:  # one bad turn; the next one tries again
+                self.faults.record("spool", exc)
+
+    def _spool_turn(self) -> None:
+        queued = self.executor.queued if self.executor is not None else 0
+        if self._shedding and queued > self.config.max_backlog // 5:
+            return  # replaying now would only grow the backlog again
+        try:
+            count = self.replay_spool()
+        except OSError as exc:
+            self.log.warning("spool.scan_failed", error=str(exc))
+            return
+        if count:
+            self.log.info("spool.replayed", events=count)
+        if self._shedding and not spool.pending(self.config.hook.spool_dir, limit=1):
+            self._shedding = False
+            self.log.info("intake.resumed", actions_queued=queued)
 
     def _fifo_lines(self, lines: list[tuple[str, int, int]], host: str) -> None:
         spool_dir = self.config.hook.spool_dir
-        wire = [event_from_line(line, host, spool.next_seq(spool_dir), ts, mono)
-                for line, ts, mono in lines]
-        events = [decode_event(w) for w in wire]
+        wire: list[dict[str, Any]] = []
         try:
+            wire = [event_from_line(line, host, spool.next_seq(spool_dir), ts, mono)
+                    for line, ts, mono in lines]
+            events = []
+            for w in wire:
+                try:
+                    events.append(decode_event(w))
+                except WireError as exc:  # (a NUL in a name): kept, as an INVALID event
+                    events.append(decode_event(
+                        {**w, "kind": "INVALID", "state": "INVALID", "name": "", "vs": "",
+                         "prio": None, "error": str(exc), "raw": w.get("raw")}))
             self.ingest(events)
-        except JournalError:
+        except Exception as exc:
+            if not isinstance(exc, JournalError):
+                self.faults.record("fifo", exc, lines=len(lines))
             # Never drop a FIFO line: it waits in the spool until the journal is back.
+            if not wire:
+                wire = [{"v": 1, "id": hook.new_id(), "host": host, "source": "fifo",
+                         "kind": "INVALID", "state": "INVALID", "name": "", "ts_ns": ts,
+                         "raw": line[:4096]} for line, ts, _ in lines]
             for w in wire:
                 try:
                     spool.write(spool_dir, w)
-                except OSError as exc:
-                    self.log.critical("fifo.line_lost", line=w.get("raw"), error=str(exc))
+                except OSError as err:
+                    self.log.critical("fifo.line_lost", line=w.get("raw"), error=str(err))
 
     def _schedule_resync(self, source: configmod.FifoSource, host: str) -> None:
+        self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(asyncio.get_running_loop().create_task(self._resync(source, host)))
 
     async def _resync(self, source: configmod.FifoSource, host: str) -> None:
+        try:
+            await self._resync_once(source, host)
+        except Exception as exc:  # one resync failing is logged; the FIFO reads on
+            self.faults.record("resync", exc, fifo=source.path)
+
+    async def _resync_once(self, source: configmod.FifoSource, host: str) -> None:
         """After a FIFO (re)opens: read what waited in it, then ask keepalived for its states."""
         await asyncio.sleep(RESYNC_DELAY)
         log = self.log.bind(fifo=source.path)
@@ -760,19 +1132,51 @@ class Router:
                     spool.write(spool_dir, w)
         log.info("resync.done", instances=len(instances), host=host)
 
-    async def _flush_loop(self) -> None:
+    def _flush(self) -> None:
         assert self.executor is not None
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            try:
-                self.executor.flush()
-            except JournalError as exc:
-                self.log.warning("journal.flush_failed", error=str(exc))
+        try:
+            self.executor.flush()
+        except JournalError as exc:
+            self.log.warning("journal.flush_failed", error=str(exc))
+
+    def _watchdog(self) -> None:
+        """Pet systemd's watchdog while every loop turns; say once when one does not."""
+        stale = self.supervisor.stale()
+        if stale:
+            if not self._watchdog_withheld:
+                self.log.critical("watchdog.withheld", loops={n: round(s, 1) for n, s in stale},
+                                  detail="a loop has not turned for too long; systemd's "
+                                  "watchdog (if any) will restart the router")
+            self._watchdog_withheld = True
+            return
+        if self._watchdog_withheld:
+            self.log.warning("watchdog.resumed", detail="every loop turns again")
+            self._watchdog_withheld = False
+        sdnotify.notify("WATCHDOG=1")
+
+    def fail(self, reason: str) -> None:
+        """Stop the router because it cannot go on as it is; ``knotify run`` exits 1."""
+        if self.fatal is None:
+            self.fatal = reason
+        self.stop()
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """What asyncio would print (a callback or a forgotten task that raised): logged as a
+        fault of its own, in the router's log format."""
+        exc = context.get("exception")
+        if isinstance(exc, BaseException):
+            self.faults.record("loop", exc, message=str(context.get("message", ""))[:200])
+        else:
+            self.faults.counts["loop"] += 1
+            self.log.error("router.fault", where="loop",
+                           reason=str(context.get("message", ""))[:300])
 
     # -- main -------------------------------------------------------------------------------
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_exception)
+        self._nofile = raise_nofile()
         self._take_runtime_dir()
         self._open_journal()
         assert self.journal is not None
@@ -788,6 +1192,7 @@ class Router:
         self._bind_signals(loop)
         try:
             try:
+                self._unpin_states()
                 self._recover()
             except (sqlite3.DatabaseError, JournalError) as exc:
                 raise self._journal_refusal(exc) from None
@@ -799,29 +1204,49 @@ class Router:
                 endpoints=[self.config.control_endpoint, *self.config.listen],
                 journal=self.config.journal, rules=len(self.config.rules),
                 keys=len(self.tracker.states), spool_replayed=replayed,
-                fifos=[f.path for f in self.config.fifos],
+                fifos=[f.path for f in self.config.fifos], open_files_limit=self._nofile,
             )
             tune_runtime()
-            for sock in self.sockets:
-                self._tasks.append(loop.create_task(self._serve(sock)))
-            self._tasks.append(loop.create_task(self._spool_loop()))
-            self._tasks.append(loop.create_task(self._flush_loop()))
-            self._tasks.append(loop.create_task(self.alerts.run()))
-            self._tasks.append(loop.create_task(self.cluster.run()))
-            if metrics is not None:
-                self._tasks.append(loop.create_task(metrics.serve_forever()))
-            for source in self.config.fifos:
-                host = source.host or self.config.hook.host or os.uname().nodename
-                on_open = (functools.partial(self._schedule_resync, source, host)
-                           if source.resync else None)
-                reader = AsyncFifoReader(source.path, self.config.hook.spool_dir,
-                                         functools.partial(self._fifo_lines, host=host),
-                                         self.log, on_open)
-                self.fifo_readers.append(reader)
-                self._tasks.append(loop.create_task(reader.run()))
+            self._start_loops(metrics)
+            sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving")
             await self.stop_event.wait()
         finally:
             await self._shutdown()
+        if self.fatal is not None:
+            raise RouterError(f"the router stopped: {self.fatal}")
+
+    def _start_loops(self, metrics: asyncio.Server | None) -> None:
+        """Every background task, each under the supervisor (restarted if it dies)."""
+        assert self.alerts is not None and self.cluster is not None
+        sup = self.supervisor
+        for endpoint, sock, trust in zip([self.config.control_endpoint, *self.config.listen],
+                                         self.sockets, self._trust, strict=True):
+            name = f"serve {endpoint}"
+            sup.spawn(name, functools.partial(self._serve, sock, name, trust), SERVE_TURN,
+                      idle=functools.partial(_nothing_waiting, sock))
+        sup.spawn("spool", self._spool_loop, lambda: self.config.spool_interval)
+        if self.zap is not None:
+            self.zap.beat = sup.beater("zap")
+            sup.spawn("zap", self.zap.run, 1.0)
+            sup.every("keys", CLIENTS_CHECK, self._watch_clients)
+        sup.every("flush", FLUSH_INTERVAL, self._flush)
+        self.alerts.beat = sup.beater("alerts")
+        sup.spawn("alerts", self.alerts.run, ALERTS_MAX_SLEEP)
+        sup.every("cluster", CLUSTER_TICK, self.cluster.tick)
+        sup.every("forget", FORGET_EVERY, self._forget_deleted)
+        if metrics is not None:
+            sup.spawn("metrics", metrics.serve_forever)
+        for source in self.config.fifos:
+            host = source.host or self.config.hook.host or os.uname().nodename
+            on_open = (functools.partial(self._schedule_resync, source, host)
+                       if source.resync else None)
+            name = f"fifo {source.path}"
+            reader = AsyncFifoReader(source.path, self.config.hook.spool_dir,
+                                     functools.partial(self._fifo_lines, host=host),
+                                     self.log, on_open, sup.beater(name))
+            self.fifo_readers.append(reader)
+            sup.spawn(name, reader.run, FIFO_TURN)
+        sup.every("watchdog", min(1.0, sdnotify.watchdog_interval() or 1.0), self._watchdog)
 
     def _open_journal(self) -> None:
         """Lock, open and load the journal, or RouterError in one line saying what to do.
@@ -878,9 +1303,12 @@ class Router:
     def stop(self) -> None:
         if not self.stop_event.is_set():
             self.log.info("router.stopping", drain_timeout=self.config.drain_timeout)
+            with contextlib.suppress(OSError):
+                sdnotify.notify("STOPPING=1")
         self.stop_event.set()
 
     async def _shutdown(self) -> None:
+        await self.supervisor.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -897,8 +1325,8 @@ class Router:
             await self.alerts.stop(self.config.drain_timeout)
         if self.journal is not None:
             self.journal.close()
-        if self.auth is not None:
-            self.auth.stop()
+        if self.zap is not None:
+            self.zap.close()
         self.ctx.term()
         if self._sync_ctx is not None:
             self._sync_ctx.term()

@@ -28,6 +28,8 @@ REPEAT = "repeat"
 NOTICE = "notice"
 STALE = "stale"
 INVALID_CLASS = "invalid"
+#: A new key past [router] max_keys: journaled, not tracked, fires nothing.
+REFUSED = "refused"
 RULE_CLASSES = (TRANSITION, REPEAT, NOTICE)
 
 
@@ -97,6 +99,11 @@ class Tracker:
 
     def __init__(self, states: dict[Key, KeyState] | None = None) -> None:
         self.states: dict[Key, KeyState] = states or {}
+
+    def forget(self, keys: list[Key]) -> None:
+        """Drop keys from the table (a key reported DELETED, to make room)."""
+        for key in keys:
+            self.states.pop(key, None)
 
     def epoch(self, key: Key) -> int:
         current = self.states.get(key)

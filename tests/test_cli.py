@@ -186,7 +186,8 @@ def test_history_of_more_events_than_sqlite_takes_parameters(
 
     from knotify import zmtp
 
-    kenv.write_config(RULE.replace('[[rule.action]]', 'on = "every"\n[[rule.action]]'))
+    kenv.write_config(RULE.replace('[[rule.action]]', 'on = "every"\n[[rule.action]]')
+                      + "[router]\nmax_keys = 40000\n")  # (one key per event here)
     router.start()
     endpoint = f"ipc://{kenv.runtime}/knotify.sock"
     events = [{"v": 1, "id": f"{i:032x}", "host": "h", "kind": "INSTANCE", "name": f"VI_{i}",

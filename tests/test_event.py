@@ -172,7 +172,8 @@ def test_good_ids(ident: str) -> None:
 
 @pytest.mark.parametrize("host", ["", "h" * 256, "a\nb", "a\rb", "a\0b"])
 def test_bad_host(host: str) -> None:
-    assert rejected(wire(host=host)) == "event host must be 1..255 characters without newlines"
+    assert rejected(wire(host=host)) == ("event host must be 1..255 characters without "
+                                         "newlines or NUL")
 
 
 def test_bad_source() -> None:

@@ -9,6 +9,7 @@ carries ``INSTANCE "NAME" STATE PRIO``, ``VS vs UP|DOWN`` and ``RS rs vs UP|DOWN
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from conftest import KEnv
@@ -469,7 +470,8 @@ def test_build_manual_errors_name_what_is_wrong(args: tuple[str, str, str, str |
 
 # --------------------------------------------------------------------------- properties
 
-names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"),
+# (No keepalived name holds a NUL: its config and argv are C strings. One is refused.)
+names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\0"),
                 min_size=1, max_size=ka.MAX_NAME)
 user_words = st.lists(st.text(max_size=20), max_size=5)
 
@@ -516,3 +518,13 @@ def test_knotify_send_refuses_an_impossible_event_before_sending(kenv: KEnv) -> 
     assert kenv.spooled() == []  # nothing the router would refuse is spooled
     proc = kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "256", check=False)
     assert proc.returncode == 2 and "priority must be a number 0..255" in proc.stderr
+
+
+@pytest.mark.parametrize("parse", [
+    lambda: parse_fifo_line('INSTANCE "VI\0x" MASTER 100'),
+    lambda: parse_argv(["INSTANCE", "VI\0x", "MASTER", "100"]),
+    lambda: build_manual("RS", "[10.0.0.5]:tcp:80 [10.0.0.1]:tcp:80\0", "UP", None),
+])
+def test_a_name_with_nul_is_refused(parse: Any) -> None:
+    with pytest.raises(ParseError, match="NUL"):
+        parse()

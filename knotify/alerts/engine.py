@@ -72,6 +72,9 @@ class AlertEngine:
         self._wake: asyncio.Event | None = None
         self._again = False
         self._stopping = False
+        self._adopted = False
+        #: Called at every turn of :meth:`run` (the router's supervisor watches it).
+        self.beat: Callable[[], None] = lambda: None
 
     @property
     def settings(self) -> AlertSettings:
@@ -216,11 +219,14 @@ class AlertEngine:
 
     async def run(self) -> None:
         self._wake = asyncio.Event()
-        try:
-            self._adopt()
-        except (JournalError, sqlite3.Error) as exc:
-            self.log.error("alerts.adopt_failed", error=str(exc))
+        if not self._adopted:  # once: a restarted loop must not adopt its own attempts
+            self._adopted = True
+            try:
+                self._adopt()
+            except (JournalError, sqlite3.Error) as exc:
+                self.log.error("alerts.adopt_failed", error=str(exc))
         while not self._stopping:
+            self.beat()
             self._wake.clear()
             try:
                 delay = self.tick()
@@ -586,8 +592,9 @@ class AlertEngine:
                                                              for m in matchers):
                     raise WireError("silence_add 'matchers' must be a list of strings")
                 duration = msg.get("duration_s")
-                if isinstance(duration, bool) or not isinstance(duration, int | float):
-                    raise WireError("silence_add 'duration_s' must be a number")
+                if (isinstance(duration, bool) or not isinstance(duration, int | float)
+                        or not -1e12 < duration < 1e12):
+                    raise WireError("silence_add 'duration_s' must be a number of seconds")
                 reason = msg.get("reason", "")
                 by = msg.get("by", "")
                 if not isinstance(reason, str) or not isinstance(by, str):
@@ -602,8 +609,8 @@ class AlertEngine:
                 return {"silences": [s.to_dict(now) for s in self.silences.list(include_old)]}
             if op == "silence_expire":
                 ident = msg.get("id")
-                if type(ident) is not int:
-                    raise WireError("silence_expire 'id' must be an integer")
+                if type(ident) is not int or not 0 < ident < 2**63:
+                    raise WireError("silence_expire 'id' must be a silence number")
                 silence = self.silences.expire(ident)
                 self.log.info("silence.expired", silence=silence.id)
                 return {"silence": silence.to_dict(now)}

@@ -10,6 +10,7 @@ from knotify.alerts.report import alert_lines
 from knotify.client import RouterRefused, RouterUnavailable, request
 from knotify.commands import client_settings, fail
 from knotify.commands.table import clean, fmt_time
+from knotify.units import format_duration
 
 HELP = "show events newest first, with the actions each one triggered and how they ended"
 
@@ -29,11 +30,19 @@ def run(args: argparse.Namespace) -> int:
     filters = {k: v for k in ("host", "kind", "name") if (v := getattr(args, k)) is not None}
     if "kind" in filters:
         filters["kind"] = filters["kind"].upper()
+    events: list[dict[str, Any]] = []
+    before: int | None = None
     try:
-        answer = request(settings, "history", timeout=30.0, limit=args.limit, **filters)
+        while len(events) < args.limit:  # the router answers a page (1,000) at a time
+            page = {"before": before} if before is not None else {}
+            answer = request(settings, "history", timeout=30.0,
+                             limit=args.limit - len(events), **filters, **page)
+            events.extend(answer["events"])
+            before = answer.get("next_before")
+            if not isinstance(before, int) or not answer["events"]:
+                break
     except (RouterUnavailable, RouterRefused) as exc:
         return fail(str(exc))
-    events: list[dict[str, Any]] = answer["events"]
     if args.json:
         print(json.dumps(events, indent=2))
         return 0
@@ -56,10 +65,17 @@ def _line(ev: dict[str, Any]) -> str:
         what = f"{ev['prev_state']} -> {ev['state']}"
     elif ev["class"] == "invalid":
         what = f"INVALID: {ev['error']}"
+    elif ev["class"] == "refused":
+        what = f"{state} (refused: {ev['error']})"
     else:
         what = f"{state} ({ev['class']})"
     prio = "" if ev["prio"] is None else f" prio {ev['prio']}"
-    via = " via spool" if ev.get("extra", {}).get("via") == "spool" else ""
+    extra = ev.get("extra") or {}
+    via = " via spool" if extra.get("via") == "spool" else ""
+    clock = extra.get("clock")
+    if isinstance(clock, dict) and isinstance(clock.get("ahead_s"), int | float):
+        what += (f" (clock ahead by {format_duration(clock['ahead_s'])}: ordered as "
+                 "received)")
     return (f"{fmt_time(ev['ts_ns'])}  {ev['host']}  {ev['kind']} {name}  {what}{prio}  "
             f"[{ev['source']}{via} seq {ev['seq']}] {ev['id']}")
 

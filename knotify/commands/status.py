@@ -26,9 +26,16 @@ def run(args: argparse.Namespace) -> int:
     settings = client_settings(args)
     try:
         answer = request(settings, "status")
+        states: list[dict[str, Any]] = answer["states"]
+        offset = answer.get("next")
+        while isinstance(offset, int) and offset == len(states):  # 1,000 states a reply
+            more = request(settings, "status", offset=offset)
+            if not more["states"]:
+                break
+            states.extend(more["states"])
+            offset = more.get("next")
     except (RouterUnavailable, RouterRefused) as exc:
         return fail(str(exc))
-    states: list[dict[str, Any]] = answer["states"]
     cluster: dict[str, Any] = answer.get("cluster") or {}
     if args.json:
         print(json.dumps({"states": states, "router": answer.get("router", {}),
@@ -59,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     warnings = spool_warnings(answer.get("router") or {})
     if warnings:
         blocks.append("\n".join(warnings))
+    loops = answer.get("router", {}).get("loops")
+    if loops and not args.cluster:
+        blocks.append(loops_table(loops))
     print("\n\n".join(blocks))
     return 0
 
@@ -80,6 +90,15 @@ def spool_warnings(router: dict[str, Any]) -> list[str]:
                    "spool this router does not read (a hook given a config path that does not "
                    "exist spools there)")
     return out
+def loops_table(loops: dict[str, dict[str, Any]]) -> str:
+    """The router's background loops: when each last turned, restarts, the last error."""
+    rows = []
+    for name, loop in loops.items():
+        turn = loop.get("last_turn_s")
+        rows.append([name, "-" if turn is None else f"{format_duration(turn)} ago",
+                     "running" if loop.get("running") else "DOWN",
+                     str(loop.get("restarts", 0)), str(loop.get("last_error") or "")])
+    return render(["LOOP", "LAST TURN", "STATE", "RESTARTS", "LAST ERROR"], rows)
 
 
 def _for(since_ns: int | None, now: int) -> str:
