@@ -436,7 +436,8 @@ class Band:
 
 @dataclass(slots=True)
 class Mark:
-    #: "action", "alert" or "event" (a report that changed nothing: repeat, stale, ...)
+    #: "action", "alert" or "event" (a report that changed nothing and is worth a look:
+    #: stale, invalid, a notice; plain repeats are left out)
     what: str
     outcome: str
     t_ns: int
@@ -549,12 +550,10 @@ def _marks(db: sqlite3.Connection, by_kid: dict[int, Lane], since_ns: int,
         marks = ",".join("?" * len(part))
         rows = db.execute(
             f"SELECT {EVENT_COLUMNS}, kid FROM events WHERE kid IN ({marks}) AND ts_ns >= ? "
-            "AND ts_ns <= ? AND (class != 'transition' OR id IN (SELECT event_id FROM runs) "
-            "OR id IN (SELECT event_id FROM alert_items)) ORDER BY rowid LIMIT 20000"
-            if _has_alerts(db) else
-            f"SELECT {EVENT_COLUMNS}, kid FROM events WHERE kid IN ({marks}) AND ts_ns >= ? "
-            "AND ts_ns <= ? AND (class != 'transition' OR id IN (SELECT event_id FROM runs)) "
-            "ORDER BY rowid LIMIT 20000",
+            "AND ts_ns <= ? AND (class NOT IN ('transition', 'repeat') OR id IN "
+            "(SELECT event_id FROM runs)" + (" OR id IN (SELECT event_id FROM alert_items)"
+                                              if _has_alerts(db) else "")
+            + ") ORDER BY rowid LIMIT 20000",
             (*part, since_ns, until_ns)).fetchall()
         for r in rows:
             events[r[1]] = (r[19], _event(r[:19]))
@@ -569,6 +568,8 @@ def _marks(db: sqlite3.Connection, by_kid: dict[int, Lane], since_ns: int,
                  f"again ({ev['class']})", f"source {ev['source']}, seq {ev['seq']}"],
                 ev["id"]))
         for act in ev["actions"]:
+            if act["kind"] == "alert":
+                continue  # its alerts are marks of their own, with what became of them
             t = act["started_ns"] or act["ended_ns"] or ev["ts_ns"]
             took = (f" in {(act['ended_ns'] - act['started_ns']) / 1e9:.2f}s"
                     if act["started_ns"] and act["ended_ns"] else "")
