@@ -553,9 +553,20 @@ class Router:
                     raise WireError("history 'limit' must be an integer 1..100000")
                 filters = {k: msg.get(k) for k in ("host", "kind", "name")}
                 for k, v in filters.items():
-                    if v is not None and not isinstance(v, str):
-                        raise WireError(f"history {k!r} must be a string")
-                return reply(True, events=self.journal.history(limit, **filters))
+                    if v is not None and (not isinstance(v, str) or len(v) > 255):
+                        raise WireError(f"history {k!r} must be a string (a pattern)")
+                event_id = msg.get("id")
+                if event_id is not None and (not isinstance(event_id, str) or not
+                                             1 <= len(event_id) <= 64 or any(
+                                                 c not in "0123456789abcdefABCDEF"
+                                                 for c in event_id)):
+                    raise WireError("history 'id' must be an event id (hexadecimal) or its "
+                                    "first characters")
+                transitions = msg.get("transitions", False)
+                if type(transitions) is not bool:
+                    raise WireError("history 'transitions' must be true or false")
+                return reply(True, events=self.journal.history(
+                    limit, **filters, event_id=event_id, transitions=transitions))
             if op == "stats":
                 return reply(True, router=self.info())
             if op == "reload":

@@ -112,7 +112,8 @@ class Filters:
             args.extend(values)
         if self.event_id:
             where.append("id GLOB ?")
-            args.append(self.event_id.lower().replace("[", "[[]") + "*")
+            args.append(self.event_id.lower().replace("[", "[[]").replace("*", "[*]")
+                        .replace("?", "[?]") + "*")
         if self.transitions:
             where.append("class = 'transition'")
         if self.since_ns is not None:
