@@ -1,4 +1,4 @@
-"""``knotify history`` as a new user tries it: wildcards as in ``watch``, ``--id``, ``--transitions``.
+"""``knotify history`` as a new user tries it: wildcards as in watch, --id, --transitions.
 
 The patterns are the rules' (``*``, ``?``, ``[`` literal, a leading ``!`` negates) and
 run as SQL GLOB in the journal and in the web pages; a property test checks that both
