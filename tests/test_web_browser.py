@@ -209,7 +209,7 @@ def hover_detail(driver: Any) -> str:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    mark = driver.find_element(By.CSS_SELECTOR, "g.mark.alert.failed")
+    mark = driver.find_element(By.CSS_SELECTOR, "svg.timeline g.mark.alert.failed")
     ActionChains(driver).move_to_element(mark).perform()
     tip = driver.find_element(By.ID, "tip")
     wait_for(lambda: tip.is_displayed(), 5, what="the detail box")
@@ -249,7 +249,7 @@ def test_failover_in_the_browser(kenv: KEnv, router: RouterProcess,
         with browser.chrome() as driver:
             from selenium.webdriver.common.by import By
 
-            driver.get(f"{web.url}/timeline?cluster=VI_1&window=15m")
+            driver.get(f"{web.url}/timeline?cluster=VI_1&window=3m")
             check_timeline(driver, trs)
             check_marks(driver, trs)
             detail = hover_detail(driver)
@@ -308,7 +308,7 @@ def test_failover_in_the_browser(kenv: KEnv, router: RouterProcess,
             # The report: the same timeline, from a file, with the server gone.
             web.stop()
             report = kenv.root / "report.html"
-            kenv.cli("report", "--html", str(report), "--since", "15m", "--cluster", "VI_1")
+            kenv.cli("report", "--html", str(report), "--since", "3m", "--cluster", "VI_1")
             driver.get(report.as_uri())
             check_timeline(driver, trs)
             check_marks(driver, trs)

@@ -444,8 +444,37 @@ class Mark:
     t_ns: int
     event_id: str
     title: str
-    lines: list[str]
     ref: str
+    #: The event (host, name, state, ...) and the run or alert item it is about; the
+    #: detail text is made from them only for the marks that are drawn.
+    event: dict[str, Any]
+    item: dict[str, Any]
+
+    @property
+    def lines(self) -> list[str]:
+        ev, item = self.event, self.item
+        if self.what == "event":
+            return [f"{ev['host']} {ev['name']}: {ev['reported']} reported again "
+                    f"({ev['class']})", f"source {ev['source']}, seq {ev['seq']}"]
+        head = f"for {ev['host']} {ev['name']} -> {ev['state']}"
+        if self.what == "action":
+            took = (f" in {(item['ended_ns'] - item['started_ns']) / 1e9:.2f}s"
+                    if item["started_ns"] and item["ended_ns"] else "")
+            lines = [head, f"{item['status']}{took}" + (
+                f", exit {item['exit_code']}" if item["exit_code"] is not None else "")]
+            if item["detail"]:
+                lines.append(str(item["detail"]))
+            return lines
+        lines = [head, f"{item['status']}" + (f": {item['detail']}" if item["detail"] else "")]
+        msg = item["message"]
+        if msg:
+            lines.append(f"message {msg['id']}: {msg['status']} - {msg['title']}")
+            for att in msg["attempts"]:
+                lines.append(f"attempt {att['attempt']}: {att['status']}")
+                for url in att["urls"]:
+                    lines.append(f"  {url.get('url')}: " + (
+                        "ok" if url.get("ok") else str(url.get("error") or url.get("status"))))
+        return lines
 
 
 @dataclass(slots=True)
@@ -491,7 +520,7 @@ def _lanes(db: sqlite3.Connection, cluster: str | None, host: str | None) -> lis
                      r[1] if len(kinds) == 1 else f"{r[1]} {r[2]}") for r in rows]
     if host is not None:
         rows = db.execute(
-            "SELECT kid, host, kind, name, vs FROM keys WHERE host = ? ORDER BY "
+            "SELECT kid, host, kind, name, vs FROM keys WHERE host = ? AND kind != 'PEER' ORDER BY "
             "CASE kind WHEN 'GROUP' THEN 0 WHEN 'INSTANCE' THEN 1 ELSE 2 END, name, vs",
             (host,)).fetchall()
         return [Lane(r[0], r[1], r[2], r[3], r[4],
@@ -547,59 +576,41 @@ def _marks(db: sqlite3.Connection, by_kid: dict[int, Lane], since_ns: int,
            until_ns: int) -> None:
     kids = list(by_kid)
     events: dict[str, tuple[int, dict[str, Any]]] = {}
+    alerts = _has_alerts(db)
     for part in _chunks(kids):
         marks = ",".join("?" * len(part))
         rows = db.execute(
-            f"SELECT {EVENT_COLUMNS}, kid FROM events WHERE kid IN ({marks}) AND ts_ns >= ? "
-            "AND ts_ns <= ? AND (class NOT IN ('transition', 'repeat') OR id IN "
-            "(SELECT event_id FROM runs)" + (" OR id IN (SELECT event_id FROM alert_items)"
-                                              if _has_alerts(db) else "")
-            + ") ORDER BY rowid LIMIT 20000",
-            (*part, since_ns, until_ns)).fetchall()
+            "SELECT id, host, name, coalesce(effective, state), state, class, ts_ns, source, seq, "
+            f"kid FROM events WHERE kid IN ({marks}) AND ts_ns >= ? AND ts_ns <= ? AND "
+            "(class NOT IN ('transition', 'repeat') OR id IN (SELECT event_id FROM runs)"
+            + (" OR id IN (SELECT event_id FROM alert_items)" if alerts else "")
+            + ") ORDER BY rowid LIMIT 20000", (*part, since_ns, until_ns)).fetchall()
         for r in rows:
-            events[r[1]] = (r[19], _event(r[:19]))
+            events[r[0]] = (r[9], {
+                "id": r[0], "host": r[1], "name": r[2], "state": r[3], "reported": r[4],
+                "class": r[5], "ts_ns": r[6], "source": r[7], "seq": r[8],
+                "actions": [], "alerts": []})
     attach(db, [e for _, e in events.values()])
     for kid, ev in events.values():
         lane = by_kid[kid]
         if ev["class"] != "transition":
-            lane.marks.append(Mark(
-                "event", ev["class"], ev["ts_ns"], ev["id"],
-                f"{ev['reported']} ({ev['class']})",
-                [f"{ev['host']} {ev['kind']} {ev['name']}: {ev['reported']} reported "
-                 f"again ({ev['class']})", f"source {ev['source']}, seq {ev['seq']}"],
-                ev["id"]))
+            lane.marks.append(Mark("event", ev["class"], ev["ts_ns"], ev["id"],
+                                   f"{ev['reported']} ({ev['class']})", ev["id"], ev, {}))
         for act in ev["actions"]:
             if act["kind"] == "alert":
                 continue  # its alerts are marks of their own, with what became of them
             t = act["started_ns"] or act["ended_ns"] or ev["ts_ns"]
-            took = (f" in {(act['ended_ns'] - act['started_ns']) / 1e9:.2f}s"
-                    if act["started_ns"] and act["ended_ns"] else "")
-            lines = [f"for {ev['host']} {ev['name']} -> {ev['state']}",
-                     f"{act['status']}{took}" + (f", exit {act['exit_code']}"
-                                                 if act["exit_code"] is not None else "")]
-            if act["detail"]:
-                lines.append(str(act["detail"]))
             lane.marks.append(Mark("action", action_outcome(act["status"]), int(t), ev["id"],
                                    f"action {act['rule']}#{act['index']} {act['kind']}",
-                                   lines, f"run-{act['run']}"))
+                                   f"run-{act['run']}", ev, act))
         for item in ev["alerts"]:
             msg = item["message"]
             t = (msg["ended_ns"] if msg and msg["ended_ns"] else
                  (msg["attempts"][-1]["started_ns"] if msg and msg["attempts"] else
                   item["created_ns"]))
-            lines = [f"for {ev['host']} {ev['name']} -> {ev['state']}",
-                     f"{item['status']}" + (f": {item['detail']}" if item["detail"] else "")]
-            if msg:
-                lines.append(f"message {msg['id']}: {msg['status']} - {msg['title']}")
-                for att in msg["attempts"]:
-                    lines.append(f"attempt {att['attempt']}: {att['status']}")
-                    for url in att["urls"]:
-                        lines.append(f"  {url.get('url')}: "
-                                     + ("ok" if url.get("ok") else
-                                        str(url.get("error") or url.get("status"))))
             lane.marks.append(Mark("alert", item["outcome"], int(max(t, ev["ts_ns"])),
-                                   ev["id"], f"alert to {item['receiver']}", lines,
-                                   f"item-{item['item']}"))
+                                   ev["id"], f"alert to {item['receiver']}",
+                                   f"item-{item['item']}", ev, item))
     for lane in by_kid.values():
         lane.marks.sort(key=lambda m: m.t_ns)
 

@@ -16,7 +16,8 @@ import jinja2
 from knotify import __version__
 from knotify.web import views
 
-STATE_CLASSES = ("MASTER", "BACKUP", "FAULT", "STOP", "INIT", "DELETED", "UP", "DOWN")
+STATE_CLASSES = ("MASTER", "BACKUP", "FAULT", "STOP", "INIT", "DELETED", "UP", "DOWN",
+                 "CHANGING")
 
 
 def state_class(state: str | None) -> str:

@@ -275,11 +275,16 @@ class Web:
                            _text(q, "until", 40) or None)
 
         def read(db: sqlite3.Connection) -> tuple[Any, ...]:
-            tl = data.timeline(db, win.since_ns, win.until_ns, cluster=cluster, host=host)
-            incs = data.incidents(db, win.since_ns, win.until_ns, cluster)
-            return tl, incs, data.cluster_names(db), data.host_names(db)
+            names = data.cluster_names(db)
+            # Neither named: the first cluster (a picture of every instance at once is
+            # the report's job, not a page's).
+            chosen = cluster if cluster or host else (names[0] if names else "")
+            tl = data.timeline(db, win.since_ns, win.until_ns, cluster=chosen or None,
+                               host=host)
+            incs = data.incidents(db, win.since_ns, win.until_ns, chosen or None)
+            return tl, incs, names, data.host_names(db), chosen
 
-        tl, incs, clusters, hosts = await self.reader.read(read)
+        tl, incs, clusters, hosts, cluster = await self.reader.read(read)
         base = {"cluster": cluster, "host": host}
         return self._page("timeline.html", request, page="timeline", picture=views.layout(tl),
                           incidents=incs, cluster_names=clusters, host_names=hosts, win=win,

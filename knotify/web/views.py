@@ -29,6 +29,11 @@ BAND_H = 18
 ACTION_Y = 6
 ALERT_Y = 39
 EVENT_Y = 22
+#: Bands narrower than this are merged into a "changing" stretch; marks closer than
+#: MARK_PX are drawn as one, whose detail lists the first MARK_LINES.
+MIN_BAND_PX = 0.25
+MARK_PX = 3.0
+MARK_LINES = 5
 _STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
           43200, 86400, 172800, 604800)
 
@@ -87,16 +92,17 @@ def window(name: str | None, since: str | None, until: str | None,
 
 
 def fmt_time(ns: int | None, seconds: bool = True) -> str:
+    """Local time, as the CLI shows it."""
     if not ns:
         return ""
-    when = dt.datetime.fromtimestamp(ns / 1e9).astimezone()
-    return when.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+    return time.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M",
+                         time.localtime(ns // 10**9))
 
 
 def fmt_clock(ns: int | None) -> str:
     if not ns:
         return ""
-    return dt.datetime.fromtimestamp(ns / 1e9).astimezone().strftime("%H:%M:%S.%f")[:-3]
+    return f"{time.strftime('%H:%M:%S', time.localtime(ns // 10**9))}.{ns // 10**6 % 1000:03d}"
 
 
 def fmt_input(ns: int) -> str:
@@ -131,6 +137,9 @@ class BandBox:
     x: float
     w: float
     title: str
+    #: Changes drawn as this one box: more than 1 where they were too close to tell apart
+    #: at this scale (the box is then a "changing" stretch; zoom in to see each).
+    count: int = 1
 
 
 @dataclass(slots=True)
@@ -139,6 +148,8 @@ class MarkBox:
     x: float
     y: float
     title: str
+    #: Marks of the same kind and outcome drawn as this one (closer than a few pixels).
+    count: int = 1
 
 
 @dataclass(slots=True)
@@ -174,25 +185,88 @@ def layout(tl: Timeline, width: int = WIDTH) -> Picture:
     lanes: list[LaneBox] = []
     for i, lane in enumerate(tl.lanes):
         box = LaneBox(lane, AXIS_H + i * LANE_H)
-        for band in lane.bands:
-            bx, ex = x(band.start_ns), x(band.end_ns)
-            change = (f"{band.prev_state or '?'} -> {band.state}" if band.event_id
-                      else f"{band.state} (since before the window)")
-            prio = f", priority {band.prio}" if band.prio is not None else ""
-            till = "now" if band.open and tl.until_ns >= tl.now_ns else fmt_time(band.end_ns)
-            title = (f"{lane.label}: {change}{prio}\n{fmt_time(band.start_ns)} .. {till} "
-                     f"({fmt_for(band.start_ns, band.end_ns)})")
-            box.bands.append(BandBox(band, bx, max(ex - bx, 1.0), title))
-        for mark in lane.marks:
-            y = {"action": ACTION_Y, "alert": ALERT_Y}.get(mark.what, EVENT_Y)
-            title = "\n".join([f"{mark.title}: {mark.outcome} at {fmt_clock(mark.t_ns)}",
-                               *mark.lines])
-            box.marks.append(MarkBox(mark, x(mark.t_ns), box.y + y, title))
+        box.bands = _merge_bands(tl, lane, [(band, x(band.start_ns), x(band.end_ns))
+                                            for band in lane.bands])
+        box.marks = _merge_marks([(mark, x(mark.t_ns)) for mark in lane.marks], box.y)
         lanes.append(box)
     height = AXIS_H + max(1, len(lanes)) * LANE_H + 8
     now_x = x(tl.now_ns) if tl.since_ns <= tl.now_ns <= tl.until_ns else None
     return Picture(tl, width, height, x0, x1, _ticks(tl.since_ns, tl.until_ns, x), lanes,
                    now_x)
+
+
+def _band_title(tl: Timeline, lane: Lane, band: Band) -> str:
+    change = (f"{band.prev_state or '?'} -> {band.state}" if band.event_id
+              else f"{band.state} (since before the window)")
+    prio = f", priority {band.prio}" if band.prio is not None else ""
+    till = "now" if band.open and tl.until_ns >= tl.now_ns else fmt_time(band.end_ns)
+    return (f"{lane.label}: {change}{prio}\n{fmt_time(band.start_ns)} .. {till} "
+            f"({fmt_for(band.start_ns, band.end_ns)})")
+
+
+def _merge_bands(tl: Timeline, lane: Lane, bands: list[tuple[Band, float, float]]
+                 ) -> list[BandBox]:
+    """Runs of bands narrower than :data:`MIN_BAND_PX` become one "changing" box.
+
+    Titles are made only for the boxes drawn (a 24 h window can hold thousands of
+    changes that fit in a few pixels)."""
+    out: list[BandBox] = []
+    run: list[tuple[Band, float, float]] = []
+
+    def close() -> None:
+        if len(run) == 1:
+            band, bx, ex = run[0]
+            out.append(BandBox(band, bx, ex - bx, _band_title(tl, lane, band)))
+        elif run:
+            first, last = run[0][0], run[-1][0]
+            states = sorted({b.state for b, _, _ in run})
+            band = Band("CHANGING", first.start_ns, last.end_ns, first.event_id,
+                        first.prev_state, None, last.open)
+            title = (f"{lane.label}: {len(run)} changes ({', '.join(states)}) between "
+                     f"{fmt_clock(band.start_ns)} and {fmt_clock(band.end_ns)}, too close to "
+                     "draw apart at this scale: choose a shorter window")
+            out.append(BandBox(band, run[0][1], run[-1][2] - run[0][1], title, len(run)))
+        run.clear()
+
+    for item in bands:
+        if item[2] - item[1] < MIN_BAND_PX:
+            run.append(item)
+            continue
+        close()
+        run.append(item)
+        close()
+    close()
+    for box in out:
+        box.w = max(box.w, 1.0)
+    return out
+
+
+def _mark_title(mark: Mark) -> str:
+    return "\n".join([f"{mark.title}: {mark.outcome} at {fmt_clock(mark.t_ns)}",
+                      *mark.lines])
+
+
+def _merge_marks(marks: list[tuple[Mark, float]], lane_y: float) -> list[MarkBox]:
+    """Marks of one kind and outcome closer than :data:`MARK_PX` are drawn as one."""
+    groups: list[list[tuple[Mark, float]]] = []
+    last: dict[tuple[str, str], list[tuple[Mark, float]]] = {}
+    for mark, mx in marks:
+        key = (mark.what, mark.outcome)
+        group = last.get(key)
+        if group is not None and mx - group[0][1] < MARK_PX:
+            group.append((mark, mx))
+            continue
+        group = last[key] = [(mark, mx)]
+        groups.append(group)
+    out: list[MarkBox] = []
+    for group in groups:
+        mark, mx = group[0]
+        title = "\n\n".join(_mark_title(m) for m, _ in group[:MARK_LINES])
+        if len(group) > MARK_LINES:
+            title += f"\n\n... and {len(group) - MARK_LINES} more here"
+        y = lane_y + {"action": ACTION_Y, "alert": ALERT_Y}.get(mark.what, EVENT_Y)
+        out.append(MarkBox(mark, mx, y, title, len(group)))
+    return out
 
 
 def _ticks(since_ns: int, until_ns: int, x: Callable[[int], float]) -> list[Tick]:

@@ -3,11 +3,13 @@
   "use strict";
   var tip = null;
   function showTip(ev) {
-    var target = ev.target.closest ? ev.target.closest("[data-tip]") : null;
+    // The detail is the SVG <title> of a band or mark (the browser's own tooltip too).
+    var target = ev.target.closest ? ev.target.closest("g.mark, rect.band") : null;
     if (!tip) { tip = document.getElementById("tip"); }
     if (!tip) { return; }
-    if (!target) { tip.style.display = "none"; return; }
-    tip.textContent = target.getAttribute("data-tip");
+    var title = target ? target.querySelector("title") : null;
+    if (!title) { tip.style.display = "none"; return; }
+    tip.textContent = title.textContent;
     tip.style.display = "block";
     tip.style.left = Math.min(ev.clientX + 14, window.innerWidth - 540) + "px";
     tip.style.top = (ev.clientY + 14) + "px";
