@@ -204,12 +204,12 @@ def check_marks(driver: Any, trs: list[dict[str, Any]]) -> None:
         assert m["host"] == by_id.get(m["id"], {"host": m["host"]})["host"], m
 
 
-def hover_detail(driver: Any) -> str:
-    """Point at the failed alert mark; the detail box shows what failed."""
+def hover_detail(driver: Any, selector: str = "g.mark.alert.failed") -> str:
+    """Point at a mark (the failed alert); the detail box shows what it is about."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    mark = driver.find_element(By.CSS_SELECTOR, "svg.timeline g.mark.alert.failed")
+    mark = driver.find_element(By.CSS_SELECTOR, f"svg.timeline {selector}")
     ActionChains(driver).move_to_element(mark).perform()
     tip = driver.find_element(By.ID, "tip")
     wait_for(lambda: tip.is_displayed(), 5, what="the detail box")
@@ -255,8 +255,15 @@ def test_failover_in_the_browser(kenv: KEnv, router: RouterProcess,
             detail = hover_detail(driver)
             assert "alert to pager" in detail and "failed" in detail, detail
             assert "500" in detail or "HTTP" in detail.upper(), detail
-            browser.shoot(driver, "timeline")
             pages["timeline"] = driver.page_source
+            # The same, zoomed to the failover (a custom window), for the docs' picture.
+            first, last = trs[0]["ts_ns"] // 10**9 - 2, trs[-1]["ts_ns"] // 10**9 + 6
+            driver.get(f"{web.url}/timeline?cluster=VI_1&since={first}&until={last}")
+            check_timeline(driver, trs)
+            assert "takeover#0 exec: ok" in hover_detail(
+                driver, 'g.lane[data-host="node2"] g.mark.action.ok')
+            browser.shoot(driver, "timeline", full_height=False)
+            driver.get(f"{web.url}/timeline?cluster=VI_1&window=3m")
 
             # Live: an event journaled while the page is open shows without a reload.
             wait_for(lambda: driver.find_element(By.ID, "live-state").text == "live", 10,

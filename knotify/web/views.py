@@ -191,8 +191,8 @@ def layout(tl: Timeline, width: int = WIDTH) -> Picture:
         lanes.append(box)
     height = AXIS_H + max(1, len(lanes)) * LANE_H + 8
     now_x = x(tl.now_ns) if tl.since_ns <= tl.now_ns <= tl.until_ns else None
-    return Picture(tl, width, height, x0, x1, _ticks(tl.since_ns, tl.until_ns, x), lanes,
-                   now_x)
+    ticks = [t for t in _ticks(tl.since_ns, tl.until_ns, x) if t.x <= width - 24]
+    return Picture(tl, width, height, x0, x1, ticks, lanes, now_x)
 
 
 def _band_title(tl: Timeline, lane: Lane, band: Band) -> str:
