@@ -102,7 +102,7 @@ def test_dashboard_is_importable_json() -> None:
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
         for target in panel.get("targets", []):
             assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
             assert '$job' in target["expr"], target["expr"]

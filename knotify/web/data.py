@@ -90,8 +90,6 @@ class Filters:
     state: str | None = None
     event_id: str | None = None
     transitions: bool = False
-    since_ns: int | None = None
-    until_ns: int | None = None
 
     def clause(self) -> tuple[str, list[object]]:
         where: list[str] = []
@@ -116,12 +114,6 @@ class Filters:
                         .replace("?", "[?]") + "*")
         if self.transitions:
             where.append("class = 'transition'")
-        if self.since_ns is not None:
-            where.append("ts_ns >= ?")
-            args.append(self.since_ns)
-        if self.until_ns is not None:
-            where.append("ts_ns <= ?")
-            args.append(self.until_ns)
         return " AND ".join(where), args
 
 
@@ -268,14 +260,6 @@ def history(db: sqlite3.Connection, filters: Filters, limit: int = 50,
     return events
 
 
-def event(db: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
-    found = events_where(db, "id = ?", [event_id], limit=1)
-    if not found:
-        return None
-    attach(db, found)
-    return found[0]
-
-
 # -- overview ------------------------------------------------------------------------------
 
 
@@ -324,8 +308,7 @@ def clusters(db: sqlite3.Connection) -> list[Cluster]:
     for r in db.execute(
             "SELECT host, kind, name, state, since_ns, prio, event_id FROM state WHERE kind IN "
             "('INSTANCE', 'GROUP') AND state != 'DELETED' ORDER BY name, kind, host"):
-        label = r[2] if r[1] == "INSTANCE" else f"{r[2]}"
-        out.setdefault(label, Cluster(label, [])).members.append(Member(*r))
+        out.setdefault(r[2], Cluster(r[2], [])).members.append(Member(*r))
     for r in db.execute(
             "SELECT name, state, since_ns, event_id FROM state WHERE kind = 'CLUSTER'"):
         cl = out.get(r[0])
@@ -695,5 +678,4 @@ def incident(db: sqlite3.Connection, event_id: str, now_ns: int | None = None
         limit=INCIDENT_MAX_EVENTS)
     attach(db, events)
     found.events = events
-    found.event_id = found.event_id or event_id
     return found
