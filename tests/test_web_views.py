@@ -66,3 +66,16 @@ def test_windows() -> None:
                 (None, "yesterday", None), (None, "1800000060", "1800000000")):
         with pytest.raises(views.WindowError):
             views.window(*bad, now_ns=now)
+
+
+def test_marks_the_journal_read_left_out_are_counted() -> None:
+    ev = {"host": "node1", "name": "VI_1", "state": "MASTER"}
+    run = {"status": "ok", "started_ns": T0, "ended_ns": T0, "exit_code": 0, "detail": None}
+    first = Mark("action", "ok", T0, "e0", "action r#0 exec", "run-0", ev, run, hidden=995)
+    rest = [Mark("action", "ok", T0 + i, f"e{i}", "action r#0 exec", f"run-{i}", ev, run)
+            for i in range(1, 5)]
+    [box] = views.layout(_timeline([], [first, *rest])).lanes[0].marks
+    assert box.count == 1000
+    assert box.title.endswith("... and 995 more here")
+    assert views.resolution(T0, T0 + 3600 * S) == int(3600 * S / (views.WIDTH - views.LABEL_W
+                                                                  - views.RIGHT) * 1.5)

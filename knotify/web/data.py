@@ -34,6 +34,8 @@ VRRP_KINDS = ("INSTANCE", "GROUP")
 INCIDENT_GAP_NS = 30 * 10**9
 #: At most this many events are told in one incident.
 INCIDENT_MAX_EVENTS = 500
+#: Marks kept per lane, kind, outcome and stretch of a timeline's resolution.
+KEEP_MARKS = 5
 #: Parameters per ``IN (...)``: well under SQLite's limit.
 _CHUNK = 500
 
@@ -432,6 +434,9 @@ class Mark:
     #: detail text is made from them only for the marks that are drawn.
     event: dict[str, Any]
     item: dict[str, Any]
+    #: Marks of the same kind and outcome just after this one, in the same stretch of
+    #: ``resolution_ns``, counted but not kept (see :func:`timeline`).
+    hidden: int = 0
 
     @property
     def lines(self) -> list[str]:
@@ -516,8 +521,13 @@ def _lanes(db: sqlite3.Connection, cluster: str | None, host: str | None) -> lis
 
 def timeline(db: sqlite3.Connection, since_ns: int, until_ns: int, *,
              cluster: str | None = None, host: str | None = None,
-             now_ns: int | None = None) -> Timeline:
-    """Lanes with state bands and marks between ``since_ns`` and ``until_ns``."""
+             now_ns: int | None = None, resolution_ns: int = 0) -> Timeline:
+    """Lanes with state bands and marks between ``since_ns`` and ``until_ns``.
+
+    With ``resolution_ns``, of the marks of one lane, kind and outcome that fall in the
+    same stretch of that length only the first :data:`KEEP_MARKS` are kept, and the
+    first counts the others (``hidden``): a picture cannot show more, and a busy day
+    holds thousands."""
     now = time.time_ns() if now_ns is None else now_ns
     lanes = _lanes(db, cluster, host)
     title = (f"cluster {cluster}" if cluster is not None else f"host {host}"
@@ -526,7 +536,7 @@ def timeline(db: sqlite3.Connection, since_ns: int, until_ns: int, *,
     for lane in lanes:
         _bands(db, lane, since_ns, until_ns, now)
     if by_kid:
-        _marks(db, by_kid, since_ns, until_ns)
+        _marks(db, by_kid, since_ns, until_ns, resolution_ns)
     return Timeline(title, since_ns, until_ns, now, lanes, cluster, host)
 
 
@@ -556,44 +566,73 @@ def _bands(db: sqlite3.Connection, lane: Lane, since_ns: int, until_ns: int,
 
 
 def _marks(db: sqlite3.Connection, by_kid: dict[int, Lane], since_ns: int,
-           until_ns: int) -> None:
+           until_ns: int, resolution_ns: int = 0) -> None:
+    """Marks for the actions, alerts and odd reports of the lanes' events in the window.
+
+    Three joins, each one query per 500 lanes: a 24 h window of a busy host holds
+    thousands of runs, and a query per event costs more than the rest of the page."""
     kids = list(by_kid)
-    events: dict[str, tuple[int, dict[str, Any]]] = {}
     alerts = _has_alerts(db)
+    firsts: dict[tuple[int, str, str, int], list[Mark]] = {}
+
+    def room(kid: int, what: str, outcome: str, t: int) -> bool:
+        """Whether a mark is kept (else counted on the first of its stretch)."""
+        if not resolution_ns:
+            return True
+        kept = firsts.get((kid, what, outcome, (t - since_ns) // resolution_ns))
+        if kept is None or len(kept) < KEEP_MARKS:
+            return True
+        kept[0].hidden += 1
+        return False
+
+    def add(kid: int, mark: Mark) -> None:
+        by_kid[kid].marks.append(mark)
+        if resolution_ns:
+            firsts.setdefault((kid, mark.what, mark.outcome,
+                               (mark.t_ns - since_ns) // resolution_ns), []).append(mark)
+
     for part in _chunks(kids):
         marks = ",".join("?" * len(part))
+        where = f"e.kid IN ({marks}) AND e.ts_ns >= ? AND e.ts_ns <= ?"
+        args = (*part, since_ns, until_ns)
+        for r in db.execute(
+                "SELECT e.kid, e.id, e.host, e.name, coalesce(e.effective, e.state), e.ts_ns, "
+                "r.rowid, r.rule, r.idx, r.kind, r.status, r.started_ns, r.ended_ns, "
+                f"r.exit_code, r.detail FROM events e JOIN runs r ON r.event_id = e.id "
+                f"WHERE {where} AND r.kind != 'alert' ORDER BY e.rowid, r.rowid", args):
+            # (alert action runs are left out: their alerts are marks of their own)
+            outcome, t = action_outcome(r[10]), int(r[11] or r[12] or r[5])
+            if room(r[0], "action", outcome, t):
+                add(r[0], Mark("action", outcome, t, r[1], f"action {r[7]}#{r[8]} {r[9]}",
+                               f"run-{r[6]}", {"host": r[2], "name": r[3], "state": r[4]},
+                               {"status": r[10], "started_ns": r[11], "ended_ns": r[12],
+                                "exit_code": r[13], "detail": r[14]}))
+        for r in db.execute(
+                "SELECT e.kid, e.id, e.host, e.name, e.state, e.class, e.ts_ns, e.source, e.seq "
+                f"FROM events e WHERE {where} AND e.class NOT IN ('transition', 'repeat') "
+                "ORDER BY e.rowid", args):
+            if room(r[0], "event", r[5], r[6]):
+                add(r[0], Mark("event", r[5], r[6], r[1], f"{r[4]} ({r[5]})", r[1], {
+                    "host": r[2], "name": r[3], "reported": r[4], "class": r[5],
+                    "source": r[7], "seq": r[8]}, {}))
+        if not alerts:
+            continue
         rows = db.execute(
-            "SELECT id, host, name, coalesce(effective, state), state, class, ts_ns, source, seq, "
-            f"kid FROM events WHERE kid IN ({marks}) AND ts_ns >= ? AND ts_ns <= ? AND "
-            "(class NOT IN ('transition', 'repeat') OR id IN (SELECT event_id FROM runs)"
-            + (" OR id IN (SELECT event_id FROM alert_items)" if alerts else "")
-            + ") ORDER BY rowid LIMIT 20000", (*part, since_ns, until_ns)).fetchall()
+            "SELECT e.kid, e.id, e.host, e.name, coalesce(e.effective, e.state), e.ts_ns, "
+            "a.rowid, a.receiver, a.status, a.detail, a.created_ns, a.message FROM events e "
+            f"JOIN alert_items a ON a.event_id = e.id WHERE {where} ORDER BY e.rowid, a.rowid",
+            args).fetchall()
+        messages = _messages(db, {r[11] for r in rows if r[11] is not None})
         for r in rows:
-            events[r[0]] = (r[9], {
-                "id": r[0], "host": r[1], "name": r[2], "state": r[3], "reported": r[4],
-                "class": r[5], "ts_ns": r[6], "source": r[7], "seq": r[8],
-                "actions": [], "alerts": []})
-    attach(db, [e for _, e in events.values()])
-    for kid, ev in events.values():
-        lane = by_kid[kid]
-        if ev["class"] != "transition":
-            lane.marks.append(Mark("event", ev["class"], ev["ts_ns"], ev["id"],
-                                   f"{ev['reported']} ({ev['class']})", ev["id"], ev, {}))
-        for act in ev["actions"]:
-            if act["kind"] == "alert":
-                continue  # its alerts are marks of their own, with what became of them
-            t = act["started_ns"] or act["ended_ns"] or ev["ts_ns"]
-            lane.marks.append(Mark("action", action_outcome(act["status"]), int(t), ev["id"],
-                                   f"action {act['rule']}#{act['index']} {act['kind']}",
-                                   f"run-{act['run']}", ev, act))
-        for item in ev["alerts"]:
-            msg = item["message"]
-            t = (msg["ended_ns"] if msg and msg["ended_ns"] else
-                 (msg["attempts"][-1]["started_ns"] if msg and msg["attempts"] else
-                  item["created_ns"]))
-            lane.marks.append(Mark("alert", item["outcome"], int(max(t, ev["ts_ns"])),
-                                   ev["id"], f"alert to {item['receiver']}",
-                                   f"item-{item['item']}", ev, item))
+            msg = _chain(messages, r[11])
+            t = int(max(r[5], msg["ended_ns"] if msg and msg["ended_ns"] else
+                        (msg["attempts"][-1]["started_ns"] if msg and msg["attempts"]
+                         else r[10])))
+            outcome = alert_outcome(r[8], messages.get(r[11]) if r[11] else None)
+            if room(r[0], "alert", outcome, t):
+                add(r[0], Mark("alert", outcome, t, r[1], f"alert to {r[7]}", f"item-{r[6]}",
+                               {"host": r[2], "name": r[3], "state": r[4]},
+                               {"status": r[8], "detail": r[9], "message": msg}))
     for lane in by_kid.values():
         lane.marks.sort(key=lambda m: m.t_ns)
 

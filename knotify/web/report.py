@@ -20,7 +20,8 @@ MAX_INCIDENTS = 50
 def build(db: sqlite3.Connection, since_ns: int, until_ns: int, cluster: str | None = None,
           now_ns: int | None = None) -> str:
     now = time.time_ns() if now_ns is None else now_ns
-    tl = data.timeline(db, since_ns, until_ns, cluster=cluster, now_ns=now)
+    tl = data.timeline(db, since_ns, until_ns, cluster=cluster, now_ns=now,
+                       resolution_ns=views.resolution(since_ns, until_ns))
     found = data.incidents(db, since_ns, until_ns, cluster)[-MAX_INCIDENTS:]
     told: list[tuple[data.Incident, views.Picture]] = []
     anchors: dict[str, str] = {}
@@ -29,10 +30,11 @@ def build(db: sqlite3.Connection, since_ns: int, until_ns: int, cluster: str | N
         if inc is None:
             continue
         pad = max(5 * 10**9, (inc.end_ns - inc.start_ns) // 5)
+        start, end = inc.start_ns - pad, inc.end_ns + pad
         pic = views.layout(data.timeline(
-            db, inc.start_ns - pad, inc.end_ns + pad,
-            cluster=inc.clusters[0] if inc.clusters else None,
-            host=None if inc.clusters else inc.hosts[0], now_ns=now))
+            db, start, end, cluster=inc.clusters[0] if inc.clusters else None,
+            host=None if inc.clusters else inc.hosts[0], now_ns=now,
+            resolution_ns=views.resolution(start, end)))
         told.append((inc, pic))
         for ev in inc.events:
             anchors.setdefault(ev["id"], f"#incident-{inc.event_id}")

@@ -280,7 +280,8 @@ class Web:
             # the report's job, not a page's).
             chosen = cluster if cluster or host else (names[0] if names else "")
             tl = data.timeline(db, win.since_ns, win.until_ns, cluster=chosen or None,
-                               host=host)
+                               host=host,
+                               resolution_ns=views.resolution(win.since_ns, win.until_ns))
             incs = data.incidents(db, win.since_ns, win.until_ns, chosen or None)
             return tl, incs, names, data.host_names(db), chosen
 
@@ -300,9 +301,10 @@ class Web:
             if inc is None:
                 return None, None
             pad = max(5 * 10**9, (inc.end_ns - inc.start_ns) // 5)
-            tl = data.timeline(db, inc.start_ns - pad, inc.end_ns + pad,
-                               cluster=inc.clusters[0] if inc.clusters else None,
-                               host=None if inc.clusters else inc.hosts[0])
+            start, end = inc.start_ns - pad, inc.end_ns + pad
+            tl = data.timeline(db, start, end, cluster=inc.clusters[0] if inc.clusters else None,
+                               host=None if inc.clusters else inc.hosts[0],
+                               resolution_ns=views.resolution(start, end))
             return inc, tl
 
         inc, tl = await self.reader.read(read)

@@ -261,12 +261,18 @@ def _merge_marks(marks: list[tuple[Mark, float]], lane_y: float) -> list[MarkBox
     out: list[MarkBox] = []
     for group in groups:
         mark, mx = group[0]
+        count = sum(1 + m.hidden for m, _ in group)
         title = "\n\n".join(_mark_title(m) for m, _ in group[:MARK_LINES])
-        if len(group) > MARK_LINES:
-            title += f"\n\n... and {len(group) - MARK_LINES} more here"
+        if count > MARK_LINES:
+            title += f"\n\n... and {count - min(len(group), MARK_LINES)} more here"
         y = lane_y + {"action": ACTION_Y, "alert": ALERT_Y}.get(mark.what, EVENT_Y)
-        out.append(MarkBox(mark, mx, y, title, len(group)))
+        out.append(MarkBox(mark, mx, y, title, count))
     return out
+
+
+def resolution(since_ns: int, until_ns: int, width: int = WIDTH) -> int:
+    """The stretch of time within which marks are drawn as one (see data.timeline)."""
+    return max(1, int((until_ns - since_ns) / (width - LABEL_W - RIGHT) * MARK_PX / 2))
 
 
 def _ticks(since_ns: int, until_ns: int, x: Callable[[int], float]) -> list[Tick]:
