@@ -356,6 +356,11 @@ class Web:
                 await response.write(b"data: " + line + b"\n\n")
         except (ConnectionResetError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # this page's stream ends; the others and the server go on
+            self.stats["errors"] += 1
+            self.log.exception("web.live_stream_failed")
         finally:
             self.hub.leave(queue)
         return response
