@@ -11,7 +11,7 @@ import json
 import sqlite3
 
 from conftest import KEnv, RouterProcess
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from knotify import journal, zmtp
@@ -104,6 +104,8 @@ _ALPHABET = "ab1_*?[]!"
 
 
 @settings(max_examples=300, deadline=None)
+@example(pattern="*", value="*1")  # the rules' matcher took the value's '*' literally
+@example(pattern="a*", value="a*b")
 @given(pattern=st.text(_ALPHABET, min_size=1, max_size=6),
        value=st.text("ab1_[]!*?", max_size=6))
 def test_sql_patterns_agree_with_rule_patterns(pattern: str, value: str) -> None:
