@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
-import tempfile
 
 from knotify import __version__, paths
 from knotify.commands import fail
-from knotify.security import insecure_reason
+
+# (shlex, tempfile and the path checks are imported when the command runs: every CLI
+# command builds the whole parser, and `knotify send` should not pay for them.)
 
 HELP = ("write knotify-notify and knotify-fifo wrappers into DIR for this virtualenv and "
         "config, root-owned and safe under keepalived's enable_script_security")
@@ -47,6 +47,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def wrapper(name: str, python: str, config: str | None) -> str:
     """The text of one wrapper (``#!/bin/sh``: Debian's keepalived needs the #!)."""
+    import shlex
+
     what, code = WRAPPERS[name]
     lines = [
         "#!/bin/sh",
@@ -65,6 +67,8 @@ def wrapper(name: str, python: str, config: str | None) -> str:
 
 
 def _write(path: str, text: str) -> None:
+    import tempfile
+
     folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=".knotify-hook-", dir=folder)
     try:
@@ -83,6 +87,8 @@ def _write(path: str, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from knotify.security import insecure_reason
+
     folder = os.path.abspath(args.dir)
     python = os.path.abspath(args.python)
     if any(c in folder + python for c in "\n\r\0"):

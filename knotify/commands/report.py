@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 
 from knotify.commands import fail, load_config
@@ -51,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.html == "-":
         print(html)
         return 0
+    import tempfile
+
     folder = os.path.dirname(os.path.abspath(args.html))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".knotify-report-", dir=folder)

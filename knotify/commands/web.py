@@ -9,7 +9,6 @@ import signal
 
 from knotify import log as logmod
 from knotify.commands import client_settings, fail, load_config
-from knotify.web.auth import Auth, AuthFileError, load_token, load_users, loopback_host
 
 HELP = ("serve web pages: overview, failover timeline, incidents, history, updated live "
         "(its own process; reads the journal read-only)")
@@ -47,6 +46,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from knotify.web.auth import Auth, AuthFileError, load_token, load_users, loopback_host
     from knotify.web.server import WebSettings, serve
 
     config = load_config(args)
