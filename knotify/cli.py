@@ -9,7 +9,8 @@ from importlib import import_module
 from knotify import __version__
 
 COMMANDS = ("run", "send", "status", "history", "check_config", "fifo", "reload", "keygen",
-            "silence", "test_alert", "watch", "agent", "forget_peer")
+            "silence", "test_alert", "watch", "agent", "forget_peer", "web", "report",
+            "install_hooks")
 
 
 def build_parser() -> argparse.ArgumentParser:

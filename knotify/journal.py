@@ -479,15 +479,26 @@ class Journal:
                             "AND vs = ?", keys)
 
     def history(self, limit: int = 50, *, host: str | None = None, kind: str | None = None,
-                name: str | None = None, before: int | None = None) -> list[dict[str, Any]]:
+                name: str | None = None, before: int | None = None,
+                event_id: str | None = None, transitions: bool = False
+                ) -> list[dict[str, Any]]:
+        """Events newest first. ``host``, ``kind`` and ``name`` are patterns as in rules and
+        ``knotify watch`` (``*``, ``?``, a leading ``!`` negates); ``event_id`` is an id or
+        its first characters; ``transitions`` leaves out repeats, notices and stale ones."""
         where: list[str] = []
         args: list[object] = []
-        keyed = [(column, value) for column, value in (("host", host), ("kind", kind),
-                                                       ("name", name)) if value is not None]
+        keyed = [_glob(column, value, column == "kind") for column, value in
+                 (("host", host), ("kind", kind), ("name", name)) if value is not None]
         if keyed:
             where.append("kid IN (SELECT kid FROM keys WHERE "
-                         + " AND ".join(f"{column} = ?" for column, _ in keyed) + ")")
+                         + " AND ".join(sql for sql, _ in keyed) + ")")
             args.extend(value for _, value in keyed)
+        if event_id is not None:
+            where.append("id GLOB ?")
+            args.append(event_id.lower().replace("[", "[[]").replace("*", "[*]")
+                        .replace("?", "[?]") + "*")
+        if transitions:
+            where.append("class = 'transition'")
         if before is not None:
             where.append("rowid < ?")
             args.append(before)
@@ -517,6 +528,15 @@ class Journal:
         alert_outbox.attach_history(self.db, by_id)
         return out
 
+
+
+def _glob(column: str, pattern: str, upper: bool) -> tuple[str, str]:
+    """SQL for a rule pattern: ``*``/``?`` wildcards, ``[`` literal, a leading ``!`` negates."""
+    negate = pattern.startswith("!")
+    text = pattern[1:] if negate else pattern
+    if upper:
+        text = text.upper()
+    return f"{column} {'NOT ' if negate else ''}GLOB ?", text.replace("[", "[[]")
 
 
 def _row_dict(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -928,13 +928,25 @@ class Router:
                     raise WireError("history 'limit' must be an integer 1..100000")
                 filters = {k: msg.get(k) for k in ("host", "kind", "name")}
                 for k, v in filters.items():
-                    if v is not None and not isinstance(v, str):
-                        raise WireError(f"history {k!r} must be a string")
+                    if v is not None and (not isinstance(v, str) or len(v) > 255):
+                        raise WireError(f"history {k!r} must be a string (a pattern)")
+                event_id = msg.get("id")
+                if event_id is not None and (not isinstance(event_id, str) or not
+                                             1 <= len(event_id) <= 64 or any(
+                                                 c not in "0123456789abcdefABCDEF"
+                                                 for c in event_id)):
+                    raise WireError("history 'id' must be an event id (hexadecimal) or its "
+                                    "first characters")
+                transitions = msg.get("transitions", False)
+                if type(transitions) is not bool:
+                    raise WireError("history 'transitions' must be true or false")
                 before = msg.get("before")
                 if before is not None and (type(before) is not int or not 0 < before < 2**62):
                     raise WireError("history 'before' must be an event number (rowid)")
                 # One reply holds a page at most; "next_before" asks for the rest.
-                page = self.journal.history(min(limit, HISTORY_PAGE), before=before, **filters)
+                page = self.journal.history(min(limit, HISTORY_PAGE), before=before,
+                                            event_id=event_id, transitions=transitions,
+                                            **filters)
                 more = limit > HISTORY_PAGE and len(page) == HISTORY_PAGE
                 return reply(True, events=page,
                              next_before=page[-1]["rowid"] if more else None)

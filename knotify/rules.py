@@ -23,13 +23,15 @@ def _glob_match(pattern: str, value: str) -> bool:
     star = -1
     mark = 0
     while v < len(value):
-        if p < len(pattern) and (pattern[p] == "?" or pattern[p] == value[v]):
-            p += 1
-            v += 1
-        elif p < len(pattern) and pattern[p] == "*":
+        # '*' first: a value holding a '*' must not match it as a literal and lose the
+        # wildcard ('*' against '*1' is a match).
+        if p < len(pattern) and pattern[p] == "*":
             star = p
             mark = v
             p += 1
+        elif p < len(pattern) and (pattern[p] == "?" or pattern[p] == value[v]):
+            p += 1
+            v += 1
         elif star >= 0:
             p = star + 1
             mark += 1

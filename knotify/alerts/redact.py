@@ -17,8 +17,10 @@ MASK = "****"
 _SPLIT = re.compile(r"[/:@?&=#,;\s+]+")
 #: Shorter pieces are words like "yes", ports or "POST": never worth hiding.
 _MIN_SECRET = 4
-#: Query values at least this long are hidden even when apprise shows them (``?:token=``).
+#: Query values at least this long are hidden when their key names a secret (``?:token=``,
+#: a header) or apprise does not show them.
 _MIN_QUERY_SECRET = 8
+_SECRET_KEY = re.compile(r"token|key|secret|pass|auth|sig|cred", re.IGNORECASE)
 
 
 def short_url(privacy_url: str) -> str:
@@ -50,8 +52,15 @@ def secret_tokens(raw_url: str, privacy_url: str | None = None) -> set[str]:
         password, query = None, []
     if password:
         secrets.update({password, unquote(password)})
-    for _, value in query:
-        if len(value) >= _MIN_QUERY_SECRET:
+    shown_text = ""
+    if privacy_url is not None:
+        rest_shown = privacy_url.partition("://")[2]
+        shown_text = rest_shown + "\n" + unquote(rest_shown)
+    for key, value in query:
+        # A long value is secret where it names one (a header such as ?:token=, key=,
+        # password=...) or where apprise does not show it; an address (to=, from=) is not.
+        if len(value) >= _MIN_QUERY_SECRET and (
+                key.startswith(":") or _SECRET_KEY.search(key) or value not in shown_text):
             secrets.add(value)
     rest = raw_url.partition("://")[2] or raw_url
     tokens = {t for t in _SPLIT.split(rest) if len(t) >= _MIN_SECRET}
@@ -59,7 +68,8 @@ def secret_tokens(raw_url: str, privacy_url: str | None = None) -> set[str]:
     if privacy_url is None:
         secrets |= tokens
     else:
-        shown = set(_SPLIT.split(privacy_url.partition("://")[2]))
+        # apprise shows some parts quoted (oncall%40example.net): split both forms.
+        shown = set(_SPLIT.split(shown_text))
         shown |= {unquote(t) for t in shown}
         secrets |= {t for t in tokens if t not in shown}
     return {s for s in secrets if len(s) >= _MIN_SECRET or s == password}

@@ -36,6 +36,7 @@ import sys
 import time
 from typing import Any
 
+from knotify.alerts.failure import explain
 from knotify.alerts.redact import scheme, scrub, secret_tokens, short_url, url_id
 
 MAX_ERROR = 1000
@@ -133,19 +134,35 @@ def _send_one(apprise: Any, asset: Any, svc: _Service, job: dict[str, Any],
         "body": job.get("body") or " ", "title": job.get("title", ""),
         "notify_type": job.get("type", "info"), "body_format": job.get("format", "text"),
     }
-    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as log:
+    # Debug level: apprise says why a connection failed (DNS, refused, TLS) only there.
+    with apprise.LogCapture(level=logging.DEBUG, fmt="%(levelname)s %(message)s") as log:
         try:
             try:
                 result = holder.notify(**kwargs, timeout=max(0.1, remaining))
             except TypeError:  # apprise before 2.x: no per-call timeout
                 result = holder.notify(**kwargs)
         except Exception as exc:
-            return False, "ERROR", scrub(f"{type(exc).__name__}: {exc}", svc.secrets)[:MAX_ERROR]
+            text = f"{type(exc).__name__}: {exc}"
+            return False, "ERROR", scrub(explain([text], []), svc.secrets)[:MAX_ERROR]
     ok = bool(result)
     status = getattr(getattr(result, "status", None), "name", "SUCCESS" if ok else "FAILURE")
-    error = "" if ok else (_captured(log.getvalue(), svc.secrets)
+    error = "" if ok else (_failure(log.getvalue(), svc.secrets)
                            or f"apprise reported {status.lower()}")
     return ok, str(status), error
+
+
+def _failure(captured: str, secrets: set[str]) -> str:
+    """Why a URL failed, from apprise's log: its warnings plus the cause in its debug lines."""
+    said: list[str] = []
+    details: list[str] = []
+    for line in captured.splitlines():
+        level, _, message = line.partition(" ")
+        if level in ("WARNING", "ERROR", "CRITICAL"):
+            said.append(message)
+        elif level == "DEBUG" and message.startswith(("Socket Exception", "Response Details",
+                                                      "SMTP", "Exception")):
+            details.append(message)
+    return scrub(explain(said, details), secrets)[-MAX_ERROR:]
 
 
 def deliver(job: dict[str, Any], result_path: str) -> None:

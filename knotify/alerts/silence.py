@@ -97,6 +97,8 @@ class Silence:
         return self.expired_ns is None and self.starts_ns <= now_ns < self.ends_ns
 
     def status(self, now_ns: int) -> str:
+        """``pending``, ``active``, ``expired`` (ended by hand: ``knotify silence expire``)
+        or ``ended`` (its time ran out)."""
         if self.expired_ns is not None:
             return "expired"
         if now_ns < self.starts_ns:
@@ -116,11 +118,15 @@ class Silence:
 
     def to_dict(self, now_ns: int | None = None) -> dict[str, Any]:
         now = time.time_ns() if now_ns is None else now_ns
+        status = self.status(now)
         return {
             "id": self.id, "matchers": [m.text for m in self.matchers],
             "starts_ns": self.starts_ns, "ends_ns": self.ends_ns, "created_ns": self.created_ns,
             "by": self.by, "reason": self.reason, "expired_ns": self.expired_ns,
-            "status": self.status(now),
+            "status": status,
+            # When it really stopped muting: expired by hand, or its time ran out.
+            "ended_ns": self.expired_ns if status == "expired"
+            else self.ends_ns if status == "ended" else None,
         }
 
 

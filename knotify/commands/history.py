@@ -18,18 +18,34 @@ HELP = "show events newest first, with the actions each one triggered and how th
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--limit", "-n", type=int, default=20, help="how many events (default 20)")
-    parser.add_argument("--host", help="only this host")
-    parser.add_argument("--kind", help="only this kind (INSTANCE, GROUP, VS, RS, ...)")
-    parser.add_argument("--name", help="only this name")
+    parser.add_argument("--host", help="only this host (wildcards * and ?, !negation, as in "
+                        "watch and the rules)")
+    parser.add_argument("--kind", help="only this kind (INSTANCE, GROUP, VS, RS, CLUSTER, ...)")
+    parser.add_argument("--name", help="only this name (wildcards: --name 'VI_*')")
+    parser.add_argument("--id", dest="event_id", metavar="ID",
+                        help="the event with this id (as printed in every alert), or whose "
+                        "id starts with it")
+    parser.add_argument("--transitions", action="store_true",
+                        help="only events that changed a state (no repeats, notices or "
+                        "stale reports)")
 
 
 def run(args: argparse.Namespace) -> int:
     settings = client_settings(args)
     if not 1 <= args.limit <= 100_000:
         return fail("--limit must be 1..100000", 2)
-    filters = {k: v for k in ("host", "kind", "name") if (v := getattr(args, k)) is not None}
+    filters: dict[str, Any] = {
+        k: v for k in ("host", "kind", "name") if (v := getattr(args, k)) is not None}
     if "kind" in filters:
         filters["kind"] = filters["kind"].upper()
+    if args.event_id is not None:
+        event_id = args.event_id.strip().lower()
+        if not event_id or any(c not in "0123456789abcdef" for c in event_id):
+            return fail(f"--id: {args.event_id!r} is not an event id (hexadecimal, as in "
+                        "'knotify event 3f2a...' at the end of an alert)", 2)
+        filters["id"] = event_id
+    if args.transitions:
+        filters["transitions"] = True
     events: list[dict[str, Any]] = []
     before: int | None = None
     try:
@@ -47,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(events, indent=2))
         return 0
     if not events:
+        if args.event_id is not None:
+            return fail(f"no event with id {args.event_id} in the journal (older events are "
+                        "pruned: [router] keep_events)")
         print("no events")
         return 0
     for ev in events:

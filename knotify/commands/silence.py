@@ -51,8 +51,27 @@ def _who() -> str:
 
 
 def _describe(s: dict[str, Any]) -> str:
-    return (f"silence {s['id']} ({s['status']}): {' '.join(s['matchers'])} until "
-            f"{fmt_time(s['ends_ns'])[:19]} - {s['reason']} (by {s['by'] or '?'})")
+    """One line; an ended silence says when and how it ended, not when it was to end."""
+    status = s["status"]
+    planned = fmt_time(s["ends_ns"])[:19]
+    if status == "expired" and s.get("expired_ns"):
+        when = (f"expired by hand at {fmt_time(s['expired_ns'])[:19]}, it was to last until "
+                f"{planned}")
+    elif status == "ended":
+        when = f"ran out at {planned}"
+    else:
+        when = f"until {planned}"
+    return (f"silence {s['id']} ({status}): {' '.join(s['matchers'])} {when} - {s['reason']} "
+            f"(by {s['by'] or '?'})")
+
+
+def _until_and_left(s: dict[str, Any], now: int) -> tuple[str, str]:
+    """The UNTIL and LEFT cells: the real end of an ended silence, and how it ended."""
+    if s["status"] == "expired" and s.get("expired_ns"):
+        return fmt_time(s["expired_ns"])[:19], "expired by hand"
+    if s["status"] == "ended":
+        return fmt_time(s["ends_ns"])[:19], "ran out"
+    return fmt_time(s["ends_ns"])[:19], format_duration(max(0, s["ends_ns"] - now) / 1e9)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,10 +110,8 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             now = time.time_ns()
             rows = [[str(s["id"]), s["status"], fmt_time(s["starts_ns"])[:19],
-                     fmt_time(s["ends_ns"])[:19],
-                     format_duration(max(0, s["ends_ns"] - now) / 1e9)
-                     if s["status"] in ("active", "pending") else "",
-                     s["by"], " ".join(s["matchers"]), s["reason"]] for s in silences]
+                     *_until_and_left(s, now), s["by"], " ".join(s["matchers"]), s["reason"]]
+                    for s in silences]
             print(render(["ID", "STATUS", "FROM", "UNTIL", "LEFT", "BY", "MATCHERS", "REASON"],
                          rows))
             return 0
@@ -102,7 +119,10 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(answer["silence"], indent=2))
         else:
-            print(clean(f"expired {_describe(answer['silence'])}"))
+            ended = answer["silence"]
+            print(clean(f"expired silence {ended['id']} now (it was to last until "
+                        f"{fmt_time(ended['ends_ns'])[:19]}): {' '.join(ended['matchers'])} - "
+                        f"{ended['reason']} (by {ended['by'] or '?'})"))
         return 0
     except (RouterUnavailable, RouterRefused) as exc:
         return fail(str(exc))
