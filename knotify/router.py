@@ -170,7 +170,7 @@ class Router:
     def __init__(self, config: configmod.Config, log: Any = None) -> None:
         self.config = config
         self.log = log or logmod.get()
-        self.tracker = Tracker()
+        self.tracker = Tracker(skew_ns=self._skew_ns())
         self.journal: Journal | None = None
         self.executor: Executor | None = None
         self.alerts: AlertEngine | None = None
@@ -477,7 +477,7 @@ class Router:
                         inline.append((run, outcome))
         except Exception as exc:
             # Nothing of the batch is committed: the state table goes back to the journal's.
-            self.tracker = Tracker(self._reload_states())
+            self.tracker = Tracker(self._reload_states(), self._skew_ns())
             self._maybe_deleted = True
             if not isinstance(exc, JournalError):
                 raise
@@ -501,6 +501,8 @@ class Router:
                                        "effective": tr.state, "ts_ns": ev.ts_ns})
             if self.cluster is not None:
                 self.cluster.observe(ev, tr)
+            if ev.extra and "config_problem" in ev.extra and ev.extra.get("via") != "spool":
+                self.spool_replay.config_problem(ev, str(ev.extra["config_problem"]), live=True)
         self.executor.ran_inline(inline_counts, inline)
         for run in runs:
             self.executor.submit(run)
@@ -595,6 +597,9 @@ class Router:
                                         strict=True)),
                          detail="these states began after the router's clock plus "
                          "max_clock_skew; they now count from the router's start")
+
+    def _skew_ns(self) -> int:
+        return int(self.config.max_clock_skew * 1e9)
 
     def _reload_states(self) -> dict[Any, Any]:
         assert self.journal is not None
@@ -1001,6 +1006,7 @@ class Router:
             fixed.append("log")
         for name in LIVE:
             setattr(self.config, name, getattr(new, name))
+        self.tracker.skew_ns = self._skew_ns()
         self.config.hook.ack_timeout = new.hook.ack_timeout
         self.config.hook.host = new.hook.host
         self.config.hook.endpoints = new.hook.endpoints
@@ -1037,7 +1043,7 @@ class Router:
 
     def _forget_batch(self) -> None:
         """After a batch failed unexpectedly: the tracker forgets what was rolled back."""
-        self.tracker = Tracker(self._reload_states())
+        self.tracker = Tracker(self._reload_states(), self._skew_ns())
 
     def _watch_clients(self, force: bool = False) -> None:
         """Re-read the authorised client keys when their folder changes (and every
@@ -1282,7 +1288,7 @@ class Router:
                               "check the folder and its permissions") from None
         try:
             self.journal = Journal(path, self.config.synchronous, mode, gid)
-            self.tracker = Tracker(self.journal.load_states())
+            self.tracker = Tracker(self.journal.load_states(), self._skew_ns())
         except Exception as exc:  # whatever the file holds: one line, never a traceback
             raise self._journal_refusal(exc) from None
 

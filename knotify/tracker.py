@@ -50,6 +50,10 @@ class KeyState:
 
 #: A hook's fork time is known to one clock tick (10 ms): closer than that, fall back.
 TICK_NS = 10_000_000
+#: [router] max_clock_skew's default: how far a host's clocks may be off the router's.
+DEFAULT_SKEW_NS = 300 * 10**9
+#: A per-host sequence number that jumps further than this is not believed.
+MAX_SEQ_JUMP = 2**32
 
 
 def order(ev: Event, cur: KeyState) -> int:
@@ -97,13 +101,26 @@ class Transition:
 class Tracker:
     """The state table. Pure bookkeeping: no I/O, so it is cheap to test exhaustively."""
 
-    def __init__(self, states: dict[Key, KeyState] | None = None) -> None:
+    def __init__(self, states: dict[Key, KeyState] | None = None,
+                 skew_ns: int = DEFAULT_SKEW_NS) -> None:
         self.states: dict[Key, KeyState] = states or {}
+        #: How far a host's clocks may be off: what bounds the damage of a forged or
+        #: broken clock (see :meth:`observe`).
+        self.skew_ns = skew_ns
 
     def forget(self, keys: list[Key]) -> None:
         """Drop keys from the table (a key reported DELETED, to make room)."""
         for key in keys:
             self.states.pop(key, None)
+
+    def _leaps(self, ev: Event, current: KeyState) -> bool:
+        """``ev``'s boot clock ran further ahead of the key's last report than the time
+        that passed at the router (plus the skew): not believed, so it cannot make the
+        key's later real reports look older (its state still applies)."""
+        if ev.boot != current.boot or not current.mono_ns:
+            return False
+        passed = max(0, ev.recv_ns - current.updated_ns)
+        return ev.mono_ns - current.mono_ns > passed + self.skew_ns
 
     def epoch(self, key: Key) -> int:
         current = self.states.get(key)
@@ -125,13 +142,19 @@ class Tracker:
             )
             return Transition(TRANSITION, effective, INIT, None, 1)
         same = effective is None or effective == current.state
-        if order(ev, current) < 0:
+        newer = order(ev, current)
+        if newer < 0 and ev.ts_ns > current.updated_ns + self.skew_ns:
+            # Dated well after the report this key applied last had arrived: it cannot be
+            # older, whatever a boot clock or sequence number (forged, or reset) says.
+            newer = 1
+        if newer < 0:
             # Older than what this key has already seen from its host: it cannot
             # change the state (a newer report won), but agreeing reports are repeats.
             cls = REPEAT if same and ev.state == current.state else STALE
             return Transition(cls, current.state, current.state, current.since_ns, current.epoch)
-        current.seq = max(current.seq, ev.seq)
-        if ev.mono_ns and ev.boot:
+        if not current.seq or ev.seq - current.seq <= MAX_SEQ_JUMP:
+            current.seq = max(current.seq, ev.seq)
+        if ev.mono_ns and ev.boot and not self._leaps(ev, current):
             current.mono_ns, current.boot, current.pid = ev.mono_ns, ev.boot, ev.pid
         current.updated_ns = ev.recv_ns
         if ev.prio is not None and not (ev.kind == "GROUP" and ev.prio == 0):

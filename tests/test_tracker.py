@@ -286,7 +286,7 @@ def _clocked(state: str, *, mono_s: float, seq: int, pid: int = 0,
     wall = int((mono_s if wall_s is None else wall_s) * S)
     return Event(id=f"{state}{seq}{pid}", host="h", kind="INSTANCE", name="VI_1", state=state,
                  prio=100, seq=seq, ts_ns=wall, source=source,
-                 mono_ns=int(mono_s * S), boot=boot, pid=pid)
+                 mono_ns=int(mono_s * S), boot=boot, pid=pid, recv_ns=wall)
 
 
 def test_late_running_hook_cannot_undo_a_newer_fifo_state() -> None:
@@ -317,3 +317,43 @@ def test_a_new_boot_is_ordered_by_wall_clock() -> None:
     # A report from the old boot replayed late (a spool) is older by the wall clock.
     late = t.observe(_clocked("MASTER", mono_s=950.0, seq=51, boot="old", wall_s=10_050.0))
     assert late.cls == STALE
+
+
+def test_a_forged_boot_clock_leap_cannot_pin_a_key() -> None:
+    """Issue 9, finding 4 (the same boot's clock): a report whose boot clock ran far
+    further ahead than the time that passed applies its state but does not anchor the
+    key's order, so the host's next real report is not stale."""
+    t = Tracker(skew_ns=300 * S)
+    t.observe(_clocked("BACKUP", mono_s=10.0, seq=1, wall_s=1_000.0))
+    forged = t.observe(_clocked("MASTER", mono_s=10.0 + 365 * 86400, seq=2, wall_s=1_001.0))
+    assert forged.cls == TRANSITION
+    real = t.observe(_clocked("FAULT", mono_s=12.0, seq=3, wall_s=1_002.0))
+    assert (real.cls, real.prev_state) == (TRANSITION, "MASTER")
+    assert t.states[("h", "INSTANCE", "VI_1", "")].state == "FAULT"
+
+
+def test_a_plausible_boot_clock_step_is_still_believed() -> None:
+    t = Tracker(skew_ns=300 * S)
+    t.observe(_clocked("BACKUP", mono_s=10.0, seq=1, wall_s=1_000.0))
+    t.observe(_clocked("MASTER", mono_s=70.0, seq=2, wall_s=1_060.0))
+    # A hook forked before the MASTER report but run late stays stale.
+    assert t.observe(_clocked("BACKUP", mono_s=40.0, seq=3, wall_s=1_061.0)).cls == STALE
+
+
+def test_a_huge_sequence_number_is_not_believed() -> None:
+    t = Tracker(skew_ns=300 * S)
+    t.observe(ev("BACKUP", seq=5, ts=1 * S))
+    t.observe(ev("MASTER", seq=2**62, ts=2 * S))
+    assert t.observe(ev("FAULT", seq=6, ts=3 * S)).cls == TRANSITION
+
+
+def test_a_report_dated_past_the_skew_after_the_last_one_is_never_older() -> None:
+    """Whatever pinned a key (a forged clock or sequence on a first report, a counter
+    reset), a report dated more than the skew after the key's last applied report
+    arrived is newer: a pin lasts at most max_clock_skew."""
+    t = Tracker(skew_ns=300 * S)
+    t.observe(_clocked("MASTER", mono_s=10**6, seq=2**40, wall_s=1_000.0))
+    early = t.observe(_clocked("BACKUP", mono_s=5.0, seq=3, wall_s=1_100.0))
+    assert early.cls == STALE  # within the skew the boot clock still decides
+    late = t.observe(_clocked("BACKUP", mono_s=6.0, seq=4, wall_s=1_400.0))
+    assert (late.cls, late.prev_state) == (TRANSITION, "MASTER")
