@@ -10,7 +10,7 @@ For ``--duration`` seconds a real router gets, at the same time:
   unknown ops) and over TCP with CURVE (an authorised key sending garbage, events for
   hosts it may not send as, control operations it may not use);
 * odd files in ``spool/new`` (not JSON, empty, arrays, non-events, bad versions);
-  with ``--hostile-spool`` also FIFOs, folders and symlinks named ``*.json`` and deeply
+  unless ``--no-hostile-spool``, also FIFOs, folders and symlinks named ``*.json`` and deeply
   nested JSON (issue 9 part B's findings);
 * idle TCP connections, connections that stop half way through the handshake, and
   idle connections to the control socket, reopened whenever the router closes them;
@@ -511,8 +511,9 @@ def main() -> int:
                         help="seconds between SIGKILLs, +-30%% (45)")
     parser.add_argument("--rate", type=float, default=25.0,
                         help="good events/s per sender (25; 4 senders)")
-    parser.add_argument("--hostile-spool", action="store_true",
-                        help="also FIFOs, folders, symlinks and deep JSON in spool/new")
+    parser.add_argument("--no-hostile-spool", dest="hostile_spool", action="store_false",
+                        help="leave out the FIFOs, folders, symlinks and deep JSON in "
+                        "spool/new")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder")
     args = parser.parse_args()

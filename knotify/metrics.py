@@ -150,6 +150,13 @@ class RouterCollector:
             ("keys_forgotten", "knotify_keys_forgotten", "DELETED keys forgotten"),
             ("curve_refused", "knotify_curve_refused", "TCP connections refused for an "
              "unknown CURVE key"),
+            ("spool_bad", "knotify_spool_bad", "spool files set aside in spool/bad (not a "
+             "regular file, not an event, too big or too deep)"),
+            ("spool_recovered", "knotify_spool_recovered", "complete events recovered from "
+             "spool/tmp (left there by a killed hook)"),
+            ("spool_scan_errors", "knotify_spool_scan_errors", "spool scans that failed"),
+            ("hook_config_problems", "knotify_hook_config_problems", "replayed events whose "
+             "hook could not read its config (it used the defaults)"),
         ):
             counter = Counter(name, text)
             counter.add_metric([], stats.get(key, 0))

@@ -116,7 +116,7 @@ class SpoolReplay:
             for name in done:
                 problem = by_name[name].extra.get("config_problem")
                 if problem:
-                    self._config_problem(by_name[name], str(problem))
+                    self.config_problem(by_name[name], str(problem))
             return len(done), len(names) == MAX_BATCH and len(done) == len(good)
         finally:
             os.close(fd)
@@ -227,13 +227,15 @@ class SpoolReplay:
 
     # -- what the operator must hear about -------------------------------------------------
 
-    def _config_problem(self, ev: Event, problem: str) -> None:
-        """An event whose hook could not read the config it was given (finding 15)."""
+    def config_problem(self, ev: Event, problem: str, live: bool = False) -> None:
+        """An event whose hook could not read the config it was given (finding 15):
+        replayed from this spool, or (``live``) acked straight from the hook."""
         self.stats["hook_config_problems"] += 1
+        spool = None if live else self.spool_dir
         self.last_config_problem = {"host": ev.host, "event_id": ev.id, "problem": problem,
-                                    "spool": self.spool_dir, "at_ns": time.time_ns()}
-        self.log.warning("spool.config_problem", host=ev.host, event_id=ev.id,
-                         problem=problem[:500], spool=self.spool_dir,
+                                    "spool": spool, "at_ns": time.time_ns()}
+        self.log.warning("hook.config_problem" if live else "spool.config_problem",
+                         host=ev.host, event_id=ev.id, problem=problem[:500], spool=spool,
                          hint="the hook could not read the config it was given and used the "
                          "default folders; fix the -c path where keepalived runs it")
 

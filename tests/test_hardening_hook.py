@@ -202,3 +202,27 @@ def test_hook_with_deep_config_in_the_minimal_reader_never_recurses(kenv: KEnv) 
     [event] = spooled(kenv.spool)
     assert event["name"] == "VI_1"
 
+
+
+def test_a_typo_in_the_hooks_config_path_is_reported_when_acked_live(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """The same typo with the router running (the default socket is this router's): the
+    event is acked straight away, and the router still says what the hook could not read."""
+    kenv.write_config(LOG_RULE)
+    router.start()
+    typo = kenv.root / "knotfy.toml"
+    assert kenv.hook("-c", str(typo), "master", "VI_1").returncode == 0
+    assert not kenv.spooled()
+    [event] = kenv.history()
+    assert str(typo) in event["extra"]["config_problem"]
+    line = wait_for(lambda: [r for r in router.records()
+                             if r.get("event") == "hook.config_problem"], 10,
+                    what="the router's line about the hook's config")[0]
+    assert line["level"] == "warning" and line["event_id"] == event["id"]
+    assert str(typo) in line["problem"] and line["spool"] is None
+    info = json.loads(kenv.cli("status", "--json").stdout)["router"]
+    assert info["hook_config_problems"] == 1
+    text = kenv.cli("status").stdout
+    assert "could not read its config" in text and str(typo) in text
+    assert "replayed from" not in text

@@ -323,3 +323,29 @@ def test_the_agent_recovers_a_killed_hooks_tmp_file_and_reads_safely(
     assert names(kenv) == ["KILLED"]
     assert not left.exists() and not list((spool_dir / "new").iterdir())
     assert (spool_dir / "bad" / FIRST).exists()
+
+
+def test_spool_counters_are_on_the_metrics_endpoint(kenv: KEnv, router: RouterProcess) -> None:
+    """A file set aside and a recovered tmp file show on /metrics, not only in status."""
+    import urllib.request
+
+    from alert_servers import free_port
+
+    port = free_port()
+    kenv.write_config(LOG_RULE + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    new = new_dir(kenv)
+    os.mkfifo(new / "00000000000000000001-aa.json")
+    (new / "00000000000000000002-bb.json").write_text("[" * 5000)
+    router.start()
+
+    def metrics() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("knotify_spool_") or line.startswith("knotify_hook_")}
+
+    values = wait_for(lambda: (m := metrics()).get("knotify_spool_bad_total") == 2 and m, 20,
+                      what="two bad spool files counted on /metrics")
+    assert values["knotify_spool_recovered_total"] == 0
+    assert values["knotify_spool_scan_errors_total"] == 0
+    assert values["knotify_hook_config_problems_total"] == 0

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 def test_hostile_soak_loses_nothing_and_runs_nothing_twice() -> None:
     import soak
 
-    results = soak.run(duration=150, kill_every=40, rate=20, hostile_spool=False,
+    results = soak.run(duration=150, kill_every=40, rate=20, hostile_spool=True,
                        say=lambda text: None)
     try:
         assert results["problems"] == [], results
@@ -33,5 +33,7 @@ def test_hostile_soak_loses_nothing_and_runs_nothing_twice() -> None:
         assert results["hostile"].get("garbage_answered", 0) > 100
         assert results["hostile"].get("curve_answered", 0) > 100
         assert results["hostile"].get("idle_tcp_closed", 0) > 100, "handshake timeouts"
+        for kind in ("fifo", "dir", "symlink"):
+            assert results["hostile"].get(f"spool_{kind}", 0) > 0, kind
     finally:
         shutil.rmtree(results["root"], ignore_errors=True)

@@ -82,8 +82,9 @@ def spool_warnings(router: dict[str, Any]) -> list[str]:
     if router.get("hook_config_problems") and isinstance(last, dict):
         out.append(f"warning: {router['hook_config_problems']} event(s) came from a hook that "
                    f"could not read its config and used the defaults (last: {last.get('host')}"
-                   f": {last.get('problem')}); replayed from {last.get('spool')}; fix the hook's "
-                   "-c path")
+                   f": {last.get('problem')})"
+                   + (f"; replayed from {last['spool']}" if last.get("spool") else "")
+                   + "; fix the hook's -c path")
     unread = report.get("unread")
     if isinstance(unread, dict):
         out.append(f"warning: {unread.get('events')} event(s) wait in {unread.get('spool')}, a "
