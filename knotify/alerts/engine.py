@@ -95,6 +95,9 @@ class AlertEngine:
         self._working: dict[int, str] = {}
         #: The receiver of every message in ``inflight``.
         self._receiver_of: dict[int, str] = {}
+        #: Jobs at workers, by receiver, and attempts waiting for their turn (_enter).
+        self._sending: dict[str, int] = {}
+        self._turns: dict[str, deque[asyncio.Future[None]]] = {}
         #: Receivers that answered "slow down": nothing goes to them before this (ns).
         self._holds: dict[str, int] = {}
         self._ops: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
@@ -468,7 +471,7 @@ class AlertEngine:
                 settling[name] = settling.get(name, 0) + 1
         per = s.max_parallel_per_receiver
         for name, window in self.outbox.windows(
-                lambda receiver: per + settling.get(receiver, 0)).items():
+                lambda receiver: 2 * per + settling.get(receiver, 0)).items():
             failing = any(m.attempts > (1 if m.status == outbox.SENDING else 0)
                           for m in window)
             receiver = self.config.receivers.get(name)
@@ -499,14 +502,18 @@ class AlertEngine:
                 nxt = hold if nxt is None else min(nxt, hold)
                 continue
             busy = sum(1 for r in self._working.values() if r == name)
-            limit = 1 if failing else s.max_parallel_per_receiver
+            # A healthy receiver may have as many attempts again journaled and waiting for
+            # their turn (_enter) as it has at workers: the next job is ready the moment a
+            # worker is, and its start is not a commit in the way.
+            limit = 1 if failing else 2 * per
             for message in window[:1] if failing else window:
                 if message.rowid in self.inflight or message.status == outbox.SENDING:
                     continue
                 if message.next_ns > now:
                     nxt = message.next_ns if nxt is None else min(nxt, message.next_ns)
                     continue
-                if self._stopping or busy >= limit or len(self._working) >= s.max_parallel:
+                if (self._stopping or busy >= limit
+                        or len(self._working) >= 2 * s.max_parallel):
                     break
                 self._start(message, receiver)
                 busy += 1
@@ -674,7 +681,10 @@ class AlertEngine:
             return
         worker: Worker | None = None
         timed_out, note, interrupted = False, "", False
+        entered = False
         try:
+            await self._enter(receiver.name)
+            entered = True
             try:
                 worker = await self.pool.acquire()
             except PoolError as exc:
@@ -694,11 +704,41 @@ class AlertEngine:
         finally:
             if worker is not None:
                 self.pool.release(worker)
+            if entered:
+                self._leave(receiver.name)
         # The worker is free for the next message while this outcome waits for its commit.
         self._working.pop(message.rowid, None)
         self._kick()
         await self._settle_until_journaled(attempt_id, message.rowid, receiver.name, path,
                                            timed_out, note, interrupted)
+
+    async def _enter(self, name: str) -> None:
+        """Wait until fewer than max_parallel_per_receiver jobs of ``name`` are at workers."""
+        while self._sending.get(name, 0) >= self.settings.max_parallel_per_receiver:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiters = self._turns.setdefault(name, deque())
+            waiters.append(fut)
+            try:
+                await fut
+            finally:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(fut)
+        self._sending[name] = self._sending.get(name, 0) + 1
+
+    def _leave(self, name: str) -> None:
+        left = self._sending.get(name, 1) - 1
+        if left > 0:
+            self._sending[name] = left
+        else:
+            self._sending.pop(name, None)
+        waiters = self._turns.get(name)
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+        if waiters is not None and not waiters:
+            self._turns.pop(name, None)
 
     async def _run_job(self, worker: Worker, path: str, message: outbox.MessageRow,
                        receiver: Receiver) -> tuple[bool, str]:

@@ -45,6 +45,7 @@ import signal
 import sys
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 from knotify.alerts.redact import scheme, scrub, secret_tokens, short_url, url_id
@@ -150,12 +151,17 @@ def slow_down(responses: list[tuple[int, str | None]]) -> dict[str, Any]:
     return out
 
 
+_assets: list[Any] = []
+
+
 def _asset(apprise: Any) -> Any:
-    try:
-        return apprise.AppriseAsset(app_id="knotify", app_desc="knotify alerts",
-                                    storage_mode="memory")
-    except Exception:  # older apprise without some of these options
-        return apprise.AppriseAsset()
+    if not _assets:
+        try:
+            _assets.append(apprise.AppriseAsset(app_id="knotify", app_desc="knotify alerts",
+                                                storage_mode="memory"))
+        except Exception:  # older apprise without some of these options
+            _assets.append(apprise.AppriseAsset())
+    return _assets[0]
 
 
 def _captured(text: str, secrets: set[str]) -> str:
@@ -164,13 +170,45 @@ def _captured(text: str, secrets: set[str]) -> str:
 
 
 class _Service:
-    __slots__ = ("id", "secrets", "service", "shown")
+    __slots__ = ("holder", "id", "secrets", "service", "shown")
 
-    def __init__(self, ident: str, shown: str, service: Any, secrets: set[str]) -> None:
+    def __init__(self, ident: str, shown: str, service: Any, secrets: set[str],
+                 holder: Any = None) -> None:
         self.id = ident
         self.shown = shown
         self.service = service
         self.secrets = secrets
+        self.holder = holder
+
+
+#: What a warm worker already made of a receiver URL (apprise's plugin object, ready to
+#: send, its privacy form and secrets), by the URL, most recently used last: the next
+#: message to the same URL skips parsing and set-up (about half of a job's CPU), and
+#: the plugin's own throttling carries over from one message to the next.
+_known: OrderedDict[str, _Service] = OrderedDict()
+KNOWN_MAX = 64
+
+
+def _service(apprise: Any, asset: Any, raw: str) -> _Service | dict[str, str]:
+    """The service for URL ``raw`` (made once per process), or what went wrong."""
+    known = _known.get(raw)
+    if known is not None:
+        _known.move_to_end(raw)
+        return known
+    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as log:
+        service = apprise.Apprise.instantiate(raw, asset=asset)
+    if service is None:
+        return {"id": url_id(raw), "url": scheme(raw) + "...", "error": _captured(
+            log.getvalue(), secret_tokens(raw)) or "apprise does not accept this URL"}
+    privacy = service.url(privacy=True)
+    holder = apprise.Apprise(asset=asset)
+    holder.add(service)
+    known = _Service(url_id(raw), short_url(privacy), service, secret_tokens(raw, privacy),
+                     holder)
+    _known[raw] = known
+    while len(_known) > KNOWN_MAX:
+        _known.popitem(last=False)
+    return known
 
 
 def resolve(apprise: Any, asset: Any, urls: list[str], config: str | None,
@@ -179,15 +217,11 @@ def resolve(apprise: Any, asset: Any, urls: list[str], config: str | None,
     services: list[_Service] = []
     problems: list[dict[str, str]] = []
     for raw in urls:
-        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as log:
-            service = apprise.Apprise.instantiate(raw, asset=asset)
-        if service is None:
-            problems.append({"id": url_id(raw), "url": scheme(raw) + "...", "error": _captured(
-                log.getvalue(), secret_tokens(raw)) or "apprise does not accept this URL"})
-            continue
-        privacy = service.url(privacy=True)
-        services.append(_Service(url_id(raw), short_url(privacy), service,
-                                 secret_tokens(raw, privacy)))
+        got = _service(apprise, asset, raw)
+        if isinstance(got, dict):
+            problems.append(got)
+        else:  # a copy: the id may get a suffix below
+            services.append(_Service(got.id, got.shown, got.service, got.secrets, got.holder))
     if config:
         ident = "config:" + config
         if not os.access(config, os.R_OK):
@@ -227,8 +261,10 @@ def resolve(apprise: Any, asset: Any, urls: list[str], config: str | None,
 
 def _send_one(apprise: Any, asset: Any, svc: _Service, job: dict[str, Any],
               remaining: float) -> tuple[bool, str, str, dict[str, Any]]:
-    holder = apprise.Apprise(asset=asset)
-    holder.add(svc.service)
+    holder = svc.holder
+    if holder is None:
+        holder = apprise.Apprise(asset=asset)
+        holder.add(svc.service)
     kwargs: dict[str, Any] = {
         "body": job.get("body") or " ", "title": job.get("title", ""),
         "notify_type": job.get("type", "info"), "body_format": job.get("format", "text"),
