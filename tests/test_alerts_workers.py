@@ -17,12 +17,13 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from alert_servers import FAST_ALERTS, HttpSink, SmtpSink, alert_items, settled
+from alert_servers import FAST_ALERTS, HttpSink, SmtpSink, alert_items, free_port, settled
 from conftest import ROOT, KEnv, RouterProcess, wait_for
 
 from knotify import hook
@@ -507,17 +508,21 @@ def test_router_sigkill_idle_workers_exit_busy_one_finishes_and_is_read_after_re
     kenv: KEnv, router: RouterProcess, http: HttpSink
 ) -> None:
     http.behaviour["/chat/slow"] = "sleep:3"
+    port = free_port()
     write(kenv, f"""
 [receivers.chat]
 urls = ["{http.url('/chat/a')}", "{http.url('/chat/slow')}", "{http.url('/chat/b')}"]
 timeout = "30s"
-""")
+""", extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
     router.start()
     send_events(kenv, [("w1", "VI_1", "MASTER", 100)])
     wait_for(lambda: [r for r in http.started if r.path == "/chat/slow"], 60,
              what="a worker to be in the middle of a slow request")
     pids = workers_of(kenv)["pids"]
     assert pids
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        metrics = answer.read().decode().splitlines()
+    assert f"knotify_alert_workers {float(len(pids))}" in metrics
     router.kill()
     # Idle workers read EOF and exit; the busy one finishes its job first, then exits.
     for pid in pids:

@@ -107,6 +107,8 @@ class AlertEngine:
         self.pool = WorkerPool(lambda: self.settings.max_parallel,
                                lambda: self.settings.worker_idle, log)
         self.counts: dict[str, int] = {}
+        #: Group commits of attempt starts, outcomes and queued alerts.
+        self.commits = 0
         self._wake: asyncio.Event | None = None
         self._again = False
         self._stopping = False
@@ -656,7 +658,7 @@ class AlertEngine:
                 if not fut.done():
                     fut.set_exception(error)
             return
-        self._count("journal_commits")
+        self.commits += 1
         for fut, value, failure in done:
             if fut.done():
                 continue
@@ -952,6 +954,6 @@ class AlertEngine:
         except sqlite3.Error:
             counts = {}
         return {"attempts_running": len(self.inflight), "outcomes": dict(self.counts),
-                "workers": self.pool.info(),
+                "workers": self.pool.info(), "commits": self.commits,
                 "silences_active": len([s for s in self.silences.list()
                                         if s.active(time.time_ns())]), **counts}

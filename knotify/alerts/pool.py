@@ -182,6 +182,8 @@ class WorkerPool:
         self.workers: set[Worker] = set()
         self.idle: list[Worker] = []
         self.starting = 0
+        #: Of those starting, the ones warm() started (for whoever comes first).
+        self.warming = 0
         self.waiters: deque[asyncio.Future[Worker | None]] = deque()
         self.closed = False
         self.counts: dict[str, int] = {}
@@ -196,6 +198,7 @@ class WorkerPool:
 
     def info(self) -> dict[str, Any]:
         return {"workers": len(self.workers), "busy": self.busy, "starting": self.starting,
+                "warming": self.warming,
                 "pids": sorted(w.pid for w in self.workers), **self.counts}
 
     async def acquire(self) -> Worker:
@@ -211,7 +214,10 @@ class WorkerPool:
                 if worker.usable and worker.alive:
                     return worker
                 self._drop(worker)
-            if len(self.workers) + self.starting < self.size():
+            # A worker warming up for nobody yet is on its way: wait for it rather
+            # than start another.
+            if (self.warming <= len(self.waiters)
+                    and len(self.workers) + self.starting < self.size()):
                 return await self._spawn()
             fut: asyncio.Future[Worker | None] = asyncio.get_running_loop().create_future()
             self.waiters.append(fut)
@@ -304,6 +310,7 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         while not self.closed and len(self.workers) + self.starting < want:
             self.starting += 1  # counted now, so the loop ends; _warm_one takes it over
+            self.warming += 1
             task = loop.create_task(self._warm_one())
             self._reaping.add(task)
             task.add_done_callback(self._reaping.discard)
@@ -313,11 +320,13 @@ class WorkerPool:
         try:
             worker = await self._spawn()
         except PoolError:
-            return  # logged and counted by _spawn
+            return  # logged and counted by _spawn (which woke a waiter to try itself)
         except Exception:  # a background task never dies silently
             self._count("warm_crashed")
             self.log.exception("alert.worker_warm_crashed")
             return
+        finally:
+            self.warming -= 1
         self.release(worker)
 
     async def close(self, timeout: float = 2.0) -> None:
