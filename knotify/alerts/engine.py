@@ -58,6 +58,11 @@ OPS = ("silence_add", "silence_list", "silence_expire", "alerts")
 MAX_SLEEP = 1.0
 #: The shortest hold after a "slow down" answer, whatever its Retry-After says.
 MIN_SLOW_DOWN = 1.0
+#: Seconds between two of the engine's group commits, at least.
+COMMIT_INTERVAL = 0.01
+#: A healthy receiver's attempts journaled at once: this many times those it may have at
+#: workers (max_parallel_per_receiver), so a job is ready whenever a worker is.
+AHEAD = 4
 
 
 def _clock(ns: int) -> str:
@@ -102,7 +107,10 @@ class AlertEngine:
         self._holds: dict[str, int] = {}
         self._ops: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._ops_scheduled = False
+        self._last_commit = 0.0
         self._kicked = False
+        #: When the loop's next tick is planned (ns); 0: at once.
+        self._next_tick_ns = 0
         self._recent: deque[int] = deque(maxlen=64)
         self.pool = WorkerPool(lambda: self.settings.max_parallel,
                                lambda: self.settings.worker_idle, log)
@@ -146,7 +154,10 @@ class AlertEngine:
         ctx.log.info("alert.queued", alert=alert, status=outcome.status,
                      stream=f"{ctx.rule}#{ctx.extra.get('index', 0)}",
                      receivers=list(action.receivers), detail=outcome.detail)
-        self.wake()
+        # Its group is due in group_wait: wake the loop only if it would sleep past that
+        # (a mass failover queues hundreds of alerts; a tick for each loop turn is waste).
+        if now + int(self.settings.group_wait * 1e9) < self._next_tick_ns:
+            self.wake()
         return outcome
 
     def _enqueue_rows(self, ctx: ActionContext, action: AlertAction,
@@ -311,9 +322,10 @@ class AlertEngine:
             self._again = False
             return 0.0
         nxt = min((d for d in dues if d is not None), default=None)
-        if nxt is None:
-            return MAX_SLEEP
-        return max(0.0, min(MAX_SLEEP, (nxt - time.time_ns()) / 1e9))
+        delay = MAX_SLEEP if nxt is None else max(0.0, min(MAX_SLEEP,
+                                                           (nxt - time.time_ns()) / 1e9))
+        self._next_tick_ns = time.time_ns() + int(delay * 1e9)
+        return delay
 
     async def stop(self, timeout: float) -> None:
         """Let running attempts finish within ``timeout``; the rest are adopted at restart.
@@ -473,7 +485,7 @@ class AlertEngine:
                 settling[name] = settling.get(name, 0) + 1
         per = s.max_parallel_per_receiver
         for name, window in self.outbox.windows(
-                lambda receiver: 2 * per + settling.get(receiver, 0)).items():
+                lambda receiver: AHEAD * per + settling.get(receiver, 0)).items():
             failing = any(m.attempts > (1 if m.status == outbox.SENDING else 0)
                           for m in window)
             receiver = self.config.receivers.get(name)
@@ -504,10 +516,10 @@ class AlertEngine:
                 nxt = hold if nxt is None else min(nxt, hold)
                 continue
             busy = sum(1 for r in self._working.values() if r == name)
-            # A healthy receiver may have as many attempts again journaled and waiting for
-            # their turn (_enter) as it has at workers: the next job is ready the moment a
-            # worker is, and its start is not a commit in the way.
-            limit = 1 if failing else 2 * per
+            # A healthy receiver may have more attempts journaled and waiting for their
+            # turn (_enter) than it has at workers: the next job is ready the moment a
+            # worker is, and no commit is in its way.
+            limit = 1 if failing else AHEAD * per
             for message in window[:1] if failing else window:
                 if message.rowid in self.inflight or message.status == outbox.SENDING:
                     continue
@@ -515,7 +527,7 @@ class AlertEngine:
                     nxt = message.next_ns if nxt is None else min(nxt, message.next_ns)
                     continue
                 if (self._stopping or busy >= limit
-                        or len(self._working) >= 2 * s.max_parallel):
+                        or len(self._working) >= AHEAD * s.max_parallel):
                     break
                 self._start(message, receiver)
                 busy += 1
@@ -620,7 +632,14 @@ class AlertEngine:
         self._ops.append((op, fut))
         if not self._ops_scheduled:
             self._ops_scheduled = True
-            asyncio.get_running_loop().call_soon(self._commit_ops)
+            # At most one commit per COMMIT_INTERVAL: under a mass delivery each carries
+            # the starts and outcomes of many attempts, not one or two.
+            wait = self._last_commit + COMMIT_INTERVAL - time.monotonic()
+            loop = asyncio.get_running_loop()
+            if wait > 0:
+                loop.call_later(wait, self._commit_ops)
+            else:
+                loop.call_soon(self._commit_ops)
         return fut
 
     def _commit_ops(self) -> None:
@@ -633,6 +652,7 @@ class AlertEngine:
         ops, self._ops = self._ops, []
         if not ops:
             return
+        self._last_commit = time.monotonic()
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         db = self.journal.db
         ops = [(op, fut) for op, fut in ops if not fut.cancelled()]  # nobody waits: not done
