@@ -278,7 +278,7 @@ receivers = ["chat"]
             spy.wait(60)
             from intake import spy_summary
 
-            spied = spy_summary((kenv.root / "spy.txt").read_text(), 120)
+            spied = spy_summary((kenv.root / "spy.txt").read_text(), 40)
         # Nothing more may come: wait until the outbox is empty, then read again.
         deadline = time.monotonic() + 60
         info: dict[str, Any] = {}

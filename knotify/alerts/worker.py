@@ -27,6 +27,9 @@ if it is not, the job is dropped unsent. So, for a router that was SIGKILLed:
 A worker exits when stdin closes (the router stopped, or died: idle workers never
 outlive it, busy ones finish their job first), when it is told nothing more, and
 after a job in which apprise gave up waiting on a URL (its thread may still run).
+It is deliberately not killed with its router (``PR_SET_PDEATHSIG``): a request cut
+in the middle has an unknown outcome, and the next router would have to send it
+again; finishing it, bounded, and leaving the result file lets the next router know.
 """
 
 from __future__ import annotations
