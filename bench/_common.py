@@ -94,14 +94,16 @@ class Router:
     """``python -m knotify.cli run`` as a child process, logging JSON lines to a file."""
 
     def __init__(self, kenv: KEnv, log_level: str = "info",
-                 wrap: Sequence[str] = (), discard_log: bool = False) -> None:
+                 wrap: Sequence[str] = (), discard_log: bool = False,
+                 python: str = sys.executable) -> None:
         self.kenv = kenv
         self.log_path = Path(os.devnull) if discard_log else kenv.root / "router.log"
-        argv = [sys.executable, *wrap, "-m", "knotify.cli", "run", "--log-format", "json",
+        argv = [python, *wrap, "-m", "knotify.cli", "run", "--log-format", "json",
                 "--log-level", log_level]
         with open(self.log_path, "ab") as log:
+            # cwd: not the checkout, so ``-m`` imports the knotify of ``python``'s install
             self.proc = subprocess.Popen(argv, env=kenv.env, stdout=log,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT, cwd=kenv.root)
         self.wait_ready()
 
     @property

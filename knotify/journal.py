@@ -225,6 +225,7 @@ class Journal:
                              ("pid", "INTEGER NOT NULL DEFAULT 0")):
             if column not in have:
                 self.db.execute(f"ALTER TABLE state ADD COLUMN {column} {decl}")
+        alert_outbox.upgrade(self.db)
 
     def close(self) -> None:
         self.db.close()

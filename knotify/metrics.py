@@ -201,6 +201,8 @@ class RouterCollector:
         yield queue
         yield _gauge("knotify_alert_attempts_running", "alert deliveries under way",
                      alert_info.get("attempts_running", 0))
+        yield _gauge("knotify_alert_workers", "sender worker processes alive",
+                     alert_info.get("workers", {}).get("workers", 0))
 
         if r.cluster is not None:
             yield from _cluster(r.cluster, r.heartbeats)

@@ -39,6 +39,7 @@ class Request:
     body: bytes
     t_start: float
     t_end: float = 0.0
+    status: int = 200
 
     @property
     def json(self) -> Any:
@@ -47,12 +48,16 @@ class Request:
 
 @dataclass
 class HttpSink:
-    """Records POSTs. ``behaviour[prefix]`` is "ok", "fail" (HTTP 500) or "sleep:SECONDS"."""
+    """Records POSTs. ``behaviour[prefix]`` is "ok", "fail" (HTTP 500), "sleep:SECONDS" or
+    "429:RETRY_AFTER:COUNT" (the first COUNT requests get 429 Too Many Requests, with
+    ``Retry-After: RETRY_AFTER`` unless it is empty; they are kept in ``refused``)."""
 
     port: int = field(default_factory=free_port)
     requests: list[Request] = field(default_factory=list)
     started: list[Request] = field(default_factory=list)
+    refused: list[Request] = field(default_factory=list)
     behaviour: dict[str, str] = field(default_factory=dict)
+    _throttled: dict[str, int] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -66,8 +71,26 @@ class HttpSink:
                 req = Request(self.path, dict(self.headers), body, time.time())
                 with sink._lock:
                     sink.started.append(req)
-                mode = next((m for p, m in sink.behaviour.items() if self.path.startswith(p)),
-                            "ok")
+                prefix, mode = next(((p, m) for p, m in sink.behaviour.items()
+                                     if self.path.startswith(p)), ("", "ok"))
+                if mode.startswith("429:"):
+                    _, after, count = (mode.split(":") + ["1"])[:3]
+                    with sink._lock:
+                        used = sink._throttled.get(prefix, 0)
+                        if used < int(count):
+                            sink._throttled[prefix] = used + 1
+                        else:
+                            mode = "ok"
+                    if mode != "ok":
+                        self.send_response(429)
+                        if after:
+                            self.send_header("Retry-After", after)
+                        self.end_headers()
+                        self.wfile.write(b"slow down")
+                        req.t_end, req.status = time.time(), 429
+                        with sink._lock:
+                            sink.refused.append(req)
+                        return
                 if mode.startswith("sleep:"):
                     time.sleep(float(mode[6:]))
                     mode = "ok"

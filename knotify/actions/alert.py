@@ -65,7 +65,7 @@ class AlertAction(Action):
             return Outcome(ERROR, detail="no alert engine in this process")
         while True:
             try:
-                outcome: Outcome = engine.enqueue(ctx, self)
+                outcome: Outcome = await engine.enqueue(ctx, self)
                 return outcome
             except JournalError as exc:
                 # Not in the outbox means not queued: wait for the journal, lose nothing.

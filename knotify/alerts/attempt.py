@@ -1,29 +1,34 @@
-"""The router's side of one delivery attempt: start the sender, bound it, read what it did.
+"""What one delivery attempt did: its result file, its verdict, and adopting it after a crash.
 
-The sender (:mod:`knotify.alerts.sender`) runs in its own session; at the
-attempt's timeout (plus a short grace) its whole process group is killed. Its
-result file says, URL by URL, what was delivered; :func:`verdict` turns that
-into the attempt's outcome. A sender still running when the router died is
-found again by its pid (checked against its command line) and watched to its
-end, so the URLs it reached are never sent to twice.
+A sender worker (:mod:`knotify.alerts.worker`, started by
+:mod:`knotify.alerts.pool`) writes the attempt's result file URL by URL;
+:func:`verdict` turns that into the attempt's outcome. The worker holds an
+``flock`` on the file while the job runs, so a router started after a crash
+knows an attempt is still under way (:func:`locked`), waits for it
+(:func:`watch_locked`, killing the worker's process group at the attempt's
+deadline) and then reads what it did: the URLs it reached are never sent to
+twice. A one-shot sender of an older knotify is recognised by its command line
+(:func:`sender_alive`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-GRACE = 2.0
+from knotify.alerts.sender import GRACE, start_ticks
+
+__all__ = ["GRACE", "SENDER_MODULE", "Results", "Verdict", "locked", "read_results", "verdict"]
+
 SENDER_MODULE = "knotify.alerts.sender"
-ERR_TAIL = 2000
 
 OK = "ok"
 FAILED = "failed"
@@ -36,6 +41,9 @@ class Results:
     """What a result file says."""
 
     pid: int | None = None
+    ticks: int | None = None
+    #: When the sender began the job (wall clock, ns).
+    started_ns: int | None = None
     planned: list[dict[str, str]] | None = None
     problems: list[dict[str, str]] = field(default_factory=list)
     urls: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -56,6 +64,8 @@ def parse_results(text: str) -> Results:
         kind = rec.get("t")
         if kind == "start" and isinstance(rec.get("pid"), int):
             res.pid = rec["pid"]
+            res.ticks = rec["ticks"] if isinstance(rec.get("ticks"), int) else None
+            res.started_ns = rec["ns"] if isinstance(rec.get("ns"), int) else None
         elif kind == "plan":
             res.planned = [u for u in rec.get("urls", []) if isinstance(u, dict)]
             res.problems = [p for p in rec.get("problems", []) if isinstance(p, dict)]
@@ -87,6 +97,10 @@ class Verdict:
     done: list[str]
     urls: list[dict[str, Any]]
     error: str
+    #: A URL answered "slow down" (HTTP 429, or 503 with Retry-After).
+    slow_down: bool = False
+    #: The longest Retry-After (seconds) such an answer asked for, if any said.
+    retry_after: float | None = None
 
 
 def verdict(res: Results, done_before: list[str], timed_out: bool, note: str = "",
@@ -135,7 +149,18 @@ def verdict(res: Results, done_before: list[str], timed_out: bool, note: str = "
         status = TIMEOUT
     else:
         status = INTERRUPTED if interrupted and not res.ended else FAILED
-    return Verdict(status, done, outcomes, "; ".join(errors))
+    slow = False
+    after: float | None = None
+    for entry in res.planned:
+        rec = res.urls.get(entry.get("id", ""))
+        if rec is None or rec.get("ok"):
+            continue
+        wait = rec.get("retry_after")
+        if rec.get("http") == 429 or isinstance(wait, int | float):
+            slow = True
+        if isinstance(wait, int | float) and not isinstance(wait, bool):
+            after = max(after or 0.0, float(wait))
+    return Verdict(status, done, outcomes, "; ".join(errors), slow, after)
 
 
 def _kill_group(pgid: int) -> None:
@@ -143,59 +168,28 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-async def run_sender(job: dict[str, Any], result_path: str, timeout: float) -> tuple[bool, str]:
-    """Run one attempt to its end or its bound; (timed out?, a note on a crash)."""
+def locked(path: str) -> bool:
+    """Whether a worker still holds ``path``'s lock: its attempt is under way."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", SENDER_MODULE, "--result", result_path,
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True, cwd="/")
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        return False, f"could not start the sender: {exc}"
-    assert proc.stdin is not None and proc.stderr is not None
-    stderr = proc.stderr
-    tail = bytearray()
-
-    async def pump() -> None:
-        while chunk := await stderr.read(65536):
-            tail.extend(chunk)
-            del tail[:-ERR_TAIL]
-
-    reader = asyncio.create_task(pump())
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
     try:
-        proc.stdin.write(json.dumps(job).encode())
-        await proc.stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
     finally:
-        proc.stdin.close()
-    timed_out = False
-    try:
-        await asyncio.wait_for(proc.wait(), timeout + GRACE)
-    except TimeoutError:
-        timed_out = True
-        _kill_group(proc.pid)
-        await proc.wait()
-    except asyncio.CancelledError:
-        # The router is stopping: the sender finishes on its own (it has its own
-        # alarm) and the next router reads its result file.
-        reader.cancel()
-        raise
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(reader), 1.0)
-    reader.cancel()
-    note = ""
-    if timed_out:
-        note = f"timed out after {timeout:g}s; sender process group {proc.pid} killed"
-    elif proc.returncode:
-        text = tail.decode("utf-8", "replace").strip().splitlines()
-        note = (f"the sender exited {proc.returncode}"
-                + (f": {text[-1][:300]}" if text else ""))
-    return timed_out, note
+        os.close(fd)  # also drops our lock
+    return False
+
+
+def process_is(pid: int, ticks: int | None) -> bool:
+    """Whether ``pid`` is still the process that started at ``ticks`` (not a reused pid)."""
+    return ticks is not None and start_ticks(pid) == ticks
 
 
 def sender_alive(pid: int, result_path: str) -> bool:
-    """Whether ``pid`` is still the sender writing ``result_path`` (not a reused pid)."""
+    """Whether ``pid`` is still the one-shot sender writing ``result_path`` (not a reused pid)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             words = fh.read().split(b"\0")
@@ -208,10 +202,28 @@ def sender_alive(pid: int, result_path: str) -> bool:
 
 
 async def watch(pid: int, result_path: str, deadline_ns: int) -> tuple[bool, str]:
-    """Wait for an adopted sender to end; kill its group at ``deadline_ns``."""
+    """Wait for an adopted one-shot sender to end; kill its group at ``deadline_ns``."""
     while sender_alive(pid, result_path):
         if time.time_ns() >= deadline_ns:
             _kill_group(pid)
             return True, f"timed out; adopted sender process group {pid} killed"
+        await asyncio.sleep(0.1)
+    return False, ""
+
+
+async def watch_locked(result_path: str, started_ns: int, bound_s: float) -> tuple[bool, str]:
+    """Wait for the worker holding ``result_path`` to finish; kill its group past its bound.
+
+    The bound runs from when the worker began the job (its start record), or else
+    from when the attempt was journaled. A holder that cannot be told apart from a
+    reused pid is not killed but waited for: its own alarm ends it.
+    """
+    while locked(result_path):
+        res = read_results(result_path)
+        over = time.time_ns() >= max(started_ns, res.started_ns or 0) + int(bound_s * 1e9)
+        if over and res.pid is not None and process_is(res.pid, res.ticks):
+            _kill_group(res.pid)
+            return True, (f"timed out; worker process group {res.pid} of the previous "
+                          "router killed")
         await asyncio.sleep(0.1)
     return False, ""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS alert_messages (
     escalated_to INTEGER,
     escalated_from INTEGER,
     origin INTEGER,
-    detail TEXT
+    detail TEXT,
+    group_key TEXT
 );
 CREATE INDEX IF NOT EXISTS alert_messages_open ON alert_messages (receiver, rowid)
     WHERE status IN ('pending', 'sending');
@@ -142,6 +143,7 @@ class ItemRow:
     alert: str
     fields: dict[str, str]
     spec: dict[str, str]
+    group_key: str = ""
 
 
 @dataclass(slots=True)
@@ -162,17 +164,29 @@ class MessageRow:
     escalated_from: int | None
     origin: int
     detail: str | None
+    #: The group key of its items: a group's messages go out one after another.
+    group_key: str | None = None
 
 
 _MESSAGE_COLUMNS = ("rowid, receiver, alert, title, body, notify_type, event_ids, status, "
                     "created_ns, next_ns, attempts, done, escalated_to, escalated_from, origin, "
-                    "detail")
+                    "detail, group_key")
 
 
 def _message(row: Sequence[Any]) -> MessageRow:
     return MessageRow(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), row[7],
                       row[8], row[9], row[10], json.loads(row[11]), row[12], row[13],
-                      row[14] if row[14] is not None else row[0], row[15])
+                      row[14] if row[14] is not None else row[0], row[15], row[16])
+
+
+def upgrade(db: sqlite3.Connection) -> None:
+    """Bring an older journal's outbox up to this schema (messages got their group key)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(alert_messages)")}
+    if "group_key" not in have:
+        db.execute("ALTER TABLE alert_messages ADD COLUMN group_key TEXT")
+        db.execute("UPDATE alert_messages SET group_key = (SELECT i.group_key FROM alert_items i "
+                   "WHERE i.message = coalesce(alert_messages.origin, alert_messages.rowid) "
+                   "LIMIT 1) WHERE status IN ('pending', 'sending')")
 
 
 @dataclass(slots=True)
@@ -239,10 +253,10 @@ class Outbox:
             return []
         marks = ",".join("?" * len(ids))
         rows = self.db.execute(
-            "SELECT rowid, event_id, receiver, stream, alert, fields, spec FROM alert_items "
-            f"WHERE rowid IN ({marks}) ORDER BY rowid", ids).fetchall()
+            "SELECT rowid, event_id, receiver, stream, alert, fields, spec, group_key FROM "
+            f"alert_items WHERE rowid IN ({marks}) ORDER BY rowid", ids).fetchall()
         return [ItemRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]),
-                        json.loads(r[6]) if r[6] else {}) for r in rows]
+                        json.loads(r[6]) if r[6] else {}, r[7]) for r in rows]
 
     def message_items(self, message: int) -> list[ItemRow]:
         ids = [r[0] for r in self.db.execute(
@@ -310,13 +324,13 @@ class Outbox:
 
     def add_message(self, receiver: str, alert: str, title: str, body: str, notify_type: str,
                     event_ids: list[str], now_ns: int, escalated_from: int | None = None,
-                    origin: int | None = None) -> int:
+                    origin: int | None = None, group_key: str | None = None) -> int:
         cur = self.db.execute(
             "INSERT INTO alert_messages (receiver, alert, title, body, notify_type, event_ids, "
-            "status, created_ns, next_ns, escalated_from, origin) VALUES "
-            "(?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+            "status, created_ns, next_ns, escalated_from, origin, group_key) VALUES "
+            "(?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
             (receiver, alert, title, body, notify_type, json.dumps(event_ids), now_ns, now_ns,
-             escalated_from, origin))
+             escalated_from, origin, group_key))
         assert cur.lastrowid is not None
         return cur.lastrowid
 
@@ -325,13 +339,44 @@ class Outbox:
                               (rowid,)).fetchone()
         return _message(row) if row else None
 
-    def heads(self) -> list[MessageRow]:
-        """The oldest open message of every receiver: each receiver's queue is strictly FIFO."""
-        rows = self.db.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM alert_messages WHERE rowid IN (SELECT min(rowid) "
-            "FROM alert_messages WHERE status IN ('pending', 'sending') GROUP BY receiver) "
-            "ORDER BY rowid").fetchall()
-        return [_message(r) for r in rows]
+    def windows(self, per_receiver: Callable[[str], int]) -> dict[str, list[MessageRow]]:
+        """Per receiver, the messages that may be sent now or next, oldest first.
+
+        A group's messages (composed from items with one group key: by default one
+        host's) go out one after another, so only the oldest open message of each
+        group is a candidate; of those, each receiver's ``per_receiver(name)`` oldest.
+        Receivers come oldest head first. Cheap with hundreds open: each receiver's
+        open messages are read in order only until enough groups are found.
+        """
+        chosen: list[int] = []
+        for (receiver,) in self.db.execute(
+                "SELECT DISTINCT receiver FROM alert_messages "
+                "WHERE status IN ('pending', 'sending')").fetchall():
+            groups: set[str | None] = set()
+            limit = per_receiver(receiver)
+            for rowid, key in self.db.execute(
+                    "SELECT rowid, group_key FROM alert_messages WHERE receiver = ? AND "
+                    "status IN ('pending', 'sending') ORDER BY rowid", (receiver,)):
+                if key in groups:
+                    continue
+                groups.add(key)
+                chosen.append(rowid)
+                if len(groups) >= limit:
+                    break
+        out: dict[str, list[MessageRow]] = {}
+        for start in range(0, len(chosen), _CHUNK):
+            part = sorted(chosen)[start:start + _CHUNK]
+            for row in self.db.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM alert_messages WHERE rowid IN "
+                    f"({','.join('?' * len(part))}) ORDER BY rowid", part):
+                message = _message(row)
+                out.setdefault(message.receiver, []).append(message)
+        return out
+
+    def hold(self, receiver: str, until_ns: int) -> None:
+        """Nothing of ``receiver``'s pending messages goes out before ``until_ns``."""
+        self.db.execute("UPDATE alert_messages SET next_ns = max(next_ns, ?) WHERE "
+                        "receiver = ? AND status = 'pending'", (until_ns, receiver))
 
     def open_messages(self, receiver: str) -> list[MessageRow]:
         rows = self.db.execute(

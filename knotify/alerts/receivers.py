@@ -76,7 +76,12 @@ class AlertSettings:
     retry_max: float = 300.0
     max_age: float = 86400.0
     timeout: float = 30.0
+    #: Sender workers (warm processes with apprise loaded): delivery attempts at once.
     max_parallel: int = 4
+    #: Attempts at once to one receiver (messages of different groups only).
+    max_parallel_per_receiver: int = 2
+    #: A worker with nothing to do for this long exits.
+    worker_idle: float = 60.0
 
 
 def _templates(t: Table, base: render.Templates) -> render.Templates:
@@ -100,6 +105,7 @@ def parse_settings(top: Table) -> AlertSettings:
             raise a.error("group_by", f"unknown field {name!r}; expected some of "
                           + ", ".join(GROUP_FIELDS))
     states = a.strings("repeat_states", sorted(render.BAD_STATES))
+    max_parallel = a.integer("max_parallel", 4, lo=1, hi=64)
     settings = AlertSettings(
         group_wait=a.duration("group_wait", "2s"),
         group_by=group_by,
@@ -116,7 +122,10 @@ def parse_settings(top: Table) -> AlertSettings:
         retry_max=a.duration("retry_max", "5m"),
         max_age=a.duration("max_age", "24h"),
         timeout=a.duration("timeout", "30s"),
-        max_parallel=a.integer("max_parallel", 4, lo=1, hi=64),
+        max_parallel=max_parallel,
+        max_parallel_per_receiver=a.integer("max_parallel_per_receiver", min(2, max_parallel),
+                                            lo=1, hi=64),
+        worker_idle=a.duration("worker_idle", "1m"),
     )
     if settings.retry_initial <= 0:
         raise a.error("retry_initial", "must be more than 0")
@@ -124,6 +133,10 @@ def parse_settings(top: Table) -> AlertSettings:
         raise a.error("retry_max", "must be at least retry_initial")
     if settings.timeout <= 0:
         raise a.error("timeout", "must be more than 0")
+    if settings.max_parallel_per_receiver > settings.max_parallel:
+        raise a.error("max_parallel_per_receiver",
+                      f"must be at most max_parallel ({settings.max_parallel}), found "
+                      f"{settings.max_parallel_per_receiver}")
     a.done()
     return settings
 

@@ -1,19 +1,21 @@
-"""One delivery attempt, in its own process: ``python -m knotify.alerts.sender``.
+"""Delivering one message to one receiver's URLs with apprise, and writing what happened.
 
-The router never imports apprise. It starts this module in a new session for
-each attempt, writes the job (message, receiver URLs, URLs already reached) to
-its stdin and kills the whole process group at the attempt's timeout — a real
-bound, which apprise's ``notify()`` alone does not give, and a plugin that
-crashes or hangs cannot take the router with it.
+The router never imports apprise. Its warm sender workers
+(:mod:`knotify.alerts.worker`) and ``knotify test-alert`` (this module run as
+``python -m knotify.alerts.sender --result PATH``, one job on stdin) call
+:func:`deliver`; the router bounds every attempt by killing the whole process
+group at its timeout — a real bound, which apprise's ``notify()`` alone does
+not give — so a plugin that crashes or hangs cannot take the router with it.
 
-The sender delivers URL by URL and appends one JSON line per step to the result
-file as each completes (``O_APPEND``, so a line is in the kernel the moment it
-is written)::
+:func:`deliver` goes URL by URL and appends one JSON line per step to the
+result file as each completes (``O_APPEND``, so a line is in the kernel the
+moment it is written)::
 
-    {"t": "start", "pid": 1234}
+    {"t": "start", "pid": 1234, "ticks": 5678, "ns": 1700000000000000000}
     {"t": "plan", "urls": [{"id": ..., "url": "mailto://user:****@host"}], "problems": [...]}
     {"t": "send", "id": ...}
-    {"t": "url", "id": ..., "url": ..., "ok": true, "status": "SUCCESS", "error": "", ...}
+    {"t": "url", "id": ..., "url": ..., "ok": false, "status": "FAILURE", "error": "...",
+     "elapsed": 0.01, "http": 429, "retry_after": 30.0}
     {"t": "end"}
 
 A router that was killed mid-attempt reads the file after its restart and never
@@ -21,42 +23,149 @@ sends again to a URL that already succeeded. URLs are shown only in apprise's
 privacy form (query dropped) and every error text is scrubbed of the secrets
 of the URLs involved.
 
+apprise reports a failed HTTP delivery as ``False`` and a log line; it keeps the
+response's status and headers to itself. So :func:`watch_http` wraps
+``requests.Session.send`` (every apprise HTTP plugin goes through ``requests``)
+to note the status and ``Retry-After`` of each response: a 429 ("slow down")
+or a 503 with ``Retry-After`` is recorded with the URL's outcome, and the router
+backs the receiver off accordingly.
+
 ``--check`` validates receivers for ``knotify check-config``: JSON in on stdin,
 per-URL verdicts and privacy forms out on stdout.
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import math
 import os
 import signal
 import sys
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 from knotify.alerts.failure import explain
 from knotify.alerts.redact import scheme, scrub, secret_tokens, short_url, url_id
 
 MAX_ERROR = 1000
+#: Longest Retry-After taken literally (a week); longer values are cut to this.
+MAX_RETRY_AFTER = 7 * 86400.0
+#: Seconds the router allows beyond a job's timeout before it kills the process group.
+GRACE = 2.0
 
 
-class _Result:
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-        os.fchmod(self.fd, 0o600)  # whatever the umask: it names receivers and errors
+class Result:
+    """The result file of one attempt, appended line by line."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def create(cls, path: str) -> Result:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     0o600)
+        os.fchmod(fd, 0o600)  # whatever the umask: it names receivers and errors
+        return cls(fd)
 
     def write(self, record: dict[str, Any]) -> None:
         os.write(self.fd, (json.dumps(record, ensure_ascii=True) + "\n").encode())
 
 
-def _asset(apprise: Any) -> Any:
+def start_ticks(pid: int | str = "self") -> int | None:
+    """When process ``pid`` started (clock ticks since boot): with the pid, who it is."""
     try:
-        return apprise.AppriseAsset(app_id="knotify", app_desc="knotify alerts",
-                                    storage_mode="memory")
-    except Exception:  # older apprise without some of these options
-        return apprise.AppriseAsset()
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or None."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return min(float(text), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    now = time.time() if now is None else now
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
+
+
+class _Responses:
+    """The HTTP responses apprise's plugins got, noted by :func:`watch_http`'s wrapper."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[int, str | None]] = []
+
+    def take(self) -> list[tuple[int, str | None]]:
+        with self.lock:
+            seen, self.seen = self.seen, []
+        return seen
+
+
+_responses = _Responses()
+
+
+def watch_http() -> None:
+    """Note the status and Retry-After of every response ``requests`` returns (once per process)."""
+    try:
+        import requests
+    except ImportError:  # apprise without requests: nothing to watch
+        return
+    original = requests.Session.send
+    if getattr(original, "_knotify", False):
+        return
+
+    def send(self: Any, request: Any, **kwargs: Any) -> Any:
+        response = original(self, request, **kwargs)
+        try:
+            note = (int(response.status_code), response.headers.get("Retry-After"))
+        except Exception:  # an odd response object: nothing to note
+            return response
+        with _responses.lock:
+            _responses.seen.append(note)
+        return response
+
+    send._knotify = True  # type: ignore[attr-defined]
+    requests.Session.send = send  # type: ignore[method-assign]
+
+
+def slow_down(responses: list[tuple[int, str | None]]) -> dict[str, Any]:
+    """What the last failed HTTP response says: its status, and for 429/503 Retry-After."""
+    failed = [r for r in responses if r[0] >= 400]
+    if not failed:
+        return {}
+    status, header = failed[-1]
+    out: dict[str, Any] = {"http": status}
+    if status in (429, 503):
+        after = parse_retry_after(header)
+        if after is not None:
+            out["retry_after"] = after
+    return out
+
+
+_assets: list[Any] = []
+
+
+def _asset(apprise: Any) -> Any:
+    if not _assets:
+        try:
+            _assets.append(apprise.AppriseAsset(app_id="knotify", app_desc="knotify alerts",
+                                                storage_mode="memory"))
+        except Exception:  # older apprise without some of these options
+            _assets.append(apprise.AppriseAsset())
+    return _assets[0]
 
 
 def _captured(text: str, secrets: set[str]) -> str:
@@ -65,13 +174,45 @@ def _captured(text: str, secrets: set[str]) -> str:
 
 
 class _Service:
-    __slots__ = ("id", "secrets", "service", "shown")
+    __slots__ = ("holder", "id", "secrets", "service", "shown")
 
-    def __init__(self, ident: str, shown: str, service: Any, secrets: set[str]) -> None:
+    def __init__(self, ident: str, shown: str, service: Any, secrets: set[str],
+                 holder: Any = None) -> None:
         self.id = ident
         self.shown = shown
         self.service = service
         self.secrets = secrets
+        self.holder = holder
+
+
+#: What a warm worker already made of a receiver URL (apprise's plugin object, ready to
+#: send, its privacy form and secrets), by the URL, most recently used last: the next
+#: message to the same URL skips parsing and set-up (about half of a job's CPU), and
+#: the plugin's own throttling carries over from one message to the next.
+_known: OrderedDict[str, _Service] = OrderedDict()
+KNOWN_MAX = 64
+
+
+def _service(apprise: Any, asset: Any, raw: str) -> _Service | dict[str, str]:
+    """The service for URL ``raw`` (made once per process), or what went wrong."""
+    known = _known.get(raw)
+    if known is not None:
+        _known.move_to_end(raw)
+        return known
+    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as log:
+        service = apprise.Apprise.instantiate(raw, asset=asset)
+    if service is None:
+        return {"id": url_id(raw), "url": scheme(raw) + "...", "error": _captured(
+            log.getvalue(), secret_tokens(raw)) or "apprise does not accept this URL"}
+    privacy = service.url(privacy=True)
+    holder = apprise.Apprise(asset=asset)
+    holder.add(service)
+    known = _Service(url_id(raw), short_url(privacy), service, secret_tokens(raw, privacy),
+                     holder)
+    _known[raw] = known
+    while len(_known) > KNOWN_MAX:
+        _known.popitem(last=False)
+    return known
 
 
 def resolve(apprise: Any, asset: Any, urls: list[str], config: str | None,
@@ -80,15 +221,11 @@ def resolve(apprise: Any, asset: Any, urls: list[str], config: str | None,
     services: list[_Service] = []
     problems: list[dict[str, str]] = []
     for raw in urls:
-        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as log:
-            service = apprise.Apprise.instantiate(raw, asset=asset)
-        if service is None:
-            problems.append({"id": url_id(raw), "url": scheme(raw) + "...", "error": _captured(
-                log.getvalue(), secret_tokens(raw)) or "apprise does not accept this URL"})
-            continue
-        privacy = service.url(privacy=True)
-        services.append(_Service(url_id(raw), short_url(privacy), service,
-                                 secret_tokens(raw, privacy)))
+        got = _service(apprise, asset, raw)
+        if isinstance(got, dict):
+            problems.append(got)
+        else:  # a copy: the id may get a suffix below
+            services.append(_Service(got.id, got.shown, got.service, got.secrets, got.holder))
     if config:
         ident = "config:" + config
         if not os.access(config, os.R_OK):
@@ -127,13 +264,16 @@ def resolve(apprise: Any, asset: Any, urls: list[str], config: str | None,
 
 
 def _send_one(apprise: Any, asset: Any, svc: _Service, job: dict[str, Any],
-              remaining: float) -> tuple[bool, str, str]:
-    holder = apprise.Apprise(asset=asset)
-    holder.add(svc.service)
+              remaining: float) -> tuple[bool, str, str, dict[str, Any]]:
+    holder = svc.holder
+    if holder is None:
+        holder = apprise.Apprise(asset=asset)
+        holder.add(svc.service)
     kwargs: dict[str, Any] = {
         "body": job.get("body") or " ", "title": job.get("title", ""),
         "notify_type": job.get("type", "info"), "body_format": job.get("format", "text"),
     }
+    _responses.take()
     # Debug level: apprise says why a connection failed (DNS, refused, TLS) only there.
     with apprise.LogCapture(level=logging.DEBUG, fmt="%(levelname)s %(message)s") as log:
         try:
@@ -143,12 +283,12 @@ def _send_one(apprise: Any, asset: Any, svc: _Service, job: dict[str, Any],
                 result = holder.notify(**kwargs)
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}"
-            return False, "ERROR", scrub(explain([text], []), svc.secrets)[:MAX_ERROR]
+            return False, "ERROR", scrub(explain([text], []), svc.secrets)[:MAX_ERROR], {}
     ok = bool(result)
     status = getattr(getattr(result, "status", None), "name", "SUCCESS" if ok else "FAILURE")
     error = "" if ok else (_failure(log.getvalue(), svc.secrets)
                            or f"apprise reported {status.lower()}")
-    return ok, str(status), error
+    return ok, str(status), error, ({} if ok else slow_down(_responses.take()))
 
 
 def _failure(captured: str, secrets: set[str]) -> str:
@@ -165,12 +305,14 @@ def _failure(captured: str, secrets: set[str]) -> str:
     return scrub(explain(said, details), secrets)[-MAX_ERROR:]
 
 
-def deliver(job: dict[str, Any], result_path: str) -> None:
-    out = _Result(result_path)
-    out.write({"t": "start", "pid": os.getpid()})
+def deliver(job: dict[str, Any], out: Result) -> bool:
+    """Send ``job`` URL by URL, recording each step in ``out``.
+
+    Returns whether apprise gave up waiting on a URL (status TIMEOUT): its thread may
+    still be running, so a warm worker must not take another job after this one.
+    """
+    out.write({"t": "start", "pid": os.getpid(), "ticks": start_ticks(), "ns": time.time_ns()})
     timeout = float(job.get("timeout", 30.0))
-    # A bound of our own as well: if the router is gone, nobody else enforces it.
-    signal.alarm(max(1, math.ceil(timeout) + 2))
     deadline = time.monotonic() + timeout
     import apprise
 
@@ -180,6 +322,7 @@ def deliver(job: dict[str, Any], result_path: str) -> None:
     out.write({"t": "plan", "urls": [{"id": s.id, "url": s.shown} for s in services],
                "problems": problems})
     skip = set(job.get("skip", []))
+    abandoned = False
     for svc in services:
         if svc.id in skip:
             continue
@@ -191,10 +334,17 @@ def deliver(job: dict[str, Any], result_path: str) -> None:
             continue
         out.write({"t": "send", "id": svc.id})
         started = time.monotonic()
-        ok, status, error = _send_one(apprise, asset, svc, job, remaining)
+        ok, status, error, http = _send_one(apprise, asset, svc, job, remaining)
+        abandoned |= status == "TIMEOUT"
         out.write({"t": "url", "id": svc.id, "url": svc.shown, "ok": ok, "status": status,
-                   "error": error, "elapsed": round(time.monotonic() - started, 3)})
+                   "error": error, "elapsed": round(time.monotonic() - started, 3), **http})
     out.write({"t": "end"})
+    return abandoned
+
+
+def alarm_for(timeout: float) -> int:
+    """Seconds for a sender's own alarm: past the router's kill, for when no router is left."""
+    return max(1, math.ceil(timeout + GRACE) + 2)
 
 
 def check(request: dict[str, Any]) -> dict[str, Any]:
@@ -236,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2 or args[0] != "--result":
         print("usage: python -m knotify.alerts.sender --result PATH | --check", file=sys.stderr)
         return 2
-    deliver(request, args[1])
+    # A bound of our own as well: if the router is gone, nobody else enforces it.
+    signal.alarm(alarm_for(float(request.get("timeout", 30.0))))
+    watch_http()
+    deliver(request, Result.create(args[1]))
     return 0
 
 
