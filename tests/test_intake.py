@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import random
+import socket
 import time
 
 from conftest import KEnv, RouterProcess, wait_for
@@ -25,8 +26,9 @@ def test_hook_event_is_journaled_with_stamp(kenv: KEnv, router: RouterProcess) -
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     [ev] = kenv.history()
+    # Without [hook] host, the host is this machine's name.
     assert (ev["host"], ev["kind"], ev["name"], ev["reported"], ev["prio"]) == (
-        ev["host"], "INSTANCE", "VI_1", "MASTER", 100)
+        socket.gethostname(), "INSTANCE", "VI_1", "MASTER", 100)
     assert ev["argv"] == ["my-own", "words", "INSTANCE", "VI_1", "MASTER", "100"]
     assert ev["source"] == "hook" and ev["form"] == "notify"
     assert before <= ev["ts_ns"] <= time.time_ns()
@@ -145,3 +147,53 @@ def test_duplicate_id_is_acked_and_ignored(kenv: KEnv, router: RouterProcess) ->
     events = kenv.history()
     assert len(events) == 1
     assert len(events[0]["actions"]) == 1
+
+
+def test_same_event_twice_in_one_batch_is_journaled_once(kenv: KEnv, router: RouterProcess) -> None:
+    """One ``events`` message (a batch, as the agent sends) holding an event twice: both
+    copies are acked, the event is journaled and acted on once."""
+    import json
+
+    from knotify import zmtp
+
+    kenv.write_config(LOG_RULE)
+    router.start()
+    now = time.time_ns()
+    twice = {"v": 1, "id": "b" * 32, "host": "h1", "kind": "INSTANCE", "name": "VI_1",
+             "state": "MASTER", "prio": 100, "seq": 1, "ts_ns": now, "source": "hook"}
+    other = {**twice, "id": "c" * 32, "name": "VI_2", "seq": 2}
+    payload = json.dumps({"v": 1, "op": "events", "events": [twice, other, twice]}).encode()
+    answer = json.loads(zmtp.request(f"ipc://{kenv.runtime}/knotify.sock", payload, 5))
+    assert answer == {"v": 1, "ok": True, "ids": ["b" * 32, "c" * 32, "b" * 32],
+                      "rejected": []}
+    events = kenv.history()
+    assert sorted(e["id"] for e in events) == ["b" * 32, "c" * 32]
+    assert [len(e["actions"]) for e in events] == [1, 1]
+    stats = json.loads(kenv.cli("status", "--json").stdout)["router"]
+    assert (stats["journaled"], stats["duplicates"]) == (2, 1)
+
+
+def test_spool_file_that_is_not_an_event_is_quarantined_and_the_rest_replayed(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    kenv.write_config(LOG_RULE)
+    assert kenv.hook("INSTANCE", "VI_1", "MASTER", "100").returncode == 0  # router down: spooled
+    [good] = kenv.spooled()
+    broken = {"00000000000000000000-notjson.json": "{not json",
+              "00000000000000000000-noevent.json": '{"v": 1, "id": "abcdefgh12345678"}'}
+    for name, text in broken.items():
+        (kenv.spool / "new" / name).write_text(text)
+    router.start()
+    wait_for(lambda: kenv.spooled() == [], 20, what="the spool to be emptied")
+    [ev] = kenv.history()
+    assert (ev["name"], ev["extra"].get("via")) == ("VI_1", "spool")
+    assert good.name.endswith(f"-{ev['id']}.json")
+    # The broken files wait in spool/bad/ with their content, each logged with the reason.
+    bad = kenv.spool / "bad"
+    assert {p.name: p.read_text() for p in bad.iterdir()} == broken
+    logged = {r["path"].rsplit("/", 1)[-1]: r for r in router.records()
+              if r.get("event") == "spool.bad_file"}
+    assert set(logged) == set(broken)
+    assert all(r["level"] == "error" and r["reason"] for r in logged.values())
+    assert "missing the field 'host'" in logged["00000000000000000000-noevent.json"]["reason"]
+    assert router.alive
