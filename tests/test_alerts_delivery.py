@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -136,9 +135,12 @@ urls = ["{sink.url()}"]
     try:
         wait_for(lambda: len(sink.got()) == 5, 60, what="all five messages after recovery")
         history = wait_settled(kenv)
-        time.sleep(0.5)
+        # One queue per receiver, oldest first: a later message arriving means nothing
+        # before it is still to come (no late duplicate).
+        kenv.cli("send", "--host", "h5", "INSTANCE", "VI_1", "MASTER", "100")
+        wait_for(lambda: len(sink.got()) >= 6, 60, what="the later message")
         got = [r.json["title"] for r in sink.got()]
-        assert got == [f"[{h}] VI_1 INIT -> MASTER" for h in hosts]
+        assert got == [f"[{h}] VI_1 INIT -> MASTER" for h in [*hosts, "h5"]]
         items = alert_items(history)
         assert all(i["message"]["status"] == "sent" for i in items)
         first = next(i for i in items if i["event"]["host"] == "h0")["message"]["attempts"]
@@ -172,9 +174,11 @@ urls = ["{sink.url()}"]
         router.start()
         wait_for(lambda: len(sink.got()) == 3, 30, what="the pending messages after restart")
         wait_settled(kenv)
-        time.sleep(1.0)
+        # A later message through the same queue: once it is there, no resend can follow.
+        kenv.cli("send", "--host", "a4", "INSTANCE", "VI_1", "MASTER", "100")
+        wait_for(lambda: len(sink.got()) >= 4, 30, what="the later message")
         assert [r.json["title"] for r in sink.got()] == [
-            f"[{h}] VI_1 INIT -> MASTER" for h in ("a1", "a2", "a3")]
+            f"[{h}] VI_1 INIT -> MASTER" for h in ("a1", "a2", "a3", "a4")]
     finally:
         sink.stop()
 
@@ -198,10 +202,15 @@ timeout = "20s"
         wait_for(lambda: http.got("/last"), 30, what="the orphaned sender to finish on its own")
     router.start()
     wait_settled(kenv)
-    time.sleep(1.0)
-    assert [len(http.got(p)) for p in ("/fast", "/slow", "/last")] == [1, 1, 1]
     [item] = alert_items(kenv.history())
     assert item["message"]["status"] == "sent"
+    # A later message through the same queue: once it reached the last URL, nothing of the
+    # first can still be resent.
+    kenv.cli("send", "--host", "n2", "INSTANCE", "VI_1", "MASTER", "100")
+    wait_for(lambda: len(http.got("/last")) >= 2, 60, what="the later message")
+    for path in ("/fast", "/slow", "/last"):
+        assert [r.json["title"] for r in http.got(path)] == [
+            "[n1] VI_1 INIT -> MASTER", "[n2] VI_1 INIT -> MASTER"], path
     if restart == "while-sending":
         assert any(r.get("event") == "alert.adopted" for r in router.records())
 
