@@ -278,6 +278,35 @@ timeout = "1s"
         os.killpg(pgid, 0)
 
 
+def test_a_retry_sends_only_to_the_urls_not_reached_yet(
+    kenv: KEnv, router: RouterProcess, http: HttpSink
+) -> None:
+    http.behaviour["/flaky"] = "fail"
+    write(kenv, f"""
+[receivers.chat]
+urls = ["{http.url('/ok')}", "{http.url('/flaky')}"]
+""")
+    router.start()
+    kenv.cli("send", "--host", "n1", "INSTANCE", "VI_1", "MASTER", "100")
+    wait_for(lambda: len([r for r in http.started if r.path == "/flaky"]) >= 3, 30,
+             what="three attempts at the failing URL")
+    http.behaviour["/flaky"] = "ok"
+    wait_for(lambda: http.got("/flaky"), 30, what="the failing URL to be reached at last")
+    history = wait_settled(kenv)
+    [item] = alert_items(history)
+    attempts = item["message"]["attempts"]
+    assert item["message"]["status"] == "sent" and len(attempts) >= 4
+    # The first attempt reached /ok; every retry went to /flaky alone.
+    assert [[u["ok"] for u in a["urls"]] for a in attempts[:1]] == [[True, False]]
+    assert all(len(a["urls"]) == 1 and "/flaky" in a["urls"][0]["url"] for a in attempts[1:])
+    # A later message through the same queue: once it is there, no resend can follow.
+    kenv.cli("send", "--host", "n2", "INSTANCE", "VI_1", "MASTER", "100")
+    wait_for(lambda: len(http.got("/flaky")) >= 2, 30, what="the later message")
+    for path in ("/ok", "/flaky"):
+        assert [r.json["title"] for r in http.got(path)] == [
+            "[n1] VI_1 INIT -> MASTER", "[n2] VI_1 INIT -> MASTER"], path
+
+
 def test_failing_receiver_falls_back_to_another_one(
     kenv: KEnv, router: RouterProcess, http: HttpSink, smtp: SmtpSink
 ) -> None:
