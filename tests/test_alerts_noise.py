@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
 from alert_servers import FAST_ALERTS, HttpSink, alert_items, settled
 from conftest import KEnv, RouterProcess, wait_for
+
+from knotify import zmtp
 
 
 @pytest.fixture
@@ -61,21 +64,38 @@ def titles(http: HttpSink) -> list[str]:
     return [r.json["title"] for r in http.got()]
 
 
+def send_together(kenv: KEnv, *reports: tuple[str, str, str, str, int]) -> list[str]:
+    """(host, kind, name, state, prio) reports in one message, as the agent sends a batch:
+    the router takes them in at the same instant, so which group window they fall in
+    does not depend on how fast the machine starts one ``knotify send`` after another."""
+    now = time.time_ns()
+    events = [{"v": 1, "id": uuid.uuid4().hex, "host": host, "kind": kind, "name": name,
+               "state": state, "prio": prio, "seq": i + 1, "ts_ns": now + i, "source": "send"}
+              for i, (host, kind, name, state, prio) in enumerate(reports)]
+    payload = json.dumps({"v": 1, "op": "events", "events": events}).encode()
+    answer = json.loads(zmtp.request(f"ipc://{kenv.runtime}/knotify.sock", payload, 10))
+    assert answer["ok"] and answer["rejected"] == [], answer
+    return [e["id"] for e in events]
+
+
 def test_one_failover_on_one_host_is_one_message(
     kenv: KEnv, router: RouterProcess, http: HttpSink
 ) -> None:
     write(kenv, http, rule(match='state = "MASTER"'),
           alerts=FAST_ALERTS.replace('"300ms"', '"1500ms"', 1))
     router.start()
-    events = kenv.cli("send", "--host", "node1", "GROUP", "G1", "MASTER", "0")
-    assert events.returncode == 0
-    kenv.cli("send", "--host", "node1", "INSTANCE", "VI_1", "MASTER", "100")
-    kenv.cli("send", "--host", "node1", "INSTANCE", "VI_2", "MASTER", "100")
-    kenv.cli("send", "--host", "node2", "INSTANCE", "VI_3", "MASTER", "100")
+    send_together(kenv, ("node1", "GROUP", "G1", "MASTER", 0),
+                  ("node1", "INSTANCE", "VI_1", "MASTER", 100),
+                  ("node1", "INSTANCE", "VI_2", "MASTER", 100),
+                  ("node2", "INSTANCE", "VI_3", "MASTER", 100))
     wait_settled(kenv)
-    time.sleep(0.5)
+    # A later failover on another host: once its message is there, no other one follows.
+    kenv.cli("send", "--host", "node3", "INSTANCE", "VI_4", "MASTER", "100")
+    wait_for(lambda: "[node3] VI_4 INIT -> MASTER" in titles(http), 30,
+             what="the later failover's message")
     got = sorted(titles(http))
-    assert got == ["[node1] G1, VI_1, VI_2 -> MASTER", "[node2] VI_3 INIT -> MASTER"]
+    assert got == ["[node1] G1, VI_1, VI_2 -> MASTER", "[node2] VI_3 INIT -> MASTER",
+                   "[node3] VI_4 INIT -> MASTER"]
     [grouped] = [r.json for r in http.got() if "node1" in r.json["title"]]
     body = grouped["message"]
     for name in ("GROUP G1: INIT -> MASTER", "INSTANCE VI_1: INIT -> MASTER (prio 100)",
@@ -85,7 +105,7 @@ def test_one_failover_on_one_host_is_one_message(
     ids = [e["id"] for e in reversed(kenv.history()) if e["host"] == "node1"]
     assert body.rstrip().endswith("knotify events: " + ", ".join(ids))
     messages = {i["message"]["id"] for i in alert_items(kenv.history())}
-    assert len(messages) == 2
+    assert len(messages) == 3
 
 
 def test_group_by_nothing_puts_every_host_in_one_message(
@@ -94,8 +114,8 @@ def test_group_by_nothing_puts_every_host_in_one_message(
     write(kenv, http, rule(), alerts=FAST_ALERTS.replace('"300ms"', '"1500ms"', 1)
           + "group_by = []\n")
     router.start()
-    kenv.cli("send", "--host", "a", "INSTANCE", "VI_1", "BACKUP", "100")
-    kenv.cli("send", "--host", "b", "INSTANCE", "VI_1", "MASTER", "100")
+    send_together(kenv, ("a", "INSTANCE", "VI_1", "BACKUP", 100),
+                  ("b", "INSTANCE", "VI_1", "MASTER", 100))
     wait_settled(kenv)
     assert titles(http) == ["[a, b] 2 changes: VI_1 INIT -> BACKUP, VI_1 INIT -> MASTER"]
 
@@ -109,8 +129,10 @@ flap_window = "1m"
 flap_stable = "2s"
 """))
     router.start()
-    for state in ("BACKUP", "MASTER", "BACKUP", "MASTER", "BACKUP", "MASTER"):
-        kenv.cli("send", "--host", "n1", "INSTANCE", "VI_1", state, "100")
+    # In one message: two sends further apart than flap_stable on a loaded machine would
+    # end the flap in between.
+    send_together(kenv, *[("n1", "INSTANCE", "VI_1", state, 100) for state in (
+        "BACKUP", "MASTER", "BACKUP", "MASTER", "BACKUP", "MASTER")])
     wait_for(lambda: any(a == "stable" for _, a, _ in statuses(kenv)), 30,
              what="the stable-again alert")
     wait_settled(kenv)
@@ -217,14 +239,18 @@ def test_silence_mutes_matching_alerts_is_journaled_and_can_be_expired(
 def test_silence_added_while_an_alert_waits_in_its_group_window_mutes_it(
     kenv: KEnv, router: RouterProcess, http: HttpSink
 ) -> None:
-    write(kenv, http, rule(), alerts=FAST_ALERTS.replace('"300ms"', '"3s"', 1))
+    # A window of 10 s: the one command between the event and the silence (silence add)
+    # fits in it even on a loaded machine.
+    write(kenv, http, rule(), alerts=FAST_ALERTS.replace('"300ms"', '"10s"', 1))
     router.start()
     kenv.cli("send", "--host", "w1", "INSTANCE", "VI_1", "FAULT", "0")
-    wait_for(lambda: statuses(kenv) == [("VI_1", "firing", "waiting")], 10,
-             what="the alert to wait in its group window")
     kenv.cli("silence", "add", "host=w1", "--for", "10m", "--reason", "maintenance")
     wait_settled(kenv)
-    assert statuses(kenv) == [("VI_1", "firing", "silenced")]
+    [item] = alert_items(kenv.history())
+    assert (item["alert"], item["status"]) == ("firing", "silenced")
+    # It waited in its group window before the silence existed: muted there, not at once.
+    [silence] = json.loads(kenv.cli("silence", "list", "--json").stdout)
+    assert item["created_ns"] < silence["created_ns"]
     assert http.got() == []
 
 
@@ -273,9 +299,10 @@ argv = ["{script}", "{out}", "loud", "{{host}}", "{{state}}"]
     kenv.cli("silence", "add", "host=node1", "--for", "1h", "--reason", "maintenance")
     kenv.cli("send", "--host", "node1", "INSTANCE", "VI_1", "MASTER", "100")
     kenv.cli("send", "--host", "node2", "INSTANCE", "VI_1", "MASTER", "100")
-    wait_for(lambda: out.exists() and len(out.read_text().splitlines()) == 3, 20,
-             what="three exec runs")
-    time.sleep(0.5)
+    # Every run is journaled with its event; once none is pending or running, no action
+    # can still write a line.
+    wait_for(lambda: (runs := [a for e in kenv.history() for a in e["actions"]]) and all(
+        a["status"] not in ("pending", "running") for a in runs), 20, what="every run to end")
     assert sorted(out.read_text().splitlines()) == [
         "loud node1 MASTER", "loud node2 MASTER", "quiet node2 MASTER"]
     runs = {(e["host"], a["rule"]): a for e in kenv.history() for a in e["actions"]}
