@@ -214,6 +214,7 @@ def test_wire_event_decoder_refuses_a_damaged_event_saying_what_is_wrong(
     data: dict[str, Any], damage: tuple[str, Any, str]
 ) -> None:
     key, value, says = damage
+    data = dict(data)
     if value is None:
         del data[key]
     else:
