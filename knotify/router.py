@@ -817,6 +817,10 @@ class Router:
         if not self.stop_event.is_set():
             self.log.info("router.stopping", drain_timeout=self.config.drain_timeout)
         self.stop_event.set()
+        if self.executor is not None:
+            # Nothing new starts from the signal on (not only once the shutdown reaches
+            # drain(): an action ending meanwhile would let the next one of its key start).
+            self.executor.stopping = True
 
     async def _shutdown(self) -> None:
         for task in self._tasks:
