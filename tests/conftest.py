@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -96,6 +97,23 @@ class KEnv:
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / "knotify-notify"), *args], env=env or self.env,
                               capture_output=True, text=True, timeout=timeout)
+
+    def send_together(self, *reports: tuple[str, str, str, str, int | None]) -> list[str]:
+        """(host, kind, name, state, prio) reports in one message, as the agent sends a
+        batch; returns their ids. The router takes them in at the same instant, so a test
+        does not depend on how fast the machine starts one ``knotify send`` after another
+        (a group window, a rule's delay)."""
+        from knotify import zmtp
+
+        now = time.time_ns()
+        events = [{"v": 1, "id": uuid.uuid4().hex, "host": host, "kind": kind, "name": name,
+                   "state": state, "prio": prio, "seq": i + 1, "ts_ns": now + i,
+                   "source": "send"}
+                  for i, (host, kind, name, state, prio) in enumerate(reports)]
+        payload = json.dumps({"v": 1, "op": "events", "events": events}).encode()
+        answer = json.loads(zmtp.request(f"ipc://{self.runtime}/knotify.sock", payload, 10))
+        assert answer["ok"] and answer["rejected"] == [], answer
+        return [e["id"] for e in events]
 
     def history(self, limit: int = 10_000, **filters: str) -> list[dict[str, Any]]:
         extra = [x for k, v in filters.items() for x in (f"--{k}", v)]

@@ -206,8 +206,9 @@ def test_superseded_pending_action_is_skipped_and_journaled(
     out = kenv.root / "out.jsonl"
     kenv.write_config(exec_rule(kenv, out, extra='skip_if_superseded = true\ndelay = "1s"'))
     router.start()
-    kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "100")
-    kenv.cli("send", "INSTANCE", "VI_1", "BACKUP", "100")
+    # Together, so BACKUP is there within MASTER's delay however slow the machine is.
+    kenv.send_together(("h1", "INSTANCE", "VI_1", "MASTER", 100),
+                       ("h1", "INSTANCE", "VI_1", "BACKUP", 100))
     acts = wait_for(lambda: [a for a in actions_of(kenv, "VI_1") if a["status"] != "pending"]
                     if all(a["status"] not in ("pending", "running")
                            for a in actions_of(kenv, "VI_1")) else None, 20,
@@ -297,12 +298,18 @@ def test_sigterm_drains_running_action_and_keeps_pending_for_restart(
     kenv: KEnv, router: RouterProcess
 ) -> None:
     out = kenv.root / "out.jsonl"
-    kenv.write_config(exec_rule(kenv, out, "sleep=1.5", extra='on = "every"')
-                      + '\n[router]\ndrain_timeout = "20s"\n')
+    gate = kenv.root / "gate"
+    kenv.write_config(exec_rule(kenv, out, f"gate={gate}", extra='on = "every"')
+                      + '\n[router]\ndrain_timeout = "60s"\n')
     router.start()
     kenv.cli("send", "INSTANCE", "VI_1", "BACKUP", "100")
     kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "100")
     wait_for(lambda: len(starts(out)) == 1, what="the first action to start")
+    # The first action runs until the router has taken the SIGTERM; then it may end.
+    router.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    wait_for(lambda: any(r.get("event") == "router.stopping" for r in router.records()), 30,
+             what="the router to say it is stopping")
+    gate.touch()
     assert router.stop(signal.SIGTERM) == 0
     recs = records(out)
     # The running action finished (drained), the queued one did not start.

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from alert_servers import FAST_ALERTS, HttpSink, alert_items, settled
 from conftest import KEnv, RouterProcess, wait_for
-
-from knotify import zmtp
 
 
 @pytest.fixture
@@ -64,30 +60,16 @@ def titles(http: HttpSink) -> list[str]:
     return [r.json["title"] for r in http.got()]
 
 
-def send_together(kenv: KEnv, *reports: tuple[str, str, str, str, int]) -> list[str]:
-    """(host, kind, name, state, prio) reports in one message, as the agent sends a batch:
-    the router takes them in at the same instant, so which group window they fall in
-    does not depend on how fast the machine starts one ``knotify send`` after another."""
-    now = time.time_ns()
-    events = [{"v": 1, "id": uuid.uuid4().hex, "host": host, "kind": kind, "name": name,
-               "state": state, "prio": prio, "seq": i + 1, "ts_ns": now + i, "source": "send"}
-              for i, (host, kind, name, state, prio) in enumerate(reports)]
-    payload = json.dumps({"v": 1, "op": "events", "events": events}).encode()
-    answer = json.loads(zmtp.request(f"ipc://{kenv.runtime}/knotify.sock", payload, 10))
-    assert answer["ok"] and answer["rejected"] == [], answer
-    return [e["id"] for e in events]
-
-
 def test_one_failover_on_one_host_is_one_message(
     kenv: KEnv, router: RouterProcess, http: HttpSink
 ) -> None:
     write(kenv, http, rule(match='state = "MASTER"'),
           alerts=FAST_ALERTS.replace('"300ms"', '"1500ms"', 1))
     router.start()
-    send_together(kenv, ("node1", "GROUP", "G1", "MASTER", 0),
-                  ("node1", "INSTANCE", "VI_1", "MASTER", 100),
-                  ("node1", "INSTANCE", "VI_2", "MASTER", 100),
-                  ("node2", "INSTANCE", "VI_3", "MASTER", 100))
+    kenv.send_together(("node1", "GROUP", "G1", "MASTER", 0),
+                       ("node1", "INSTANCE", "VI_1", "MASTER", 100),
+                       ("node1", "INSTANCE", "VI_2", "MASTER", 100),
+                       ("node2", "INSTANCE", "VI_3", "MASTER", 100))
     wait_settled(kenv)
     # A later failover on another host: once its message is there, no other one follows.
     kenv.cli("send", "--host", "node3", "INSTANCE", "VI_4", "MASTER", "100")
@@ -114,8 +96,8 @@ def test_group_by_nothing_puts_every_host_in_one_message(
     write(kenv, http, rule(), alerts=FAST_ALERTS.replace('"300ms"', '"1500ms"', 1)
           + "group_by = []\n")
     router.start()
-    send_together(kenv, ("a", "INSTANCE", "VI_1", "BACKUP", 100),
-                  ("b", "INSTANCE", "VI_1", "MASTER", 100))
+    kenv.send_together(("a", "INSTANCE", "VI_1", "BACKUP", 100),
+                       ("b", "INSTANCE", "VI_1", "MASTER", 100))
     wait_settled(kenv)
     assert titles(http) == ["[a, b] 2 changes: VI_1 INIT -> BACKUP, VI_1 INIT -> MASTER"]
 
@@ -131,7 +113,7 @@ flap_stable = "2s"
     router.start()
     # In one message: two sends further apart than flap_stable on a loaded machine would
     # end the flap in between.
-    send_together(kenv, *[("n1", "INSTANCE", "VI_1", state, 100) for state in (
+    kenv.send_together(*[("n1", "INSTANCE", "VI_1", state, 100) for state in (
         "BACKUP", "MASTER", "BACKUP", "MASTER", "BACKUP", "MASTER")])
     wait_for(lambda: any(a == "stable" for _, a, _ in statuses(kenv)), 30,
              what="the stable-again alert")
