@@ -1324,6 +1324,10 @@ class Router:
             with contextlib.suppress(OSError):
                 sdnotify.notify("STOPPING=1")
         self.stop_event.set()
+        if self.executor is not None:
+            # Nothing new starts from the signal on (not only once the shutdown reaches
+            # drain(): an action ending meanwhile would let the next one of its key start).
+            self.executor.stopping = True
 
     async def _shutdown(self) -> None:
         await self.supervisor.stop()

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -96,6 +98,23 @@ class KEnv:
         return subprocess.run([str(BIN / "knotify-notify"), *args], env=env or self.env,
                               capture_output=True, text=True, timeout=timeout)
 
+    def send_together(self, *reports: tuple[str, str, str, str, int | None]) -> list[str]:
+        """(host, kind, name, state, prio) reports in one message, as the agent sends a
+        batch; returns their ids. The router takes them in at the same instant, so a test
+        does not depend on how fast the machine starts one ``knotify send`` after another
+        (a group window, a rule's delay)."""
+        from knotify import zmtp
+
+        now = time.time_ns()
+        events = [{"v": 1, "id": uuid.uuid4().hex, "host": host, "kind": kind, "name": name,
+                   "state": state, "prio": prio, "seq": i + 1, "ts_ns": now + i,
+                   "source": "send"}
+                  for i, (host, kind, name, state, prio) in enumerate(reports)]
+        payload = json.dumps({"v": 1, "op": "events", "events": events}).encode()
+        answer = json.loads(zmtp.request(f"ipc://{self.runtime}/knotify.sock", payload, 10))
+        assert answer["ok"] and answer["rejected"] == [], answer
+        return [e["id"] for e in events]
+
     def history(self, limit: int = 10_000, **filters: str) -> list[dict[str, Any]]:
         extra = [x for k, v in filters.items() for x in (f"--{k}", v)]
         out = self.cli("history", "--json", "--limit", str(limit), *extra).stdout
@@ -110,13 +129,57 @@ class KEnv:
 
 
 class RouterProcess:
-    """``knotify run`` as a real child process, logging JSON lines to a file."""
+    """``knotify run`` as a real child process, logging JSON lines to a file.
+
+    Every line it logs must be JSON: at the end of the test that started it, any other
+    line (a traceback, a warning printed by Python) fails that test
+    (:func:`check_router_logs`), unless the test said it expects it (:meth:`expect_plain`).
+    """
+
+    #: The routers made in the current test, checked when it ends.
+    made: ClassVar[list[RouterProcess]] = []
 
     def __init__(self, kenv: KEnv) -> None:
         self.kenv = kenv
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = kenv.root / "router.log"
         self._offset = 0
+        #: Lines cut short by a SIGKILL in the middle of a write: not a fault of the router.
+        self._torn: list[str] = []
+        self._expected: list[re.Pattern[str]] = []
+        RouterProcess.made.append(self)
+
+    def expect_plain(self, pattern: str) -> None:
+        """Lines matching ``pattern`` (a regex, whole line) may be in the log though not JSON
+        (e.g. the one-line error ``knotify run`` prints when it refuses to start)."""
+        self._expected.append(re.compile(pattern))
+
+    def not_json(self) -> list[str]:
+        """The log's lines that are not JSON objects, other than expected and torn ones."""
+        bad = []
+        for line in self.log_text().splitlines():
+            if not line.strip() or line in self._torn:
+                continue
+            if any(p.fullmatch(line) for p in self._expected):
+                continue
+            try:
+                ok = isinstance(json.loads(line), dict)
+            except ValueError:
+                ok = False
+            if not ok:
+                bad.append(line)
+        return bad
+
+    def _mark_torn(self) -> None:
+        """After a SIGKILL: a last line without its newline was cut short mid-write; end it,
+        so the next router's first line is not glued to it, and tolerate it."""
+        if not self.log_path.exists():
+            return
+        with open(self.log_path, "rb+") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                self._torn.append(data.rsplit(b"\n", 1)[-1].decode(errors="replace"))
+                fh.write(b"\n")
 
     def start(self, wait: bool = True, extra: list[str] | None = None) -> RouterProcess:
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -159,11 +222,15 @@ class RouterProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            self._mark_torn()
             raise AssertionError(f"router did not stop within {timeout}s after {sig}") from None
+        if sig == signal.SIGKILL:
+            self._mark_torn()
+        return code
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
@@ -173,25 +240,45 @@ class RouterProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+def check_router_logs(routers: list[RouterProcess]) -> None:
+    """Fail if a router logged a line that is not JSON (a traceback, say): the tests read
+    its log as JSON records and would never see it. Stops the routers first."""
+    for proc in routers:
+        if proc in RouterProcess.made:
+            RouterProcess.made.remove(proc)
+        if proc.alive:
+            proc.stop(signal.SIGKILL)
+    problems = [(proc.log_path, bad) for proc in routers if (bad := proc.not_json())]
+    if problems:
+        text = "\n".join(f"{path}:\n" + "\n".join(f"  | {line}" for line in lines[:80])
+                         for path, lines in problems)
+        pytest.fail(f"the router logged lines that are not JSON:\n{text}", pytrace=False)
+
+
 @pytest.fixture
 def kenv() -> Iterator[KEnv]:
     # Short paths: an ipc socket path must fit in 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="kn-", dir="/tmp"))
+    RouterProcess.made.clear()
     try:
         yield KEnv(root)
+        # Routers the test made itself (not the ``router`` fixture's), before their logs go.
+        check_router_logs([p for p in RouterProcess.made if p.log_path.is_relative_to(root)])
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
 def router(kenv: KEnv) -> Iterator[RouterProcess]:
-    """A router for ``kenv`` (not started: write the config first, then ``router.start()``)."""
+    """A router for ``kenv`` (not started: write the config first, then ``router.start()``).
+
+    At teardown it is stopped, and the test fails if its log has a line that is not JSON.
+    """
     proc = RouterProcess(kenv)
     try:
         yield proc
     finally:
-        if proc.alive:
-            proc.stop(signal.SIGKILL)
+        check_router_logs([proc])
 
 
 @pytest.fixture

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,10 @@ with open(out, "a") as fh:
     fh.write(json.dumps(rec) + "\\n")
 if mode.startswith("sleep="):
     time.sleep(float(mode[6:]))
+elif mode.startswith("gate="):  # wait until the test creates the file
+    deadline = time.time() + 120
+    while not os.path.exists(mode[5:]) and time.time() < deadline:
+        time.sleep(0.02)
 elif mode == "fail":
     print("something broke", flush=True)
     sys.exit(3)
@@ -162,24 +164,40 @@ def test_actions_for_one_key_run_one_at_a_time_in_order_other_keys_in_parallel(
     kenv: KEnv, router: RouterProcess
 ) -> None:
     out = kenv.root / "out.jsonl"
-    kenv.write_config(exec_rule(kenv, out, "sleep=0.4", extra='on = "every"'))
+    # Each action waits for its key's gate file: VI_A's first run holds VI_A's queue until
+    # the test opens the gate; VI_B's gate is open from the start.
+    kenv.write_config(exec_rule(kenv, out, f"gate={kenv.root}/gate-{{name}}",
+                                extra='on = "every"'))
+    (kenv.root / "gate-VI_B").touch()
     router.start()
     states = ["BACKUP", "MASTER", "FAULT", "BACKUP", "MASTER"]
     for state in states:
         kenv.cli("send", "INSTANCE", "VI_A", state, "100")
+    wait_for(lambda: starts(out), 30, what="VI_A's first action to start")
     kenv.cli("send", "INSTANCE", "VI_B", "MASTER", "100")
+
+    def b_ended() -> bool:
+        recs = records(out)
+        b_pids = {r["pid"] for r in recs if "argv" in r and r["argv"][0] == "VI_B"}
+        return any(r.get("end") in b_pids for r in recs)
+
+    wait_for(b_ended, 30, what="VI_B's action to run to its end")
+    # VI_B did not wait for VI_A's queue; VI_A's other four runs wait behind its first.
+    a_runs = [r for r in starts(out) if r["argv"][0] == "VI_A"]
+    assert [r["argv"][1] for r in a_runs] == ["BACKUP"]
+    assert not [r for r in records(out) if r.get("end") == a_runs[0]["pid"]]
+    assert [a["status"] for a in actions_of(kenv, "VI_A")] == ["running"] + ["pending"] * 4
+    (kenv.root / "gate-VI_A").touch()
     wait_for(lambda: len([r for r in records(out) if "end" in r]) == 6, 60,
              what="all six actions to finish")
+    # VI_A's runs in event order, one at a time: in the order the recorder wrote its lines,
+    # each run ended before the next one started.
     recs = records(out)
-    a_runs = [r for r in recs if "argv" in r and r["argv"][0] == "VI_A"]
-    assert [r["argv"][1] for r in a_runs] == states
-    # One at a time for VI_A: each starts after the previous one ended.
-    ends = {r["end"]: r["t"] for r in recs if "end" in r}
-    for prev, nxt in itertools.pairwise(a_runs):
-        assert nxt["start"] >= ends[prev["pid"]]
-    # VI_B did not wait for VI_A's queue: it started before VI_A's last run started.
-    [b_run] = [r for r in recs if "argv" in r and r["argv"][0] == "VI_B"]
-    assert b_run["start"] < a_runs[-1]["start"]
+    a_pids = {r["pid"] for r in recs if "argv" in r and r["argv"][0] == "VI_A"}
+    a_lines = [r for r in recs if r.get("pid") in a_pids or r.get("end") in a_pids]
+    assert [r["argv"][1] for r in a_lines if "argv" in r] == states
+    assert [("start" if "argv" in r else "end") for r in a_lines] == ["start", "end"] * 5
+    assert all(a_lines[i + 1].get("end") == a_lines[i]["pid"] for i in range(0, 10, 2))
 
 
 def test_superseded_pending_action_is_skipped_and_journaled(
@@ -188,8 +206,9 @@ def test_superseded_pending_action_is_skipped_and_journaled(
     out = kenv.root / "out.jsonl"
     kenv.write_config(exec_rule(kenv, out, extra='skip_if_superseded = true\ndelay = "1s"'))
     router.start()
-    kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "100")
-    kenv.cli("send", "INSTANCE", "VI_1", "BACKUP", "100")
+    # Together, so BACKUP is there within MASTER's delay however slow the machine is.
+    kenv.send_together(("h1", "INSTANCE", "VI_1", "MASTER", 100),
+                       ("h1", "INSTANCE", "VI_1", "BACKUP", 100))
     acts = wait_for(lambda: [a for a in actions_of(kenv, "VI_1") if a["status"] != "pending"]
                     if all(a["status"] not in ("pending", "running")
                            for a in actions_of(kenv, "VI_1")) else None, 20,
@@ -218,12 +237,19 @@ def test_repeats_do_not_fire_transition_rules(kenv: KEnv, router: RouterProcess)
     assert kenv.hook("INSTANCE", "VI_1", "MASTER", "100").returncode == 0
     kenv.cli("send", "INSTANCE", "VI_1", "MASTER_PRIORITY", "90")
     wait_for(lambda: len(kenv.history()) == 3, what="three events")
-    time.sleep(0.5)
-    assert len(starts(out)) == 1
-    classes = [e["class"] for e in reversed(kenv.history())]
-    assert classes == ["transition", "repeat", "notice"]
+    events = list(reversed(kenv.history()))
+    assert [e["class"] for e in events] == ["transition", "repeat", "notice"]
+    # An event's runs are journaled with it: only the transition has one.
+    assert [len(e["actions"]) for e in events] == [1, 0, 0]
     [state] = kenv.status()
     assert state["state"] == "MASTER" and state["prio"] == 90
+    # A later real change to MASTER runs after anything queued before it for VI_1.
+    kenv.cli("send", "INSTANCE", "VI_1", "BACKUP", "100")
+    kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "100")
+    marker = kenv.history()[0]["id"]
+    wait_for(lambda: any(r["argv"][3] == marker for r in starts(out)), 30,
+             what="the later MASTER's action")
+    assert [r["argv"][3] for r in starts(out)] == [events[0]["id"], marker]
 
 
 def test_from_init_can_be_filtered(kenv: KEnv, router: RouterProcess) -> None:
@@ -233,8 +259,12 @@ def test_from_init_can_be_filtered(kenv: KEnv, router: RouterProcess) -> None:
     kenv.cli("send", "INSTANCE", "VI_1", "BACKUP", "100")   # start-up: INIT -> BACKUP
     kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "100")
     kenv.cli("send", "INSTANCE", "VI_1", "BACKUP", "100")   # a real MASTER -> BACKUP
-    wait_for(lambda: len(starts(out)) >= 1, what="the action")
-    time.sleep(0.5)
+    events = list(reversed(kenv.history()))
+    assert [len(e["actions"]) for e in events] == [0, 0, 1]
+    # Runs of one key start in event order: once the last event's has started, any run of
+    # the two before it would have too.
+    wait_for(lambda: any(r["argv"][3] == events[2]["id"] for r in starts(out)), 30,
+             what="the action")
     assert [(r["argv"][1], r["argv"][2]) for r in starts(out)] == [("BACKUP", "MASTER")]
 
 
@@ -268,12 +298,18 @@ def test_sigterm_drains_running_action_and_keeps_pending_for_restart(
     kenv: KEnv, router: RouterProcess
 ) -> None:
     out = kenv.root / "out.jsonl"
-    kenv.write_config(exec_rule(kenv, out, "sleep=1.5", extra='on = "every"')
-                      + '\n[router]\ndrain_timeout = "20s"\n')
+    gate = kenv.root / "gate"
+    kenv.write_config(exec_rule(kenv, out, f"gate={gate}", extra='on = "every"')
+                      + '\n[router]\ndrain_timeout = "60s"\n')
     router.start()
     kenv.cli("send", "INSTANCE", "VI_1", "BACKUP", "100")
     kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "100")
     wait_for(lambda: len(starts(out)) == 1, what="the first action to start")
+    # The first action runs until the router has taken the SIGTERM; then it may end.
+    router.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    wait_for(lambda: any(r.get("event") == "router.stopping" for r in router.records()), 30,
+             what="the router to say it is stopping")
+    gate.touch()
     assert router.stop(signal.SIGTERM) == 0
     recs = records(out)
     # The running action finished (drained), the queued one did not start.
@@ -291,18 +327,25 @@ def test_sigkill_during_action_marks_it_interrupted_not_repeated(
     kenv: KEnv, router: RouterProcess
 ) -> None:
     out = kenv.root / "out.jsonl"
-    kenv.write_config(exec_rule(kenv, out, "sleep=30"))
+    kenv.write_config(exec_rule(kenv, out, "sleep={prio}"))  # the prio says how long it runs
     router.start()
-    kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "100")
+    kenv.cli("send", "INSTANCE", "VI_1", "MASTER", "30")
     wait_for(lambda: len(starts(out)) == 1, what="the action to start")
     router.kill()
     router.start()
     acts = wait_for(lambda: [a for a in actions_of(kenv, "VI_1") if a["status"] == "interrupted"],
                     what="the run to be marked interrupted")
     assert "not repeated" in acts[0]["detail"]
-    time.sleep(0.5)
-    assert len(starts(out)) == 1
-    os.kill(starts(out)[0]["pid"], signal.SIGKILL)
+    # A later change of VI_1 runs after anything queued before it for VI_1: once it has
+    # started, a repeat of the interrupted run would have too.
+    kenv.cli("send", "INSTANCE", "VI_1", "BACKUP", "0")
+    marker = kenv.history()[0]["id"]
+    wait_for(lambda: any(r["argv"][3] == marker for r in starts(out)), 30,
+             what="the later change's action")
+    try:
+        assert [r["argv"][1] for r in starts(out)] == ["MASTER", "BACKUP"]
+    finally:
+        os.kill(starts(out)[0]["pid"], signal.SIGKILL)
 
 
 def test_log_action_writes_a_line_with_the_event_id(kenv: KEnv, router: RouterProcess) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -136,12 +135,15 @@ urls = ["{sink.url()}"]
     try:
         wait_for(lambda: len(sink.got()) == 5, 60, what="all five messages after recovery")
         history = wait_settled(kenv)
-        time.sleep(0.5)
+        # One queue per receiver, oldest first: a later message arriving means nothing
+        # before it is still to come (no late duplicate).
+        kenv.cli("send", "--host", "h5", "INSTANCE", "VI_1", "MASTER", "100")
+        wait_for(lambda: len(sink.got()) >= 6, 60, what="the later message")
         got = [r.json["title"] for r in sink.got()]
         # A failing receiver is probed with its oldest message alone; once that is
         # through, the others (each host its own group) may go out side by side.
         assert got[0] == "[h0] VI_1 INIT -> MASTER"
-        assert sorted(got) == [f"[{h}] VI_1 INIT -> MASTER" for h in hosts]
+        assert sorted(got) == [f"[{h}] VI_1 INIT -> MASTER" for h in [*hosts, "h5"]]
         items = alert_items(history)
         assert all(i["message"]["status"] == "sent" for i in items)
         first = next(i for i in items if i["event"]["host"] == "h0")["message"]["attempts"]
@@ -175,10 +177,12 @@ urls = ["{sink.url()}"]
         router.start()
         wait_for(lambda: len(sink.got()) == 3, 30, what="the pending messages after restart")
         wait_settled(kenv)
-        time.sleep(1.0)
+        # A later message through the same queue: once it is there, no resend can follow.
+        kenv.cli("send", "--host", "a4", "INSTANCE", "VI_1", "MASTER", "100")
+        wait_for(lambda: len(sink.got()) >= 4, 30, what="the later message")
         got = [r.json["title"] for r in sink.got()]
         assert got[0] == "[a1] VI_1 INIT -> MASTER"  # the failing head is probed first
-        assert sorted(got) == [f"[{h}] VI_1 INIT -> MASTER" for h in ("a1", "a2", "a3")]
+        assert sorted(got) == [f"[{h}] VI_1 INIT -> MASTER" for h in ("a1", "a2", "a3", "a4")]
     finally:
         sink.stop()
 
@@ -202,10 +206,15 @@ timeout = "20s"
         wait_for(lambda: http.got("/last"), 30, what="the orphaned sender to finish on its own")
     router.start()
     wait_settled(kenv)
-    time.sleep(1.0)
-    assert [len(http.got(p)) for p in ("/fast", "/slow", "/last")] == [1, 1, 1]
     [item] = alert_items(kenv.history())
     assert item["message"]["status"] == "sent"
+    # A later message through the same queue: once it reached the last URL, nothing of the
+    # first can still be resent.
+    kenv.cli("send", "--host", "n2", "INSTANCE", "VI_1", "MASTER", "100")
+    wait_for(lambda: len(http.got("/last")) >= 2, 60, what="the later message")
+    for path in ("/fast", "/slow", "/last"):
+        assert [r.json["title"] for r in http.got(path)] == [
+            "[n1] VI_1 INIT -> MASTER", "[n2] VI_1 INIT -> MASTER"], path
     if restart == "while-sending":
         assert any(r.get("event") == "alert.adopted" for r in router.records())
 
@@ -271,6 +280,35 @@ timeout = "1s"
     pgid = int(attempt["error"].split("process group ")[1].split()[0])
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)
+
+
+def test_a_retry_sends_only_to_the_urls_not_reached_yet(
+    kenv: KEnv, router: RouterProcess, http: HttpSink
+) -> None:
+    http.behaviour["/flaky"] = "fail"
+    write(kenv, f"""
+[receivers.chat]
+urls = ["{http.url('/ok')}", "{http.url('/flaky')}"]
+""")
+    router.start()
+    kenv.cli("send", "--host", "n1", "INSTANCE", "VI_1", "MASTER", "100")
+    wait_for(lambda: len([r for r in http.started if r.path == "/flaky"]) >= 3, 30,
+             what="three attempts at the failing URL")
+    http.behaviour["/flaky"] = "ok"
+    wait_for(lambda: http.got("/flaky"), 30, what="the failing URL to be reached at last")
+    history = wait_settled(kenv)
+    [item] = alert_items(history)
+    attempts = item["message"]["attempts"]
+    assert item["message"]["status"] == "sent" and len(attempts) >= 4
+    # The first attempt reached /ok; every retry went to /flaky alone.
+    assert [[u["ok"] for u in a["urls"]] for a in attempts[:1]] == [[True, False]]
+    assert all(len(a["urls"]) == 1 and "/flaky" in a["urls"][0]["url"] for a in attempts[1:])
+    # A later message through the same queue: once it is there, no resend can follow.
+    kenv.cli("send", "--host", "n2", "INSTANCE", "VI_1", "MASTER", "100")
+    wait_for(lambda: len(http.got("/flaky")) >= 2, 30, what="the later message")
+    for path in ("/ok", "/flaky"):
+        assert [r.json["title"] for r in http.got(path)] == [
+            "[n1] VI_1 INIT -> MASTER", "[n2] VI_1 INIT -> MASTER"], path
 
 
 def test_failing_receiver_falls_back_to_another_one(

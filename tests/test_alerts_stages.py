@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from knotify.alerts import attempt, flap, grouping, render, repeat
-from knotify.alerts.outbox import backoff
+from knotify.alerts.outbox import Outbox, backoff
 from knotify.alerts.redact import scheme, scrub, secret_tokens, short_url, url_id
 from knotify.alerts.silence import (
     Silence,
@@ -19,7 +20,10 @@ from knotify.alerts.silence import (
     parse_matchers,
 )
 from knotify.alerts.stream import Stream
+from knotify.event import Event
+from knotify.journal import Journal
 from knotify.templates import TemplateError
+from knotify.tracker import Tracker
 
 S = 1_000_000_000
 
@@ -155,6 +159,38 @@ def test_flap_starts_above_threshold_suppresses_then_ends() -> None:
 
 def test_flap_control_off() -> None:
     assert flap.on_event(Stream(), True, 10_000, flap.FlapPolicy(threshold=0)) == flap.NONE
+
+
+def test_flap_counts_the_keys_transitions_in_the_window_up_to_the_event(tmp_path: Path) -> None:
+    """What flap control is given: this key's transitions in the window ending with the
+    event (a real journal; repeats, notices, other keys and older changes do not count)."""
+    journal = Journal(str(tmp_path / "journal.db"))
+    tracker = Tracker()
+    made: list[Event] = []
+
+    def report(state: str, at_s: int, name: str = "VI_1") -> Event:
+        ev = Event(id=f"ev{len(made):014d}", host="n1", kind="INSTANCE", name=name,
+                   state=state, prio=100, seq=len(made) + 1, ts_ns=at_s * S, recv_ns=at_s * S)
+        journal.add_event(ev, tracker.observe(ev))
+        made.append(ev)
+        return ev
+
+    for at, state in enumerate(["BACKUP", "MASTER", "BACKUP"]):  # long ago
+        report(state, at)
+    master = report("MASTER", 1000)
+    report("MASTER", 1001)  # a repeat
+    report("MASTER_PRIORITY", 1002)  # a notice
+    report("BACKUP", 1002, name="VI_2")  # another key
+    report("MASTER", 1003, name="VI_2")
+    last = report("BACKUP", 1004)
+    report("MASTER", 1005)  # after the event asked about
+    box = Outbox(journal)
+    window = (1004 - 60) * S
+    assert box.transitions_in_window(last.id, window) == 2  # MASTER at 1000, BACKUP at 1004
+    assert box.transitions_in_window(master.id, window) == 1
+    assert box.transitions_in_window(last.id, -1) == 5  # with the three long ago
+    assert box.transitions_in_window("no-such-event", window) == 0
+    journal.close()
 
 
 # -- repeat ---------------------------------------------------------------------------------

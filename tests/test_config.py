@@ -7,15 +7,16 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import KEnv
+from conftest import KEnv, need
 
 from knotify import config as configmod
 from knotify import paths
 from knotify.actions.exec import ExecAction
 from knotify.actions.log import LogAction
 from knotify.config import EMBEDDED, FifoSource
+from knotify.event import Event
 from knotify.schema import ConfigError
-from knotify.tracker import NOTICE, REPEAT, TRANSITION
+from knotify.tracker import NOTICE, REPEAT, TRANSITION, Transition
 
 FILE = "/etc/knotify/test.toml"
 LOG_ACTION = '[[rule.action]]\ntype = "log"\n'
@@ -93,8 +94,7 @@ def test_embedded_default_config_loads() -> None:
 
 def test_shipped_example_config_is_valid_if_present() -> None:
     example = Path(__file__).resolve().parent.parent / "config" / "knotify.toml"
-    if not example.exists():
-        pytest.skip("no config/knotify.toml in this checkout")
+    need(example.exists(), "no config/knotify.toml in this checkout")
     cfg = configmod.parse(example.read_text(), str(example))
     assert cfg.rules
 
@@ -237,8 +237,18 @@ def test_typo_in_state_from_kind_is_an_error(key: str, word: str) -> None:
 
 
 def test_state_wildcards_and_synthetic_states_are_accepted() -> None:
-    configmod.parse(rule('state = ["MASTER*", "?AULT", "SPLIT_BRAIN", "!STOP"]\n'
-                         'kind = ["INSTANCE", "CLUSTER", "PEER"]'), FILE)
+    cfg = configmod.parse(rule('state = ["MASTER*", "?AULT", "SPLIT_BRAIN", "!STOP"]\n'
+                               'kind = ["INSTANCE", "CLUSTER", "PEER"]'), FILE)
+    [r] = cfg.rules
+    assert (r.match.state.positive, r.match.state.negative) == (
+        ("MASTER*", "?AULT", "SPLIT_BRAIN"), ("STOP",))
+    assert (r.match.kind.positive, r.match.kind.negative) == (("INSTANCE", "CLUSTER", "PEER"), ())
+    # What the patterns mean for events.
+    for kind, state, fires in [("INSTANCE", "MASTER", True), ("INSTANCE", "FAULT", True),
+                               ("CLUSTER", "SPLIT_BRAIN", True), ("INSTANCE", "STOP", False),
+                               ("INSTANCE", "BACKUP", False), ("GROUP", "MASTER", False)]:
+        ev = Event(id="e" * 16, host="h", kind=kind, name="VI_1", state=state)
+        assert r.fires(ev, Transition(TRANSITION, state, "INIT", None, 1)) is fires, (kind, state)
 
 
 def test_rule_with_no_actions() -> None:
@@ -261,13 +271,19 @@ def test_notice_only_state_with_transition_never_fires(state: str) -> None:
     assert exc2.key == "rule[0].state"
 
 
-@pytest.mark.parametrize("on", ['"every"', '"notice"', '["transition", "notice"]'])
-def test_notice_only_state_with_notice_class_is_fine(on: str) -> None:
-    configmod.parse(rule(f'state = "MASTER_PRIORITY"\non = {on}'), FILE)
+@pytest.mark.parametrize(("on", "classes"), [('"every"', {TRANSITION, REPEAT, NOTICE}),
+                                             ('"notice"', {NOTICE}),
+                                             ('["transition", "notice"]', {TRANSITION, NOTICE})])
+def test_notice_only_state_with_notice_class_is_fine(on: str, classes: set[str]) -> None:
+    [r] = configmod.parse(rule(f'state = "MASTER_PRIORITY"\non = {on}'), FILE).rules
+    assert r.on == classes
+    assert (r.match.state.positive, r.match.state.negative) == (("MASTER_PRIORITY",), ())
 
 
 def test_mixed_notice_only_and_real_state_is_fine() -> None:
-    configmod.parse(rule('state = ["MASTER", "MASTER_PRIORITY"]'), FILE)
+    [r] = configmod.parse(rule('state = ["MASTER", "MASTER_PRIORITY"]'), FILE).rules
+    assert r.on == {TRANSITION}
+    assert r.match.state.positive == ("MASTER", "MASTER_PRIORITY")
 
 
 def test_bad_on() -> None:
@@ -311,8 +327,7 @@ def test_exec_bare_name_not_found() -> None:
 
 
 def test_exec_absolute_program_missing_is_refused_as_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("only root checks the program's path at load time")
+    need(os.geteuid() == 0, "only root checks the program's path at load time")
     exc = error(rule("", '[[rule.action]]\ntype = "exec"\nargv = ["/no/such/prog"]'))
     assert exc.key == "rule[0].action[0].argv" and "/no/such/prog" in exc.reason
 
@@ -474,8 +489,7 @@ def test_check_config_quiet_and_explicit_file(kenv: KEnv, tmp_path: Path) -> Non
 
 
 def test_check_config_embedded_default(kenv: KEnv) -> None:
-    if os.path.exists(paths.SYSTEM_CONFIG):
-        pytest.skip(f"{paths.SYSTEM_CONFIG} exists on this machine")
+    need(not os.path.exists(paths.SYSTEM_CONFIG), f"{paths.SYSTEM_CONFIG} exists on this machine")
     kenv.env.pop("KNOTIFY_CONFIG")
     kenv.env["HOME"] = str(kenv.root)  # no ~/.config/knotify/knotify.toml
     kenv.env.pop("XDG_CONFIG_HOME", None)

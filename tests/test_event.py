@@ -345,16 +345,71 @@ def _settings() -> hook.Settings:
     return settings
 
 
-@given(words=st.lists(st.text(max_size=40), max_size=8))
-def test_property_every_parsed_argv_is_accepted_by_the_router(words: list[str]) -> None:
-    """What the hook's parser accepts the router's decoder accepts too (no silent spool)."""
-    try:
-        fields = keepalived.parse_argv(words)
-    except keepalived.ParseError:
-        return
+# A word of argv: text without lone surrogates (those are covered in test_fuzz.py).
+_word = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
+_names = _word.filter(lambda w: w.lower() not in ("instance", "group"))
+_generic = st.builds(
+    lambda user, kind, name, state, prio: (
+        [*user, kind, name, state, str(prio)],
+        {"kind": kind, "name": name, "state": state, "prio": prio, "vs": ""}),
+    st.lists(_word, max_size=3), st.sampled_from(keepalived.VRRP_KINDS), _word,
+    st.sampled_from([*keepalived.SCRIPT_STATES, "{UNKNOWN}"]), st.integers(0, 255))
+_short_vrrp = st.builds(
+    lambda prefix, verb_state, name: (
+        [*prefix, verb_state[0], name],
+        {"kind": (prefix or ["INSTANCE"])[0].upper(), "name": name, "state": verb_state[1],
+         "prio": None, "vs": ""}),
+    st.sampled_from([[], ["instance"], ["INSTANCE"]]),
+    st.sampled_from([("master", "MASTER"), ("BACKUP", "BACKUP"), ("fault", "FAULT"),
+                     ("stop", "STOP"), ("deleted", "DELETED"),
+                     ("rx-lower-pri", "MASTER_RX_LOWER_PRI")]),
+    _names) | st.builds(
+    lambda verb_state, name: (
+        ["group", verb_state[0], name],
+        {"kind": "GROUP", "name": name, "state": verb_state[1], "prio": None, "vs": ""}),
+    st.sampled_from([("master", "MASTER"), ("backup", "BACKUP"), ("fault", "FAULT"),
+                     ("stop", "STOP")]), _names)
+_short_lvs = st.builds(
+    lambda verb, rs, vs: (
+        [verb, rs, vs],
+        {"kind": "RS", "name": rs, "state": verb[3:].upper(), "prio": None, "vs": vs}),
+    st.sampled_from(["rs-up", "rs-down"]), _word, _word) | st.builds(
+    lambda verb, vs: ([verb, vs], {"kind": "VS", "name": vs, "state": verb.split("-")[1].upper(),
+                                   "prio": None, "vs": ""}),
+    st.sampled_from(["vs-up", "vs-down", "quorum-up", "quorum-down"]), _word)
+_forms = _generic | _short_vrrp | _short_lvs
+
+
+def _decoded(fields: dict[str, object], words: list[str]) -> Event:
     fields["argv"] = words
     event = hook.stamp(fields, _settings(), "hook", time.time_ns())
-    decode_event(json.loads(fastjson.dumps(event)))
+    return decode_event(json.loads(fastjson.dumps(event)))
+
+
+@given(_forms)
+def test_property_every_keepalived_argv_form_is_parsed_and_accepted_by_the_router(
+    case: tuple[list[str], dict[str, object]]
+) -> None:
+    """Each form keepalived (or a user) writes is parsed into the fields it means, and
+    the router's decoder accepts the hook's event with those fields (no silent spool)."""
+    words, meant = case
+    fields = keepalived.parse_argv(words)
+    assert {k: fields[k] for k in meant} == meant
+    ev = _decoded(fields, words)
+    assert (ev.kind, ev.name, ev.state, ev.prio, ev.vs, ev.argv) == (
+        meant["kind"], meant["name"], meant["state"], meant["prio"], meant["vs"], words)
+
+
+@given(st.lists(st.text(max_size=40), max_size=8))
+def test_property_every_parsed_argv_is_accepted_by_the_router(words: list[str]) -> None:
+    """Arbitrary words: refused with a reason, or (rarely) parsed, and then accepted."""
+    try:
+        fields = keepalived.parse_argv(words)
+    except keepalived.ParseError as exc:
+        assert str(exc)
+        return
+    ev = _decoded(fields, words)
+    assert (ev.kind, ev.name, ev.state) == (fields["kind"], fields["name"], fields["state"])
 
 
 @given(line=st.text(max_size=200))

@@ -68,8 +68,8 @@ def test_embedded_default_passes_check_config(tmp_path: Path) -> None:
     # Through the CLI, when no config file is found anywhere.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KNOTIFY_", "XDG_"))}
     env["HOME"] = str(tmp_path)
-    if os.path.exists(paths.SYSTEM_CONFIG):
-        pytest.skip(f"{paths.SYSTEM_CONFIG} exists here, so the CLI would not use the default")
+    need(not os.path.exists(paths.SYSTEM_CONFIG),
+         f"{paths.SYSTEM_CONFIG} exists here, so the CLI would not use the default")
     proc = knotify("check-config", env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("OK: <embedded default>: 1 rule(s)")

@@ -135,12 +135,24 @@ def test_fifo_script_catches_stop_lines_written_after_sigterm(
     wait_for(lambda: len(kenv.history()) == 3, what="the start-up lines")
     # keepalived's shutdown: SIGTERM to the fifo script first, then the STOP lines.
     reader.send_signal(signal.SIGTERM)
-    time.sleep(0.1)
+    wait_for(lambda: not _pending(reader.pid, signal.SIGTERM), 5,
+             what="the reader to have taken the SIGTERM")
     ka.write(*STOP)
-    reader.wait(5)
+    assert reader.wait(5) == 0
     ka.close()
+    # The reader has exited: whatever it read is journaled or spooled by now (after
+    # SIGTERM it waits only 0.1 s for an ack), and the router replays the spool.
+    wait_for(lambda: kenv.spooled() == [] and len(raws(kenv)) >= len(START + STOP), 20,
+             what="every line in the journal")
     assert raws(kenv) == START + STOP
-    assert reader.returncode == 0
+
+
+def _pending(pid: int, sig: int) -> bool:
+    """Whether ``sig`` sent to ``pid`` is still waiting to be delivered (/proc status)."""
+    with open(f"/proc/{pid}/status") as fh:
+        masks = {k: int(v, 16) for k, _, v in (line.partition(":") for line in fh)
+                 if k in ("SigPnd", "ShdPnd")}
+    return any(mask & (1 << (sig - 1)) for mask in masks.values())
 
 
 def test_fifo_script_exits_on_reload_so_only_one_reader_remains(
@@ -162,8 +174,15 @@ def test_fifo_script_exits_on_reload_so_only_one_reader_remains(
     ka.write('INSTANCE "VI_1" MASTER 100', 'GROUP "G1" MASTER 0')
     old.wait(5)
     wait_for(lambda: len(kenv.history()) == 3, what="lines after the reload")
-    time.sleep(0.5)
-    assert len(kenv.history()) == 3, "each line exactly once"
+    # A later line, read by the one reader left: once it is journaled, so is anything a
+    # reader read before it.
+    ka.write('INSTANCE "VI_9" BACKUP 100')
+    # (A line whose ack came late is also in the spool until the router replays it.)
+    wait_for(lambda: 'INSTANCE "VI_9" BACKUP 100' in raws(kenv) and kenv.spooled() == [],
+             what="the later line, and the spool to drain")
+    assert raws(kenv) == ['INSTANCE "VI_1" BACKUP 100', 'INSTANCE "VI_1" MASTER 100',
+                          'GROUP "G1" MASTER 0', 'INSTANCE "VI_9" BACKUP 100'], \
+        "each line exactly once"
     new.send_signal(signal.SIGTERM)
     new.wait(5)
     ka.close()

@@ -60,17 +60,35 @@ def test_argv_parser_accepts_or_explains(argv: list[str]) -> None:
     _check_fields(fields)
 
 
+# A name as argv carries it (never a NUL: names with one are refused), with the text the
+# event must show: a byte that is not UTF-8 (a lone surrogate escape) becomes \xNN;
+# everything else stays as it is.
+_SHOWN = {chr(0xDCFF): "\\xff", chr(0xDC80): "\\x80"}
+named_text = st.lists(
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+            min_size=1, max_size=8)
+    | st.sampled_from([*_SHOWN, ";", "$(id)", "`id`", "'", '"', "\n", "\\", "*", "[", " "]),
+    min_size=1, max_size=5).map(lambda parts: ("".join(parts),
+                                               "".join(_SHOWN.get(p, p) for p in parts)))
+
+
 @FUZZ
 @given(st.lists(keepalived_words | argv_text, max_size=6),
-       st.sampled_from(keepalived.VRRP_KINDS),
-       argv_text.filter(lambda t: bool(t) and "\0" not in t),  # (no name holds a NUL)
+       st.sampled_from(keepalived.VRRP_KINDS), named_text,
        st.sampled_from(keepalived.SCRIPT_STATES), st.integers(0, 255))
 def test_generic_notify_is_read_from_the_end_whatever_comes_first(
-    user: list[str], kind: str, name: str, state: str, prio: int
+    user: list[str], kind: str, name: tuple[str, str], state: str, prio: int
 ) -> None:
-    fields = keepalived.parse_argv([*user, kind, name, state, str(prio)])
-    assert (fields["kind"], fields["state"], fields["prio"]) == (kind, state, prio)
-    assert fields["name"] == keepalived.safe_text(name)
+    raw, shown = name
+    fields = keepalived.parse_argv([*user, kind, raw, state, str(prio)])
+    assert (fields["kind"], fields["name"], fields["state"], fields["prio"]) == (
+        kind, shown, state, prio)
+
+
+def test_a_name_that_is_not_utf8_is_shown_with_its_bytes_escaped() -> None:
+    # The same rule as named_text above, on bytes keepalived could pass (os.fsdecode).
+    name = os.fsdecode(b"VI_\xff\xc3\xa9\x80")
+    assert keepalived.parse_argv(["master", name])["name"] == "VI_\\xff\u00e9\\x80"
 
 
 @FUZZ
@@ -105,6 +123,109 @@ event_like = st.fixed_dictionaries(
     optional={"prio": json_values, "vs": argv_text, "seq": json_values, "ts_ns": json_values,
               "argv": json_values, "raw": json_values, "error": json_values,
               "form": json_values, "extra": json_values, "unexpected": json_values})
+
+
+_text = st.characters(blacklist_categories=("Cs",))
+_one_line = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\0"),
+                    min_size=1, max_size=60)
+#: Names and virtual servers: anything but a NUL (refused: exec actions could not pass it).
+_name = st.characters(blacklist_categories=("Cs",), blacklist_characters="\0")
+
+
+@st.composite
+def valid_events(draw: st.DrawFn) -> dict[str, Any]:
+    """A wire event the router must accept: every field within its documented range."""
+    kind = draw(st.sampled_from(["INSTANCE", "GROUP", "VS", "RS", "INVALID"]))
+    states = {"INSTANCE": keepalived.VRRP_STATES,
+              "GROUP": (*keepalived.SCRIPT_STATES, keepalived.UNKNOWN_STATE),
+              "VS": ("UP", "DOWN"), "RS": ("UP", "DOWN"), "INVALID": ("INVALID",)}[kind]
+    data: dict[str, Any] = {
+        "v": 1,
+        "id": draw(st.from_regex(r"[A-Za-z0-9_-]{8,64}", fullmatch=True)),
+        "host": draw(_one_line),
+        "kind": kind,
+        "name": draw(st.text(_name, min_size=0 if kind == "INVALID" else 1, max_size=60)),
+        "state": draw(st.sampled_from(states)),
+        "source": draw(st.sampled_from(["hook", "fifo", "send", "spool", "cluster", "agent",
+                                        "resync"])),
+    }
+    if kind == "RS":
+        data["vs"] = draw(st.text(_name, min_size=1, max_size=60))
+    elif draw(st.booleans()):
+        data["vs"] = ""
+    optional = {
+        "prio": st.none() | st.integers(0, 255),
+        "seq": st.integers(0, 2**63 - 1),
+        "ts_ns": st.integers(1, 2**63 - 1),
+        "form": st.text(_text, max_size=32),
+        "argv": st.lists(st.text(_text, max_size=50), max_size=8),
+        "raw": st.text(_text, max_size=100),
+        "error": st.text(_text, max_size=100),
+        "extra": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+        "mono_ns": st.integers(0, 2**63 - 1),
+        "boot": st.text(_text, max_size=64),
+        "pid": st.integers(0, 2**31 - 1),
+    }
+    for key in draw(st.lists(st.sampled_from(sorted(optional)), unique=True)):
+        data[key] = draw(optional[key])
+    return data
+
+
+#: One thing wrong with an otherwise valid event (None: leave the field out), and what
+#: the refusal must say.
+DAMAGE = [
+    ("v", 2, "version 2 is not supported"),
+    ("id", "short", "event id 'short'"),
+    ("id", "bad id!", "event id 'bad id!'"),
+    ("host", "", "host must be 1..255"),
+    ("host", "a\nb", "host must be 1..255"),
+    ("source", "evil", "source 'evil'"),
+    ("kind", "CLUSTER", "kind 'CLUSTER'"),
+    ("state", "SOMETIMES", "state"),
+    ("prio", 256, "prio 256 is outside"),
+    ("prio", True, "'prio' has the wrong type (bool)"),
+    ("seq", -1, "seq and ts_ns"),
+    ("form", "f" * 33, "form is longer than 32"),
+    ("pid", 2**31, "pid or boot is out of range"),
+    ("unexpected", 1, "unknown field(s): 'unexpected'"),
+    ("host", None, "missing the field 'host'"),
+    ("name", 7, "'name' has the wrong type (int)"),
+]
+
+
+# Three properties, so that each outcome is reached on every example rather than by
+# chance: valid events are accepted, damaged ones refused, arbitrary ones either.
+
+@FUZZ
+@given(valid_events())
+def test_wire_event_decoder_accepts_every_valid_event_with_its_fields(
+    data: dict[str, Any]
+) -> None:
+    ev = decode_event(data)
+    assert (ev.id, ev.host, ev.kind, ev.name, ev.state, ev.source) == (
+        data["id"], data["host"], data["kind"], data["name"], data["state"], data["source"])
+    assert (ev.prio, ev.vs, ev.seq, ev.argv, ev.raw, ev.form) == (
+        data.get("prio"), data.get("vs", ""), data.get("seq", 0), data.get("argv"),
+        data.get("raw"), data.get("form", ""))
+    assert ev.ts_ns == data.get("ts_ns", ev.ts_ns)
+    assert (ev.mono_ns, ev.boot, ev.pid) == (
+        data.get("mono_ns", 0), data.get("boot", ""), data.get("pid", 0))
+
+
+@FUZZ
+@given(valid_events(), st.sampled_from(DAMAGE))
+def test_wire_event_decoder_refuses_a_damaged_event_saying_what_is_wrong(
+    data: dict[str, Any], damage: tuple[str, Any, str]
+) -> None:
+    key, value, says = damage
+    data = dict(data)
+    if value is None:
+        del data[key]
+    else:
+        data[key] = value
+    with pytest.raises(WireError) as info:
+        decode_event(data)
+    assert says in str(info.value)
 
 
 @FUZZ

@@ -121,7 +121,6 @@ state_dir = "{self.work}/{name}-state"
 [hook]
 host = "{name}"
 endpoints = ["tcp://{hub.hub_addr}:{PORT}"]
-ack_timeout = "1s"
 [hook.curve]
 server_key = "{keys}/router.key"
 secret_key = "{keys}/{name}.key_secret"

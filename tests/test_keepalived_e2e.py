@@ -47,7 +47,7 @@ from typing import Any
 
 import netns
 import pytest
-from conftest import ROOT, KEnv, RouterProcess, wait_for
+from conftest import ROOT, KEnv, RouterProcess, need, wait_for
 
 pytestmark = [pytest.mark.keepalived, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -404,8 +404,7 @@ def test_worked_example_runs_clean(kenv: KEnv, router: RouterProcess,
     for the run: the real one would try to restart haproxy through systemctl.
     """
     example = ROOT / "config" / "keepalived.conf"
-    if not example.exists():
-        pytest.skip(f"{example} (the README's worked example) does not exist")
+    need(example.exists(), f"{example} (the README's worked example) does not exist")
     work = cluster.workdir
     bindir = work / "bin"
     wrappers = install_wrappers(bindir)

@@ -8,8 +8,10 @@ import multiprocessing
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import wait_for
 
 from knotify import spool
 
@@ -137,6 +139,8 @@ def test_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
     stop = threading.Event()
     problems: list[str] = []
     seen: set[str] = set()
+    ctx = multiprocessing.get_context("fork")
+    reading = ctx.Event()  # the reader has read files: the writers may write their second half
 
     def reader() -> None:
         while not stop.is_set():
@@ -146,24 +150,31 @@ def test_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
                 except ValueError:
                     problems.append(path)
                 seen.add(path)
+            if seen:
+                reading.set()
 
     thread = threading.Thread(target=reader)
     thread.start()
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_write_many, args=(d, w)) for w in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    stop.set()
-    thread.join(10)
-    assert all(p.exitcode == 0 for p in procs)
+    procs = [ctx.Process(target=_write_many, args=(d, w, reading)) for w in range(4)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        assert [p.exitcode for p in procs] == [0] * 4
+        # The reader goes on until it has read every file at least once.
+        wait_for(lambda: len(seen) == 4 * 25, 60, what="the reader to read every file")
+    finally:
+        stop.set()
+        thread.join(10)
     assert problems == []
-    assert spool.depth(d) == 4 * 25
+    assert seen == set(spool.pending(d)) and spool.depth(d) == 4 * 25
     assert os.listdir(os.path.join(d, "tmp")) == []
 
 
-def _write_many(spool_dir: str, worker: int) -> None:
+def _write_many(spool_dir: str, worker: int, reading: Any) -> None:
     for i in range(25):
+        if i == 12:  # the second half is written while the reader reads
+            assert reading.wait(60)
         seq = spool.next_seq(spool_dir)
         spool.write(spool_dir, _event(seq, f"w{worker}-{i:04d}-xx", pad="p" * 200_000))

@@ -357,3 +357,15 @@ def test_a_report_dated_past_the_skew_after_the_last_one_is_never_older() -> Non
     assert early.cls == STALE  # within the skew the boot clock still decides
     late = t.observe(_clocked("BACKUP", mono_s=6.0, seq=4, wall_s=1_400.0))
     assert (late.cls, late.prev_state) == (TRANSITION, "MASTER")
+
+
+def test_boot_clocks_within_one_tick_do_not_decide_the_order() -> None:
+    t = Tracker()
+    # A FIFO line read at 1.005 s, then a hook whose fork time (in 10 ms ticks, rounded
+    # down) says 1.000 s: it may well have come after, so the sequence decides.
+    t.observe(_clocked("BACKUP", mono_s=1.005, seq=1, source="fifo"))
+    tr = t.observe(_clocked("MASTER", mono_s=1.000, seq=2, pid=300))
+    assert (tr.cls, tr.prev_state) == (TRANSITION, "BACKUP")
+    # More than a tick earlier, though, it is older whatever its sequence.
+    assert t.observe(_clocked("FAULT", mono_s=0.985, seq=3, pid=301)).cls == STALE
+    assert t.states[("h", "INSTANCE", "VI_1", "")].state == "MASTER"
