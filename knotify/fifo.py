@@ -108,6 +108,17 @@ class AsyncFifoReader:
         self.on_open = on_open
         self.log = log.bind(fifo=path)
         self.beat = beat or (lambda: None)
+        self._read_now: Callable[[], None] | None = None
+
+    def drain(self) -> None:
+        """Hand on every line already waiting in the open FIFO, now, in order.
+
+        A resync calls this after keepalived's state dump is written: every line
+        keepalived wrote before the dump is in the pipe by then, so it is stamped (and
+        ordered) before the snapshot's events, however late the loop would read it.
+        """
+        if self._read_now is not None:
+            self._read_now()
 
     async def run(self) -> None:
         lock = None
@@ -148,23 +159,32 @@ class AsyncFifoReader:
             eof = asyncio.Event()
             buf = LineBuffer()
 
-            def readable(fd: int = fd, buf: LineBuffer = buf, eof: asyncio.Event = eof) -> None:
+            def readable(fd: int = fd, buf: LineBuffer = buf, eof: asyncio.Event = eof) -> bool:
+                """Read once; False when nothing more is waiting (or EOF)."""
+                if eof.is_set():
+                    return False
                 try:
                     data = os.read(fd, 65536)
                 except BlockingIOError:
-                    return
+                    return False
                 except OSError as exc:
                     self.log.warning("fifo.read_failed", error=str(exc))
                     data = b""
                 if not data:
                     eof.set()
-                    return
+                    return False
                 ts, mono = time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
                 lines = buf.feed(data)
                 if lines:
                     self.on_lines([(line, ts, mono) for line in lines])
+                return True
+
+            def read_now(readable: Callable[[], bool] = readable) -> None:
+                while readable():
+                    pass
 
             loop.add_reader(fd, readable)
+            self._read_now = read_now
             if self.on_open is not None:
                 self.on_open()
             try:
@@ -173,6 +193,7 @@ class AsyncFifoReader:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(eof.wait(), TURN)
             finally:
+                self._read_now = None
                 loop.remove_reader(fd)
                 os.close(fd)
             if buf.pending.strip():

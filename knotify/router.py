@@ -1139,6 +1139,11 @@ class Router:
             except resync.ResyncError as exc:
                 log.warning("resync.failed", error=str(exc))
                 return
+        # Lines keepalived wrote before its dump are older than the snapshot: hand
+        # them on first, or a late read would be ordered after (and undo) it.
+        for reader in self.fifo_readers:
+            if reader.path == source.path:
+                reader.drain()
         spool_dir = self.config.hook.spool_dir
         wire = resync.wire_events(instances, host, lambda: spool.next_seq(spool_dir),
                                   hook.new_id)

@@ -7,6 +7,8 @@ makes a new one. These tests do exactly that with a real FIFO.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,7 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import structlog
 from conftest import KEnv, RouterProcess, wait_for
+
+from knotify.fifo import AsyncFifoReader
 
 LOG_RULE = """
 [[rule]]
@@ -261,3 +266,33 @@ def test_hook_that_runs_late_cannot_undo_a_newer_fifo_line(
     [state] = kenv.status()
     assert state["state"] == "STOP"
     ka.close()
+
+
+def test_reader_drain_hands_on_waiting_lines_before_the_loop_reads_them(tmp_path: Path) -> None:
+    """A resync drains the FIFO first: lines written before keepalived's state dump
+    must be stamped before the snapshot's events, however late the loop would read."""
+    path = tmp_path / "notify.fifo"
+    ka = FakeKeepalivedFifo(path)
+    ka.create()
+    got: list[str] = []
+    seen_at_drain: list[list[str]] = []
+    spool = tmp_path / "spool"
+    spool.mkdir()
+
+    async def scenario() -> None:
+        opened = asyncio.Event()
+        reader = AsyncFifoReader(str(path), str(spool), lambda ls: got.extend(x for x, _, _ in ls),
+                                 structlog.get_logger(), on_open=opened.set)
+        task = asyncio.get_running_loop().create_task(reader.run())
+        await asyncio.wait_for(opened.wait(), 10)
+        # No await between the write and the drain: the loop's own reader cannot run.
+        ka.write('INSTANCE "VI_1" BACKUP 100', 'INSTANCE "VI_1" MASTER 100')
+        reader.drain()
+        seen_at_drain.append(list(got))
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    ka.close()
+    assert seen_at_drain == [['INSTANCE "VI_1" BACKUP 100', 'INSTANCE "VI_1" MASTER 100']]
