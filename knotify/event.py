@@ -133,6 +133,8 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
 
 _FIELD_NAMES = frozenset(_FIELDS)
 _REQUIRED = frozenset(n for n, (_, required) in _FIELDS.items() if required)
+ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+"""What an event id is made of (a whole id is 8..64 of them)."""
 _ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 #: (field names, value classes) of dicts that passed :func:`_check_shape`: every hook
 #: sends the same few shapes, so most events are checked with one lookup.

@@ -19,6 +19,7 @@ import orjson
 from knotify.actions.base import INTERRUPTED, PENDING, RUNNING, Outcome
 from knotify.alerts import outbox as alert_outbox
 from knotify.event import Event, Key
+from knotify.sqlglob import glob_clause, id_clause
 from knotify.tracker import KeyState, Transition
 
 #: 2: events carry ``kid`` (their key's number in ``keys``), indexed instead of the four
@@ -488,16 +489,16 @@ class Journal:
         its first characters; ``transitions`` leaves out repeats, notices and stale ones."""
         where: list[str] = []
         args: list[object] = []
-        keyed = [_glob(column, value, column == "kind") for column, value in
+        keyed = [glob_clause(column, value, column == "kind") for column, value in
                  (("host", host), ("kind", kind), ("name", name)) if value is not None]
         if keyed:
             where.append("kid IN (SELECT kid FROM keys WHERE "
                          + " AND ".join(sql for sql, _ in keyed) + ")")
-            args.extend(value for _, value in keyed)
+            args.extend(v for _, values in keyed for v in values)
         if event_id is not None:
-            where.append("id GLOB ?")
-            args.append(event_id.lower().replace("[", "[[]").replace("*", "[*]")
-                        .replace("?", "[?]") + "*")
+            sql, values = id_clause(event_id)
+            where.append(sql)
+            args.extend(values)
         if transitions:
             where.append("class = 'transition'")
         if before is not None:
@@ -529,15 +530,6 @@ class Journal:
         alert_outbox.attach_history(self.db, by_id)
         return out
 
-
-
-def _glob(column: str, pattern: str, upper: bool) -> tuple[str, str]:
-    """SQL for a rule pattern: ``*``/``?`` wildcards, ``[`` literal, a leading ``!`` negates."""
-    negate = pattern.startswith("!")
-    text = pattern[1:] if negate else pattern
-    if upper:
-        text = text.upper()
-    return f"{column} {'NOT ' if negate else ''}GLOB ?", text.replace("[", "[[]")
 
 
 def _row_dict(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from knotify.alerts.engine import AlertEngine
 from knotify.cluster.monitor import TICK as CLUSTER_TICK
 from knotify.cluster.monitor import ClusterMonitor
 from knotify.event import (
+    ID_CHARS,
     Event,
     WireError,
     acked,
@@ -938,10 +939,9 @@ class Router:
                 event_id = msg.get("id")
                 if event_id is not None and (not isinstance(event_id, str) or not
                                              1 <= len(event_id) <= 64 or any(
-                                                 c not in "0123456789abcdefABCDEF"
-                                                 for c in event_id)):
-                    raise WireError("history 'id' must be an event id (hexadecimal) or its "
-                                    "first characters")
+                                                 c not in ID_CHARS for c in event_id)):
+                    raise WireError("history 'id' must be an event id (letters, digits, _ "
+                                    "and -) or its first characters")
                 transitions = msg.get("transitions", False)
                 if type(transitions) is not bool:
                     raise WireError("history 'transitions' must be true or false")

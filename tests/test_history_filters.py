@@ -14,9 +14,8 @@ from conftest import KEnv, RouterProcess
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from knotify import journal, zmtp
+from knotify import sqlglob, zmtp
 from knotify.rules import Pattern
-from knotify.web import data
 
 RULE = """
 [[rule]]
@@ -67,9 +66,32 @@ def test_id_finds_the_event_an_alert_names(kenv: KEnv, router: RouterProcess) ->
     missing = kenv.cli("history", "--id", "0" * 32, check=False)
     assert missing.returncode == 1
     assert "no event with id" in missing.stderr and "keep_events" in missing.stderr
-    for bad in ("VI_1", "12*", "'; DROP TABLE events; --"):
+    for bad in ("12*", "VI 1", "'; DROP TABLE events; --", "a" * 65):
         proc = kenv.cli("history", "--id", bad, check=False)
         assert proc.returncode == 2 and "not an event id" in proc.stderr, (bad, proc.stderr)
+    assert router.alive
+
+
+def test_id_finds_an_id_that_is_not_hex(kenv: KEnv, router: RouterProcess) -> None:
+    """Ids are [A-Za-z0-9_-] (an agent or another sender may choose them), case-sensitive."""
+    kenv.write_config(RULE)
+    router.start()
+    endpoint = "ipc://" + str(kenv.runtime / "knotify.sock")
+    ids = ["Agent_Id-0001", "agent_id-0001", "Agent_Id-0002"]
+    events = [{"v": 1, "id": ident, "host": "node1", "kind": "INSTANCE", "name": "VI_1",
+               "state": state, "prio": 100, "seq": i + 1, "ts_ns": 1_700_000_000_000_000_000 + i,
+               "source": "send"}
+              for i, (ident, state) in enumerate(zip(ids, ["BACKUP", "MASTER", "BACKUP"],
+                                                     strict=True))]
+    answer = json.loads(zmtp.request(endpoint, json.dumps(
+        {"v": 1, "op": "events", "events": events}).encode(), 10))
+    assert answer["ok"] and answer["rejected"] == [], answer
+    assert [e["id"] for e in kenv.history(id="Agent_Id-0001")] == ["Agent_Id-0001"]
+    assert [e["id"] for e in kenv.history(id="agent_")] == ["agent_id-0001"]
+    assert sorted(e["id"] for e in kenv.history(id="Agent_Id")) == ["Agent_Id-0001",
+                                                                     "Agent_Id-0002"]
+    text = kenv.cli("history", "--id", "agent_id-0001").stdout
+    assert "agent_id-0001" in text and "BACKUP -> MASTER" in text
     assert router.alive
 
 
@@ -90,7 +112,7 @@ def test_transitions_hides_repeats(kenv: KEnv, router: RouterProcess) -> None:
 def test_history_op_refuses_bad_filters(kenv: KEnv, router: RouterProcess) -> None:
     router.start()
     endpoint = "ipc://" + str(kenv.runtime / "knotify.sock")
-    for fields, word in [({"id": 12}, "'id'"), ({"id": "zz"}, "'id'"), ({"id": "a" * 65}, "'id'"),
+    for fields, word in [({"id": 12}, "'id'"), ({"id": "z*"}, "'id'"), ({"id": "a" * 65}, "'id'"),
                          ({"transitions": "yes"}, "'transitions'"), ({"name": ["VI_*"]}, "'name'"),
                          ({"host": "x" * 300}, "'host'")]:
         payload = json.dumps({"v": 1, "op": "history", **fields}).encode()
@@ -109,11 +131,9 @@ _ALPHABET = "ab1_*?[]!"
 @given(pattern=st.text(_ALPHABET, min_size=1, max_size=6),
        value=st.text("ab1_[]!*?", max_size=6))
 def test_sql_patterns_agree_with_rule_patterns(pattern: str, value: str) -> None:
+    """The journal (``history``) and the web pages build their filters with these."""
     want = Pattern.parse([pattern])(value)
     db = sqlite3.connect(":memory:")
-    sql, arg = journal._glob("v", pattern, False)
-    assert bool(db.execute(f"SELECT {sql} FROM (SELECT ? AS v)", (arg, value)).fetchone()[0]) \
-        == want, (pattern, value, arg)
-    sql2, args2 = data.glob_clause("v", pattern)
-    assert bool(db.execute(f"SELECT {sql2} FROM (SELECT ? AS v)", (*args2, value)).fetchone()[0]) \
-        == want, (pattern, value, args2)
+    sql, args = sqlglob.glob_clause("v", pattern)
+    assert bool(db.execute(f"SELECT {sql} FROM (SELECT ? AS v)", (*args, value)).fetchone()[0]) \
+        == want, (pattern, value, args)

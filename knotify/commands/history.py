@@ -10,6 +10,7 @@ from knotify.alerts.report import alert_lines
 from knotify.client import RouterRefused, RouterUnavailable, request
 from knotify.commands import client_settings, fail
 from knotify.commands.table import clean, fmt_time
+from knotify.event import ID_CHARS
 from knotify.units import format_duration
 
 HELP = "show events newest first, with the actions each one triggered and how they ended"
@@ -39,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     if "kind" in filters:
         filters["kind"] = filters["kind"].upper()
     if args.event_id is not None:
-        event_id = args.event_id.strip().lower()
-        if not event_id or any(c not in "0123456789abcdef" for c in event_id):
-            return fail(f"--id: {args.event_id!r} is not an event id (hexadecimal, as in "
-                        "'knotify event 3f2a...' at the end of an alert)", 2)
+        event_id = args.event_id.strip()
+        if not 1 <= len(event_id) <= 64 or any(c not in ID_CHARS for c in event_id):
+            return fail(f"--id: {args.event_id!r} is not an event id (letters, digits, _ "
+                        "and -, as in 'knotify event 3f2a...' at the end of an alert)", 2)
         filters["id"] = event_id
     if args.transitions:
         filters["transitions"] = True

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from knotify.sqlglob import glob_clause, id_clause
+
 #: Kinds whose states form a failover picture (one lane per host).
 VRRP_KINDS = ("INSTANCE", "GROUP")
 #: Transitions closer than this (on any lane of a cluster) belong to one incident.
@@ -71,19 +73,6 @@ def has_table(db: sqlite3.Connection, name: str) -> bool:
 # -- filters ---------------------------------------------------------------------------
 
 
-def glob_clause(column: str, value: str, upper: bool = False) -> tuple[str, list[str]]:
-    """SQL for a CLI pattern: ``*`` and ``?`` wildcards, ``[`` literal, leading ``!`` negates.
-
-    The same patterns as ``knotify watch`` and the rules (:class:`knotify.rules.Pattern`).
-    """
-    negate = value.startswith("!")
-    text = value[1:] if negate else value
-    if upper:
-        text = text.upper()
-    text = text.replace("[", "[[]")
-    return f"{column} {'NOT ' if negate else ''}GLOB ?", [text]
-
-
 @dataclass(slots=True)
 class Filters:
     host: str | None = None
@@ -111,9 +100,9 @@ class Filters:
             where.append(sql)
             args.extend(values)
         if self.event_id:
-            where.append("id GLOB ?")
-            args.append(self.event_id.lower().replace("[", "[[]").replace("*", "[*]")
-                        .replace("?", "[?]") + "*")
+            sql, values = id_clause(self.event_id)
+            where.append(sql)
+            args.extend(values)
         if self.transitions:
             where.append("class = 'transition'")
         return " AND ".join(where), args

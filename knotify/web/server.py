@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from knotify import client, hook
+from knotify.event import ID_CHARS
 from knotify.units import format_duration
 from knotify.web import data, views
 from knotify.web.auth import COOKIE, Auth, loopback_host
@@ -321,8 +322,8 @@ class Web:
         limit = _int(q, "limit", 50, 1, MAX_LIMIT)
         before = _int(q, "before", 0, 0, 2**62) or None
         transitions = q.get("transitions") in ("1", "on", "true")
-        if form["id"] and not all(c in "0123456789abcdefABCDEF" for c in form["id"]):
-            raise BadRequest("an event id is hexadecimal")
+        if form["id"] and not all(c in ID_CHARS for c in form["id"]):
+            raise BadRequest("an event id is letters, digits, _ and -")
         filters = data.Filters(host=form["host"] or None, kind=form["kind"] or None,
                                name=form["name"] or None, state=form["state"] or None,
                                event_id=form["id"] or None, transitions=transitions)
