@@ -244,6 +244,8 @@ def test_a_background_task_that_dies_is_restarted_and_then_stops_the_router(
     spool_dir = kenv.spool
     spool_dir.mkdir(parents=True)
     Path(lock_path(str(spool_dir), str(fifo))).mkdir()  # open() on it fails: EISDIR
+    # The one line `knotify run` prints when it stops for good (to stderr, not a record).
+    router.expect_plain(r"knotify: the router stopped: the fifo .* loop died 5 times .*")
     router.start()
     wait_for(lambda: any(r.get("event") == "task.crashed" for r in router.records()),
              20, what="the reader's crash to be logged")
