@@ -325,3 +325,44 @@ def test_test_alert_posts_a_test_alert(kenv: KEnv, am: Alertmanager) -> None:
     assert "ok" in out.lower()
     [alert] = wait_for(lambda: mine(am, alertname="KnotifyTest"), 30, what="the test alert")
     assert alert["labels"]["severity"] == "info"
+
+
+def test_active_alerts_are_reposted_before_alertmanager_would_end_them(
+    kenv: KEnv, router: RouterProcess, am: Alertmanager
+) -> None:
+    write(kenv, [am.url], 'repost_interval = "1s"')  # each post valid for 4 s
+    router.start()
+    route([kenv], events(("node1", "INSTANCE", "VI_1", "FAULT", 0)))
+    [first] = wait_for(lambda: mine(am, instance="VI_1"), 60, what="the alert")
+    first_end = dt.datetime.fromisoformat(first["endsAt"]).timestamp()
+    assert first_end < time.time() + 10
+
+    def reposted() -> bool:
+        done = journal_rows(kenv, "SELECT count(*) FROM alert_messages WHERE alert = "
+                            "'repost' AND status = 'sent'")[0][0]
+        return bool(done >= 3 and time.time() > first_end + 1)
+
+    wait_for(reposted, 60, what="re-posts past the first post's endsAt")
+    [still] = mine(am, instance="VI_1")
+    assert still["status"]["state"] == "active"
+    assert dt.datetime.fromisoformat(still["endsAt"]).timestamp() > first_end
+    assert still["startsAt"] == first["startsAt"]  # the same alert, not a new one
+
+
+def test_a_router_restart_posts_the_active_alerts_again(
+    kenv: KEnv, router: RouterProcess, am: Alertmanager
+) -> None:
+    write(kenv, [am.url])
+    router.start()
+    route([kenv], events(("node1", "INSTANCE", "VI_1", "FAULT", 0)))
+    wait_for(lambda: mine(am, instance="VI_1"), 60, what="the alert")
+    router.stop()
+    am.stop()
+    am.start()
+    assert mine(am, instance="VI_1") == []  # Alertmanager keeps no alerts across a restart
+    router.start()
+    [alert] = wait_for(lambda: mine(am, instance="VI_1"), 60,
+                       what="the restarted router to post its active alert again")
+    assert alert["labels"]["state"] == "FAULT"
+    wait_for(lambda: ("repost", "sent") in journal_rows(
+        kenv, "SELECT alert, status FROM alert_messages"), 30, what="the re-post journaled")
