@@ -366,3 +366,36 @@ def test_a_router_restart_posts_the_active_alerts_again(
     assert alert["labels"]["state"] == "FAULT"
     wait_for(lambda: ("repost", "sent") in journal_rows(
         kenv, "SELECT alert, status FROM alert_messages"), 30, what="the re-post journaled")
+
+
+def test_a_split_brain_is_one_cluster_alert_resolved_when_it_ends(
+    kenv: KEnv, router: RouterProcess, am: Alertmanager
+) -> None:
+    write(kenv, [am.url], rule="""
+[cluster]
+split_brain_grace = "1s"
+no_master_grace = "1s"
+
+[[rule]]
+id = "cluster"
+kind = "CLUSTER"
+state = ["SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED"]
+[[rule.action]]
+type = "alert"
+receivers = ["am"]
+""")
+    router.start()
+    route([kenv], events(("n1", "INSTANCE", "VI_1", "MASTER", 100),
+                         ("n2", "INSTANCE", "VI_1", "BACKUP", 90)))
+    route([kenv], events(("n2", "INSTANCE", "VI_1", "MASTER", 90)))
+    [alert] = wait_for(lambda: mine(am, alertname="KnotifyCluster"), 60,
+                       what="the SPLIT_BRAIN alert")
+    assert alert["labels"] == {"alertname": "KnotifyCluster", "kind": "CLUSTER",
+                               "cluster": "VI_1", "state": "SPLIT_BRAIN",
+                               "severity": "critical"}
+    assert alert["annotations"]["detected_by"]  # the router: an annotation, not a label
+    route([kenv], events(("n1", "INSTANCE", "VI_1", "BACKUP", 100)))
+    wait_for(lambda: not mine(am, alertname="KnotifyCluster"), 60,
+             what="the SPLIT_BRAIN alert resolved")
+    # SPLIT_BRAIN_RESOLVED ends the alert; it is never an alert of its own.
+    assert not [a for a in am.alerts() if a["labels"].get("state") == "SPLIT_BRAIN_RESOLVED"]

@@ -423,7 +423,14 @@ class AlertEngine:
 
     def _alertmanager(self, now: int) -> int | None:
         """Alertmanager receivers: resolve what ended, re-post what lasts."""
-        nxt, added = self.am.tick(now, self._tracker().states, self.config.receivers)
+        try:
+            nxt, added = self.am.tick(now, self._tracker().states, self.config.receivers)
+        except (JournalError, sqlite3.Error):
+            raise
+        except Exception:  # a bug here must not stop composing and delivering
+            self._count("alertmanager_crashed")
+            self.log.exception("alertmanager.tick_crashed")
+            return now + int(MAX_SLEEP * 1e9)
         if added:
             self._again = True
         return nxt
@@ -476,7 +483,13 @@ class AlertEngine:
                                           group_key=keep[0].group_key)
         self.outbox.set_items([i.rowid for i in keep], outbox.COMPOSED, message=message)
         if receiver.alertmanager is not None:
-            self.am.composed(message, receiver, keep, self.settings.group_by, now)
+            try:
+                self.am.composed(message, receiver, keep, self.settings.group_by, now)
+            except sqlite3.Error:
+                raise
+            except Exception:  # the message still goes, with its events' alerts as firing
+                self._count("alertmanager_crashed")
+                self.log.exception("alertmanager.compose_crashed", message=message)
         self.log.info("alert.composed", event_ids=ids, message=message, receiver=name,
                       alert=alert, items=len(keep), title=rendered.title)
 
