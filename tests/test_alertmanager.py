@@ -184,9 +184,11 @@ def test_an_unreachable_alertmanager_is_retried_through_the_outbox_until_it_is_u
         [alert] = wait_for(lambda: mine(late, instance="VI_1"), 60,
                            what="the alert on the second, once it is up")
         assert alert["labels"]["state"] == "FAULT"
-        firing = journal_rows(kenv, "SELECT rowid, status, attempts FROM alert_messages "
-                              "WHERE alert = 'firing'")
-        assert firing[0][1] == "sent" and firing[0][2] >= 2
+        # Alertmanager may show it before the router has journaled the outcome.
+        firing = wait_for(lambda: (got := journal_rows(
+            kenv, "SELECT rowid, status, attempts FROM alert_messages WHERE alert = 'firing'"))
+            and got[0][1] == "sent" and got, 30, what="the message journaled as sent")
+        assert firing[0][2] >= 2
         tried = journal_rows(kenv, "SELECT status, urls FROM alert_attempts WHERE message = ? "
                              "ORDER BY rowid", firing[0][0])
         first_urls = json.loads(tried[0][1])

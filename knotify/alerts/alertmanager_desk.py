@@ -130,8 +130,10 @@ class Desk:
         self.journal = journal
         self.outbox = outbox
         self.log = log
-        #: When each receiver's active alerts were last re-posted (ns); none yet: at once.
+        #: When each receiver's active alerts were last re-posted (ns), or since when it has
+        #: had some; at the first tick (a router that starts): due at once.
         self._reposted: dict[str, int] = {}
+        self._first = True
         self._pruned = 0
 
     @property
@@ -251,6 +253,7 @@ class Desk:
         """Resolve what no longer holds, re-post what does; (next due ns, messages added)."""
         ours = {n: r for n, r in receivers.items() if r.alertmanager is not None}
         if not ours:
+            self._first = False
             return None, 0
         added = 0
         nxt: int | None = None
@@ -279,7 +282,9 @@ class Desk:
                 continue
             assert receiver.alertmanager is not None
             every = int(receiver.alertmanager.repost_interval * 1e9)
-            due = self._reposted.get(name, 0) + every
+            # A first alert was just posted: its re-post is due an interval later.
+            last = self._reposted.setdefault(name, 0 if self._first else now)
+            due = last + every
             if due <= now:
                 if self.outbox.open_messages(name):
                     due = now + 10**9  # a post is still on its way: it says as much
@@ -290,6 +295,7 @@ class Desk:
                     self._reposted[name] = now
                     due = now + every
             nxt = due if nxt is None else min(nxt, due)
+        self._first = False
         if now - self._pruned >= PRUNE_EVERY_NS:
             self._pruned = now
             with self.journal.transaction():
