@@ -54,6 +54,12 @@ class AlertAction(Action):
             except TemplateError as exc:
                 raise table.error(field, str(exc)) from None
             spec[field] = text
+        severity = table.opt_text("severity")
+        if severity is not None:
+            if not severity or len(severity) > 40 or not severity.isprintable():
+                raise table.error("severity", "expected a short word such as critical, "
+                                  f"warning or info, found {severity[:60]!r}")
+            spec["severity"] = severity  # a label for Alertmanager receivers
         repeat_s = table.opt_duration("repeat_interval")
         return cls(tuple(dict.fromkeys(names)), spec, repeat_s)
 

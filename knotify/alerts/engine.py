@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from knotify.actions.base import OK, SILENCED, SKIPPED, ActionContext, Outcome
-from knotify.alerts import attempt, flap, grouping, outbox, render, repeat
+from knotify.alerts import alertmanager_desk, attempt, flap, grouping, outbox, render, repeat
 from knotify.alerts.outbox import Outbox, StreamRow
 from knotify.alerts.pool import PoolError, Worker, WorkerPool
 from knotify.alerts.receivers import AlertSettings, Receiver
@@ -92,6 +92,7 @@ class AlertEngine:
         self.publish = publish
         self.outbox = Outbox(journal)
         self.silences = SilenceStore(journal)
+        self.am = alertmanager_desk.Desk(journal, self.outbox, log)
         self.result_dir = os.path.join(os.path.dirname(os.path.abspath(config.journal)),
                                        "outbox")
         #: Attempts (and watches of adopted ones) by message, until their outcome is journaled.
@@ -323,7 +324,8 @@ class AlertEngine:
     def tick(self) -> float:
         """Do everything that is due; seconds until something else will be."""
         now = time.time_ns()
-        dues = [self._timers(now), self._compose(now), self._deliver(now)]
+        dues = [self._timers(now), self._compose(now), self._alertmanager(now),
+                self._deliver(now)]
         if self._again:
             self._again = False
             return 0.0
@@ -419,6 +421,20 @@ class AlertEngine:
                       receivers=queued, silenced=[n for n, _ in silenced] or None)
         self._again = True
 
+    def _alertmanager(self, now: int) -> int | None:
+        """Alertmanager receivers: resolve what ended, re-post what lasts."""
+        try:
+            nxt, added = self.am.tick(now, self._tracker().states, self.config.receivers)
+        except (JournalError, sqlite3.Error):
+            raise
+        except Exception:  # a bug here must not stop composing and delivering
+            self._count("alertmanager_crashed")
+            self.log.exception("alertmanager.tick_crashed")
+            return now + int(MAX_SLEEP * 1e9)
+        if added:
+            self._again = True
+        return nxt
+
     # -- grouping: compose due groups into messages ----------------------------------------
 
     def _compose(self, now: int) -> int | None:
@@ -466,6 +482,14 @@ class AlertEngine:
                                           rendered.notify_type, ids, now,
                                           group_key=keep[0].group_key)
         self.outbox.set_items([i.rowid for i in keep], outbox.COMPOSED, message=message)
+        if receiver.alertmanager is not None:
+            try:
+                self.am.composed(message, receiver, keep, self.settings.group_by, now)
+            except sqlite3.Error:
+                raise
+            except Exception:  # the message still goes, with its events' alerts as firing
+                self._count("alertmanager_crashed")
+                self.log.exception("alertmanager.compose_crashed", message=message)
         self.log.info("alert.composed", event_ids=ids, message=message, receiver=name,
                       alert=alert, items=len(keep), title=rendered.title)
 
@@ -772,6 +796,8 @@ class AlertEngine:
                        receiver: Receiver) -> tuple[bool, str]:
         job = {**receiver.job(), "title": message.title, "body": message.body,
                "type": message.notify_type, "skip": message.done}
+        if receiver.alertmanager is not None:
+            job["alerts"] = self.am.alerts(message.rowid, receiver)
         try:
             if not os.path.isdir(self.result_dir):
                 os.makedirs(self.result_dir, mode=0o700, exist_ok=True)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from knotify.alerts import silence
+from knotify.alerts import alertmanager_desk, silence
 from knotify.alerts.grouping import Waiting
 from knotify.alerts.stream import Stream
 from knotify.event import Key
@@ -44,7 +44,7 @@ EXPIRED = "expired"
 
 RUNNING = "running"
 
-SCHEMA = silence.SCHEMA + """
+SCHEMA = silence.SCHEMA + alertmanager_desk.SCHEMA + """
 CREATE TABLE IF NOT EXISTS alert_items (
     rowid INTEGER PRIMARY KEY,
     run INTEGER,

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from knotify.alerts import render
+from knotify.alerts import alertmanager, render
 from knotify.alerts.flap import FlapPolicy
 from knotify.alerts.grouping import GROUP_FIELDS
 from knotify.alerts.redact import scrub
@@ -26,6 +26,7 @@ from knotify.templates import TemplateError
 from knotify.units import format_duration
 
 CHECK_TIMEOUT = 60.0
+RECEIVER_TYPES = ("apprise", alertmanager.KIND)
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -45,9 +46,13 @@ class Receiver:
     #: The same for the entries of the apprise config file that the tags select.
     config_shown: tuple[str, ...] = ()
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    #: Set for ``type = "alertmanager"``: knotify's own sender, not apprise.
+    alertmanager: alertmanager.AMSettings | None = None
 
     def job(self) -> dict[str, Any]:
         """What the sender needs to reach this receiver (secrets included: stdin only)."""
+        if self.alertmanager is not None:
+            return {**self.alertmanager.job(), "timeout": self.timeout}
         return {"urls": list(self.urls), "config": self.config, "tags": list(self.tags),
                 "format": self.format, "timeout": self.timeout}
 
@@ -60,6 +65,9 @@ class Receiver:
             tags = f" tags {','.join(self.tags)}" if self.tags else ""
             found = f": {', '.join(self.config_shown)}" if self.config_shown else ""
             parts.append(f"apprise config {self.config}{tags}{found}")
+        if self.alertmanager is not None:
+            parts = [f"Alertmanager {', '.join(self.shown)}", f"re-posted every "
+                     f"{format_duration(self.alertmanager.repost_interval)}"]
         text = f"receiver {self.name}: {'; '.join(parts)} (timeout {self.timeout:g}s"
         if self.fallback:
             text += f", fallback {self.fallback} after {format_duration(self.fallback_after)}"
@@ -150,6 +158,9 @@ def parse_receivers(top: Table, settings: AlertSettings,
         r = table.table(name)
         if not name or not set(name) <= _NAME_CHARS:
             raise table.error(name, "a receiver name is letters, digits, '-', '_' or '.'")
+        if r.text("type", "apprise", choices=RECEIVER_TYPES) == alertmanager.KIND:
+            found[name] = _alertmanager(top, r, name, settings)
+            continue
         urls = tuple(r.strings("urls", []))
         config_file = r.opt_text("config")
         if config_file is not None and not os.path.isabs(config_file):
@@ -188,9 +199,26 @@ def parse_receivers(top: Table, settings: AlertSettings,
                                   + " -> ".join([*seen, step.fallback]))
             seen.append(step.fallback)
             step = found[step.fallback]
-    if check and found:
-        found = _checked(table, found)
+    apprise_ones = {n: r for n, r in found.items() if r.alertmanager is None}
+    if check and apprise_ones:
+        found.update(_checked(table, apprise_ones))
     return found
+
+
+def _alertmanager(top: Table, r: Table, name: str, settings: AlertSettings) -> Receiver:
+    """A ``type = "alertmanager"`` receiver: knotify posts to Alertmanager's API itself."""
+    base = os.path.dirname(os.path.abspath(top.path)) if os.path.exists(top.path) else None
+    am = alertmanager.parse(r, base)
+    receiver = Receiver(
+        name=name, urls=am.urls, templates=_templates(r, render.Templates()),
+        timeout=r.duration("timeout", settings.timeout), fallback=r.opt_text("fallback"),
+        fallback_after=r.duration("fallback_after", "5m"), shown=am.shown(),
+        secrets=am.secrets(), alertmanager=am,
+    )
+    if receiver.timeout <= 0:
+        raise r.error("timeout", "must be more than 0")
+    r.done()
+    return receiver
 
 
 def _checked(table: Table, receivers: dict[str, Receiver]) -> dict[str, Receiver]:
