@@ -87,7 +87,7 @@ timeout = "45s"
 def test_defaults(tmp_path: Path) -> None:
     config = load(tmp_path, "")
     assert config.receivers == {}
-    assert config.alerts.group_wait == 2.0 and config.alerts.group_by == ("host",)
+    assert config.alerts.group_wait == 2.0 and config.alerts.group_by == ("incident",)
     assert config.alerts.repeat.interval_s == 4 * 3600
     assert "FAULT" in config.alerts.repeat.states and "DOWN" in config.alerts.repeat.states
 

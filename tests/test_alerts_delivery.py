@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from alert_servers import (
-    FAST_ALERTS,
+    FAST_BY_HOST,
     PASSWORD,
     TOKEN,
     HttpSink,
@@ -43,7 +43,7 @@ def smtp() -> Iterator[SmtpSink]:
         sink.stop()
 
 
-def write(kenv: KEnv, receivers: str, rule: str = "", alerts: str = FAST_ALERTS) -> None:
+def write(kenv: KEnv, receivers: str, rule: str = "", alerts: str = FAST_BY_HOST) -> None:
     kenv.write_config(alerts + receivers + (rule or """
 [[rule]]
 id = "alert"
@@ -345,7 +345,7 @@ def test_expired_message_is_journaled_and_the_next_one_goes_out(
     write(kenv, f"""
 [receivers.chat]
 urls = ["{http.url()}"]
-""", alerts=FAST_ALERTS + 'max_age = "2s"\n')
+""", alerts=FAST_BY_HOST + 'max_age = "2s"\n')
     router.start()
     kenv.cli("send", "--host", "x1", "INSTANCE", "VI_1", "FAULT", "0")
     wait_for(lambda: any(i.get("message") and i["message"]["status"] == "expired"

@@ -39,7 +39,8 @@ def hook_wrapper(bindir: Path) -> Path:
                                                                         sys.executable))
 
 
-def node_files(kenv: KEnv, node: netns.Node, hook: Path) -> None:
+def node_files(kenv: KEnv, node: netns.Node, hook: Path,
+               instances: tuple[str, ...] = INSTANCES, group: str | None = GROUP) -> None:
     cfg = node.workdir / f"{node.name}.toml"
     cfg.write_text(f"[paths]\nruntime_dir = {json.dumps(str(kenv.runtime))}\n"
                    f"state_dir = {json.dumps(str(kenv.state))}\n\n"
@@ -47,9 +48,11 @@ def node_files(kenv: KEnv, node: netns.Node, hook: Path) -> None:
     cfg.chmod(0o644)
     notify = f'    notify "{hook} -c {cfg}"'
     out = ["global_defs {", f"    router_id {node.name}", "    script_user root",
-           "    enable_script_security", "}", "", f"vrrp_sync_group {GROUP} {{", "    group {",
-           *(f"        {i}" for i in INSTANCES), "    }", notify, "}"]
-    for n, inst in enumerate(INSTANCES, 1):
+           "    enable_script_security", "}"]
+    if group is not None:
+        out += ["", f"vrrp_sync_group {group} {{", "    group {",
+                *(f"        {i}" for i in instances), "    }", notify, "}"]
+    for n, inst in enumerate(instances, 1):
         out += ["", f"vrrp_instance {inst} {{", "    state BACKUP",
                 f"    interface {node.ifname}", f"    virtual_router_id {90 + n}",
                 f"    priority {node.prio}", "    advert_int 1",
@@ -139,9 +142,9 @@ receivers = ["chat", "mail"]
         assert len(new_mails) == 1, [m.subject for m in new_mails]
         text = new_chats[0].json["text"]
         title = text.splitlines()[0]
-        assert title.startswith("[node2] ") and title.endswith(" -> MASTER"), title
-        assert {n.strip() for n in title[len("[node2] "):-len(" -> MASTER")].split(",")} \
-            == {"VI_1", "VI_2", GROUP}, title
+        # grouped by incident: node1 and node2 serve the cluster, node2 took it over
+        assert title == ("[node1, node2] 3 instances and sync groups: node2 BACKUP -> "
+                         "MASTER (3)"), title
         mail = new_mails[0]
         assert mail.subject == title and mail.rcpt_tos == ["oncall@example.com"]
         for kind, name in SUBJECTS:
@@ -160,3 +163,65 @@ receivers = ["chat", "mail"]
     finally:
         chat.stop()
         smtp.stop()
+
+
+def test_keepalived_one_instance_failover_is_one_message_naming_both_hosts(
+    kenv: KEnv, router: RouterProcess, cluster: netns.Cluster
+) -> None:
+    """node1's STOP and node2's MASTER of one failover: one message by default (with
+    the old default, group_by = ["host"], it was one per host)."""
+    chat = HttpSink().start()
+    try:
+        cluster.create({"node1": 100, "node2": 50}, subnet="10.216.0")
+        hook = hook_wrapper(cluster.workdir / "bin")
+        node1, node2 = cluster.nodes["node1"], cluster.nodes["node2"]
+        for node in (node1, node2):
+            node_files(kenv, node, hook, instances=("VI_1",), group=None)
+        kenv.write_config(f"""
+[alerts]
+group_wait = "4s"
+retry_initial = "200ms"
+retry_max = "1s"
+
+[receivers.chat]
+urls = ["{chat.url()}"]
+
+[[rule]]
+id = "failover"
+kind = "INSTANCE"
+state = ["MASTER", "STOP"]
+from = "!INIT"
+[[rule.action]]
+type = "alert"
+receivers = ["chat"]
+""")
+        router.start()
+        vi1 = [("INSTANCE", "VI_1")]
+        cluster.start(node1)
+        wait_states(kenv, cluster, {("node1", "INSTANCE", "VI_1"): "BACKUP"}, "node1 BACKUP")
+        cluster.start(node2)
+        wait_states(kenv, cluster, {("node1", "INSTANCE", "VI_1"): "MASTER",
+                                    ("node2", "INSTANCE", "VI_1"): "BACKUP"},
+                    "node1 MASTER, node2 BACKUP")
+        quiet(kenv)
+        before = len(chat.got())
+
+        assert cluster.stop(node1, signal.SIGTERM, timeout=20) == 0
+        wait_states(kenv, cluster, {("node1", k, n): "STOP" for k, n in vi1}
+                    | {("node2", k, n): "MASTER" for k, n in vi1}, "node2 to take over")
+        wait_for(lambda: len(chat.got()) > before, 40, what="the failover's message")
+        quiet(kenv)
+        cluster.check_scripts()
+        new = [r.json for r in chat.got()[before:]]
+        assert len(new) == 1, [m["title"] for m in new]
+        title, text = new[0]["title"], new[0]["message"]
+        assert title.startswith("[node1, node2] VI_1: "), title
+        assert "node1 MASTER -> STOP" in title and "node2 BACKUP -> MASTER" in title, title
+        assert "node1 INSTANCE VI_1: MASTER -> STOP" in text, text
+        assert "node2 INSTANCE VI_1: BACKUP -> MASTER" in text, text
+    except BaseException:
+        print(cluster.logs())
+        print("===== router log (tail)\n" + router.log_text()[-20000:])
+        raise
+    finally:
+        chat.stop()

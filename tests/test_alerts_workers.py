@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alert_servers import FAST_ALERTS, HttpSink, SmtpSink, alert_items, free_port, settled
+from alert_servers import (
+    FAST_ALERTS,
+    FAST_BY_HOST,
+    HttpSink,
+    SmtpSink,
+    alert_items,
+    free_port,
+    settled,
+)
 from conftest import ROOT, KEnv, RouterProcess, wait_for
 
 from knotify import hook
@@ -341,7 +349,7 @@ def send_events(kenv: KEnv, events: list[tuple[str, str, str, int]]) -> None:
         assert hook.deliver(event, settings) == "acked"
 
 
-def write(kenv: KEnv, receivers: str, alerts: str = FAST_ALERTS,
+def write(kenv: KEnv, receivers: str, alerts: str = FAST_BY_HOST,
           to: str = '["chat"]', extra: str = "") -> None:
     kenv.write_config(alerts + extra + receivers + f"""
 [[rule]]
@@ -459,7 +467,7 @@ def test_429_without_retry_after_backs_off_the_receiver_not_a_storm(
     write(kenv, f"""
 [receivers.chat]
 urls = ["{http.url('/chat')}"]
-""", alerts=FAST_ALERTS.replace('retry_initial = "200ms"', 'retry_initial = "1s"')
+""", alerts=FAST_BY_HOST.replace('retry_initial = "200ms"', 'retry_initial = "1s"')
         .replace('retry_max = "800ms"', 'retry_max = "4s"'))
     router.start()
     send_events(kenv, [(f"b{i}", "VI_1", "MASTER", 100) for i in range(3)])

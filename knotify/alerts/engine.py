@@ -35,7 +35,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from knotify.actions.base import OK, SILENCED, SKIPPED, ActionContext, Outcome
-from knotify.alerts import alertmanager_desk, attempt, flap, grouping, outbox, render, repeat
+from knotify.alerts import (
+    alertmanager_desk,
+    attempt,
+    flap,
+    grouping,
+    incident,
+    inhibit,
+    outbox,
+    render,
+    repeat,
+)
 from knotify.alerts.outbox import Outbox, StreamRow
 from knotify.alerts.pool import PoolError, Worker, WorkerPool
 from knotify.alerts.receivers import AlertSettings, Receiver
@@ -124,6 +134,9 @@ class AlertEngine:
         self._adopted = False
         #: Called at every turn of :meth:`run` (the router's supervisor watches it).
         self.beat: Callable[[], None] = lambda: None
+        #: The cluster labels and hosts of this turn (built on first use; see _index).
+        self._turn_index: incident.ClusterIndex | None = None
+        self._turn_active: inhibit.Active | None = None
 
     @property
     def settings(self) -> AlertSettings:
@@ -230,9 +243,9 @@ class AlertEngine:
             repeat.queued(stream, said, tr.epoch, now)
             row.event_id = ev.id
             row.fields = fields
-            queued, silenced = self._queue(row, run, ev.id, alert, fields, now)
+            queued, silenced, inhibited = self._queue(row, run, ev.id, alert, fields, now)
             self.outbox.put_stream(row)
-            outcome = self._outcome(alert, queued, silenced)
+            outcome = self._outcome(alert, queued, silenced, inhibited)
         return outcome, alert
 
     def _warm(self, now: int, receivers: int) -> None:
@@ -246,17 +259,23 @@ class AlertEngine:
         recent = sum(1 for t in self._recent if t >= since)
         self.pool.warm(min(recent, receivers * self.settings.max_parallel_per_receiver))
 
-    def _outcome(self, alert: str, queued: list[str],
-                 silenced: list[tuple[str, Silence]]) -> Outcome:
+    def _outcome(self, alert: str, queued: list[str], silenced: list[tuple[str, Silence]],
+                 inhibited: list[tuple[str, inhibit.Inhibition]]) -> Outcome:
+        if not queued and not silenced:
+            return Outcome(SKIPPED, detail="; ".join(
+                f"{name}: {i.describe()}" for name, i in inhibited))
         if not queued:
             return Outcome(SILENCED, detail="; ".join(
-                f"{name}: {s.describe()}" for name, s in silenced))
+                [f"{name}: {s.describe()}" for name, s in silenced]
+                + [f"{name}: {i.describe()}" for name, i in inhibited]))
         detail = f"{alert} alert queued for {', '.join(queued)}"
         if self.settings.group_wait:
             detail += f" (grouped for {format_duration(self.settings.group_wait)})"
         if silenced:
             detail += "; silenced for " + ", ".join(
                 f"{name} ({s.describe()})" for name, s in silenced)
+        if inhibited:
+            detail += "; " + ", ".join(f"{name} {i.describe()}" for name, i in inhibited)
         return Outcome(OK, detail=detail)
 
     def _repeat_policy(self, repeat_s: float | None) -> repeat.RepeatPolicy:
@@ -265,31 +284,68 @@ class AlertEngine:
             return base
         return repeat.RepeatPolicy(repeat_s, base.states)
 
+    def _index(self) -> incident.ClusterIndex:
+        """The cluster view of the tracker's states for this turn of the engine (the
+        states do not change within one: :meth:`tick` and :meth:`_commit_ops` reset it)."""
+        if self._turn_index is None:
+            self._turn_index = incident.ClusterIndex(self._tracker().states,
+                                                     self.config.cluster)
+        return self._turn_index
+
+    def _mark_incident(self, fields: dict[str, str]) -> None:
+        """Grouping by incident: the alert's incident and hosts go with its fields."""
+        if incident.INCIDENT in self.settings.group_by:
+            fields["incident"], fields[incident.HOSTS_FIELD] = self._index().incident(
+                fields.get("host", ""), fields.get("kind", ""), fields.get("name", ""))
+        else:  # explicit group_by: today's messages exactly
+            fields.pop("incident", None)
+            fields.pop(incident.HOSTS_FIELD, None)
+
     def _add_item(self, row: StreamRow, run: int | None, event_id: str, receiver: str,
                   alert: str, status: str, detail: str | None, fields: dict[str, str],
                   now: int) -> int:
+        self._mark_incident(fields)
         key = grouping.group_key(receiver, fields, self.settings.group_by)
         return self.outbox.add_item(
             run=run, event_id=event_id, receiver=receiver, stream=row.stream_id, alert=alert,
             status=status, detail=detail, group_key=key, fields=fields, spec=row.spec,
             created_ns=now, due_ns=now + int(self.settings.group_wait * 1e9))
 
+    def _inhibition(self, fields: dict[str, str]) -> inhibit.Inhibition | None:
+        """What inhibits an alert now (the sources of this turn, built on first use)."""
+        rules = self.settings.inhibit
+        if not rules:
+            return None
+        if self._turn_active is None or self._turn_active.rules is not rules:
+            self._turn_active = inhibit.Active(rules, self._tracker().states, self._index())
+        return self._turn_active.match(fields)
+
     def _queue(self, row: StreamRow, run: int | None, event_id: str, alert: str,
                fields: dict[str, str], now: int
-               ) -> tuple[list[str], list[tuple[str, Silence]]]:
+               ) -> tuple[list[str], list[tuple[str, Silence]],
+                          list[tuple[str, inhibit.Inhibition]]]:
         queued: list[str] = []
         silenced: list[tuple[str, Silence]] = []
+        inhibited: list[tuple[str, inhibit.Inhibition]] = []
+        muted = self._inhibition(fields)
         for receiver in row.receivers:
             match = self.silences.match({**fields, "receiver": receiver}, now)
             if match is not None:
                 silenced.append((receiver, match))
                 self._add_item(row, run, event_id, receiver, alert, outbox.SILENCED,
                                match.describe(), fields, now)
+            elif muted is not None:
+                inhibited.append((receiver, muted))
+                self._add_item(row, run, event_id, receiver, alert, outbox.INHIBITED,
+                               muted.describe(), fields, now)
             else:
                 queued.append(receiver)
                 self._add_item(row, run, event_id, receiver, alert, outbox.WAITING, None,
                                fields, now)
-        return queued, silenced
+        if muted is not None:
+            self.log.info("alert.inhibited", event_id=event_id, receivers=row.receivers,
+                          by=muted.event_id, rule=muted.rule, state=muted.state)
+        return queued, silenced, inhibited
 
     def silence_reason(self, ev: Event, tr: Transition, rule: str) -> str | None:
         """For exec actions of rules with ``honor_silences``: the silence that mutes them."""
@@ -324,6 +380,7 @@ class AlertEngine:
     def tick(self) -> float:
         """Do everything that is due; seconds until something else will be."""
         now = time.time_ns()
+        self._turn_index = self._turn_active = None
         dues = [self._timers(now), self._compose(now), self._alertmanager(now),
                 self._deliver(now)]
         if self._again:
@@ -400,7 +457,8 @@ class AlertEngine:
         repeat.queued(stream, current.state, current.epoch, now)
         row.event_id = current.event_id
         row.fields = fields
-        queued, silenced = self._queue(row, None, current.event_id, render.STABLE, fields, now)
+        queued, silenced, _ = self._queue(row, None, current.event_id, render.STABLE, fields,
+                                          now)
         self.outbox.put_stream(row)
         self.log.info("alert.stable", event_id=current.event_id, stream=row.stream_id,
                       host=row.key[0], name=row.key[2], state=current.state,
@@ -414,7 +472,7 @@ class AlertEngine:
             render.REPEAT, fields, since=format_duration(max(0, now - current.since_ns) / 1e9))
         event_id = row.event_id or current.event_id
         repeat.queued(row.state, current.state, current.epoch, now)
-        queued, silenced = self._queue(row, None, event_id, render.REPEAT, fields, now)
+        queued, silenced, _ = self._queue(row, None, event_id, render.REPEAT, fields, now)
         self.outbox.put_stream(row)
         self.log.info("alert.repeat", event_id=event_id, stream=row.stream_id,
                       host=row.key[0], name=row.key[2], state=current.state,
@@ -464,17 +522,22 @@ class AlertEngine:
         keep = []
         for item in items:
             match = self.silences.match({**item.fields, "receiver": name}, now)
+            muted = self._inhibition(item.fields) if match is None else None
             if match is not None:
                 self.outbox.set_items([item.rowid], outbox.SILENCED, match.describe())
                 self.log.info("alert.silenced", event_id=item.event_id, receiver=name,
                               silence=match.id)
+            elif muted is not None:
+                self.outbox.set_items([item.rowid], outbox.INHIBITED, muted.describe())
+                self.log.info("alert.inhibited", event_id=item.event_id, receivers=[name],
+                              by=muted.event_id, rule=muted.rule, state=muted.state)
             else:
                 keep.append(item)
         if not keep:
             return
         rendered = render.compose(
             [render.Item(i.alert, i.fields) for i in keep],
-            receiver.templates.over(keep[0].spec), receiver.name)
+            receiver.templates.over(keep[0].spec), receiver.name, self.settings.fold_after)
         kinds = {i.alert for i in keep}
         alert = kinds.pop() if len(kinds) == 1 else "group"
         ids = list(dict.fromkeys(i.event_id for i in keep))
@@ -611,7 +674,8 @@ class AlertEngine:
         items = self.outbox.message_items(message.origin)
         if items:
             rendered = render.compose([render.Item(i.alert, i.fields) for i in items],
-                                      fallback.templates.over(items[0].spec), fallback.name)
+                                      fallback.templates.over(items[0].spec), fallback.name,
+                                      self.settings.fold_after)
             title, body, kind = rendered.title, rendered.body, rendered.notify_type
         else:
             title, body, kind = message.title, message.body, message.notify_type
@@ -679,6 +743,7 @@ class AlertEngine:
         journal error fails them all (their callers retry).
         """
         self._ops_scheduled = False
+        self._turn_index = self._turn_active = None
         ops, self._ops = self._ops, []
         if not ops:
             return

@@ -1,7 +1,8 @@
 """Grouping: the events of one failover become one message per receiver.
 
-Every queued item has a group key (its receiver and the ``group_by`` fields,
-by default the host) and a due time (when it was queued plus ``group_wait``).
+Every queued item has a group key (its receiver and the ``group_by`` fields, by
+default its incident: :mod:`knotify.alerts.incident`) and a due time (when it was
+queued plus ``group_wait``).
 A group is composed into one message when its oldest item is due; every item
 of the group waiting by then goes into it. Pure functions over plain values.
 """
@@ -12,8 +13,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-#: Event fields ``group_by`` may name.
-GROUP_FIELDS = ("host", "kind", "name", "vs", "state", "rule")
+#: Fields ``group_by`` may name: the event's, and ``incident`` (the default).
+GROUP_FIELDS = ("incident", "host", "kind", "name", "vs", "state", "rule")
 
 
 def group_key(receiver: str, fields: Mapping[str, str], group_by: Sequence[str]) -> str:

@@ -5,7 +5,8 @@ nothing that was queued:
 
 - ``alert_items``: one per (event, receiver) an alert action produced, with its
   status: ``waiting`` (in its group window), ``composed`` (in a message),
-  ``silenced``, ``suppressed`` (flapping, repeat) or ``dropped``. Unique per
+  ``silenced``, ``inhibited`` (an inhibit rule's source is on), ``suppressed``
+  (flapping, repeat) or ``dropped``. Unique per
   action run and receiver, so a run repeated after a crash adds nothing.
 - ``alert_messages``: what a receiver is sent, oldest first per receiver;
   ``pending`` -> ``sending`` -> ``sent`` | ``expired`` | ``dropped``, with the
@@ -34,6 +35,7 @@ from knotify.event import Key
 WAITING = "waiting"
 COMPOSED = "composed"
 SILENCED = "silenced"
+INHIBITED = "inhibited"
 SUPPRESSED = "suppressed"
 DROPPED = "dropped"
 
@@ -343,7 +345,7 @@ class Outbox:
         """Per receiver, the messages that may be sent now or next, oldest first.
 
         A group's messages (composed from items with one group key: by default one
-        host's) go out one after another, so only the oldest open message of each
+        incident's) go out one after another, so only the oldest open message of each
         group is a candidate; of those, each receiver's ``per_receiver(name)`` oldest.
         Receivers come oldest head first. Cheap with hundreds open: each receiver's
         open messages are read in order only until enough groups are found.

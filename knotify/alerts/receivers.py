@@ -19,6 +19,7 @@ from typing import Any
 from knotify.alerts import alertmanager, render
 from knotify.alerts.flap import FlapPolicy
 from knotify.alerts.grouping import GROUP_FIELDS
+from knotify.alerts.inhibit import InhibitRule, parse_rules
 from knotify.alerts.redact import scrub
 from knotify.alerts.repeat import RepeatPolicy
 from knotify.schema import ConfigError, Table
@@ -77,7 +78,9 @@ class Receiver:
 @dataclass(slots=True, frozen=True)
 class AlertSettings:
     group_wait: float = 2.0
-    group_by: tuple[str, ...] = ("host",)
+    group_by: tuple[str, ...] = ("incident",)
+    #: A message lists the lines of this many subjects (instances), then counts the rest.
+    fold_after: int = 12
     flap: FlapPolicy = field(default_factory=FlapPolicy)
     repeat: RepeatPolicy = field(default_factory=RepeatPolicy)
     retry_initial: float = 5.0
@@ -90,6 +93,8 @@ class AlertSettings:
     max_parallel_per_receiver: int = 2
     #: A worker with nothing to do for this long exits.
     worker_idle: float = 60.0
+    #: ``[[alerts.inhibit]]``: conditions that mute the alerts they explain.
+    inhibit: tuple[InhibitRule, ...] = ()
 
 
 def _templates(t: Table, base: render.Templates) -> render.Templates:
@@ -107,7 +112,7 @@ def _templates(t: Table, base: render.Templates) -> render.Templates:
 
 def parse_settings(top: Table) -> AlertSettings:
     a = top.table("alerts")
-    group_by = tuple(a.strings("group_by", ["host"]))
+    group_by = tuple(a.strings("group_by", ["incident"]))
     for name in group_by:
         if name not in GROUP_FIELDS:
             raise a.error("group_by", f"unknown field {name!r}; expected some of "
@@ -117,6 +122,7 @@ def parse_settings(top: Table) -> AlertSettings:
     settings = AlertSettings(
         group_wait=a.duration("group_wait", "2s"),
         group_by=group_by,
+        fold_after=a.integer("fold_after", 12, lo=0, hi=100_000),
         flap=FlapPolicy(
             threshold=a.integer("flap_threshold", 5, lo=0, hi=10_000),
             window_s=a.duration("flap_window", "2m"),
@@ -134,6 +140,7 @@ def parse_settings(top: Table) -> AlertSettings:
         max_parallel_per_receiver=a.integer("max_parallel_per_receiver", min(2, max_parallel),
                                             lo=1, hi=64),
         worker_idle=a.duration("worker_idle", "1m"),
+        inhibit=parse_rules(a),
     )
     if settings.retry_initial <= 0:
         raise a.error("retry_initial", "must be more than 0")

@@ -36,6 +36,7 @@ ALERT_FIELDS = {
     "hosts": "the hosts of the events, comma-separated",
     "receiver": "the receiver's name",
     "footer": "'knotify event ID' (or 'knotify events: ID, ID, ...')",
+    "incident": "the alert's incident (default grouping): its cluster's hosts, e.g. 'lb1,lb2'",
 }
 #: Every field an alert template may name: the event's and the alert's.
 KNOWN_FIELDS = {**FIELDS, **ALERT_FIELDS}
@@ -52,6 +53,9 @@ _GOOD_STATES = frozenset({"MASTER", "UP", "OK", "MASTER_BACK", "PEER_BACK",
 _TYPE_RANK = {"info": 0, "success": 1, "warning": 2, "failure": 3}
 MAX_TITLE = 250
 MAX_NAMES = 6
+#: The item field with the hosts of its incident ("lb1,lb2"), set when grouping by
+#: incident (knotify.alerts.incident): such items read as one incident.
+HOSTS_FIELD = "incident_hosts"
 
 
 def template(text: str) -> Template:
@@ -179,10 +183,18 @@ def _render(text: str, fallback: str, fields: dict[str, str]) -> str:
         return template(fallback).render(fields)
 
 
-def compose(items: Sequence[Item], templates: Templates, receiver: str = "") -> Rendered:
-    """One message for ``items`` (oldest first): title, body and apprise notify type."""
+def compose(items: Sequence[Item], templates: Templates, receiver: str = "",
+            fold: int = 0) -> Rendered:
+    """One message for ``items`` (oldest first): title, body and apprise notify type.
+
+    Items grouped by incident (they carry its hosts) read as one incident: every host
+    involved in the title, a headline per host and change, and the lines of at most
+    ``fold`` subjects (0: all), the rest counted ("... and 288 more instances").
+    """
     if not items:
         raise ValueError("a message needs at least one item")
+    if items[0].fields.get(HOSTS_FIELD):
+        return _compose_incident(items, templates, receiver, fold)
     lines = []
     for item in items:
         fields = _fields(item, receiver)
@@ -199,6 +211,10 @@ def compose(items: Sequence[Item], templates: Templates, receiver: str = "") -> 
         "footer": (f"knotify event {ids[0]}" if len(ids) == 1
                    else f"knotify events: {', '.join(ids)}"),
     })
+    return _finish(items, templates, lead)
+
+
+def _finish(items: Sequence[Item], templates: Templates, lead: dict[str, str]) -> Rendered:
     title = " ".join(_render(templates.title, DEFAULT_TITLE, lead).split())
     if len(title) > MAX_TITLE:
         title = title[: MAX_TITLE - 3] + "..."
@@ -221,3 +237,80 @@ def _fields(item: Item, receiver: str) -> dict[str, str]:
     fields["ids"] = fields["ids"] or fields.get("id", "")
     fields["hosts"] = fields["hosts"] or fields.get("host", "")
     return fields
+
+
+# -- one incident: many hosts, many instances --------------------------------------------
+
+#: What a message of many subjects calls them, by their kinds.
+_NOUNS = {frozenset({"INSTANCE"}): "instances", frozenset({"GROUP"}): "sync groups",
+          frozenset({"INSTANCE", "GROUP"}): "instances and sync groups",
+          frozenset({"CLUSTER"}): "clusters", frozenset({"PEER"}): "hosts"}
+
+
+def _noun(items: Sequence[Item]) -> str:
+    return _NOUNS.get(frozenset(i.fields.get("kind", "") for i in items), "subjects")
+
+
+def incident_headline(items: Sequence[Item]) -> str:
+    """``VI_1: lb1 MASTER -> FAULT, lb2 BACKUP -> MASTER``; ``300 instances: lb1 MASTER ->
+    FAULT (300), lb2 BACKUP -> MASTER (300)``: what moved, per host and change."""
+    subjects = list(dict.fromkeys(i.fields.get("subject", "") for i in items))
+    moves: dict[str, int] = {}
+    for item in items:
+        what = _short(item)
+        if item.fields.get("kind") != "CLUSTER":  # a CLUSTER event's host is the router
+            what = f"{item.fields.get('host', '')} {what}"
+        moves[what] = moves.get(what, 0) + 1
+    shown = [f"{what} ({n})" if len(subjects) > 1 and n > 1 else what
+             for what, n in list(moves.items())[:MAX_NAMES]]
+    if len(moves) > MAX_NAMES:
+        shown.append(f"+{len(moves) - MAX_NAMES} more")
+    lead = subjects[0] if len(subjects) == 1 else f"{len(subjects)} {_noun(items)}"
+    return f"{lead}: {', '.join(shown)}"
+
+
+def fold_lines(items: Sequence[Item], lines: Sequence[str], fold: int) -> list[str]:
+    """The lines of the first ``fold`` subjects (each subject's lines together), then
+    ``... and N more <noun>`` for the rest; ``fold`` 0 keeps them all."""
+    by_subject: dict[str, list[str]] = {}
+    for item, line in zip(items, lines, strict=True):
+        by_subject.setdefault(item.fields.get("subject", ""), []).append(line)
+    subjects = list(by_subject)
+    kept = subjects if fold <= 0 else subjects[:fold]
+    out = [line for subject in kept for line in by_subject[subject]]
+    rest = len(subjects) - len(kept)
+    if rest:
+        hidden = sum(len(by_subject[s]) for s in subjects[len(kept):])
+        out.append(f"... and {rest} more {_noun(items)}"
+                   + (f" ({hidden} changes)" if hidden != rest else ""))
+    return out
+
+
+def _compose_incident(items: Sequence[Item], templates: Templates, receiver: str,
+                      fold: int) -> Rendered:
+    lines = [_render(templates.line, DEFAULT_LINE, _fields(item, receiver)) for item in items]
+    lead = _fields(items[0], receiver)
+    ids = list(dict.fromkeys(i.fields.get("id", "") for i in items))
+    hosts: list[str] = []
+    for item in items:
+        for host in (item.fields.get("host", ""), *item.fields.get(HOSTS_FIELD, "").split(",")):
+            if host and host not in hosts and not (host == item.fields.get("host")
+                                                   and item.fields.get("kind") == "CLUSTER"):
+                hosts.append(host)
+    if not hosts:
+        hosts = list(dict.fromkeys(i.fields.get("host", "") for i in items))
+    single_host = len(hosts) <= 1
+    shown_ids = ids if fold <= 0 or len(ids) <= fold else ids[:fold]
+    footer = (f"knotify event {ids[0]}" if len(ids) == 1
+              else f"knotify events: {', '.join(shown_ids)}"
+              + (f" ... and {len(ids) - len(shown_ids)} more" if len(shown_ids) < len(ids)
+                 else ""))
+    lead.update({
+        "headline": headline(items) if single_host else incident_headline(items),
+        "count": str(len(items)),
+        "lines": "\n".join(fold_lines(items, lines, fold)),
+        "ids": ", ".join(ids),
+        "hosts": ", ".join(sorted(hosts)),
+        "footer": footer,
+    })
+    return _finish(items, templates, lead)

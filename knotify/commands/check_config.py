@@ -41,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  fifo     {fifo.path}" + (f" (host {fifo.host})" if fifo.host else ""))
     for receiver in config.receivers.values():
         print(f"  {receiver.describe()}")
+    a = config.alerts
+    print(f"  alerts   grouped by {', '.join(a.group_by) or 'receiver only'}, group_wait "
+          f"{format_duration(a.group_wait)}"
+          + (f", lists folded after {a.fold_after}" if a.fold_after else ""))
+    for n, inhibition in enumerate(a.inhibit, 1):
+        print(f"  inhibit {n}: {inhibition.describe()}")
     c = config.cluster
     if c != ClusterSettings():
         print(f"  cluster  {'on' if c.enabled else 'off'}: split brain after "

@@ -206,7 +206,7 @@ def alert_outcome(item_status: str, message: dict[str, Any] | None) -> str:
     """One word for a timeline mark: sent, failed, silenced, inhibited or pending."""
     if item_status == "silenced":
         return "silenced"
-    if item_status in ("suppressed", "dropped"):
+    if item_status in ("suppressed", "dropped", "inhibited"):
         return "inhibited"
     if message is None:
         return "pending"
