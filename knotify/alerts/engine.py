@@ -13,7 +13,8 @@ Small stages, each in its own module and testable alone, joined here:
                     backoff (Retry-After) | fallback receiver | expired at max_age
 
 :meth:`AlertEngine.enqueue` is what the ``alert`` action calls, inside the
-executor (so alerts keep the order of their key); it only writes rows (in the
+executor (in the alert lane of its key: in order among the key's alerts, never behind
+its execs); it only writes rows (in the
 engine's group commit) and never waits for a delivery. Everything after it runs
 in :meth:`AlertEngine.run`, a background task of the router, and in the attempts
 it starts. Every state is a row in the journal first; the starts and outcomes of
