@@ -8,17 +8,28 @@ from the journal, never from the wall clock.
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from alert_servers import FAST_ALERTS, HttpSink, alert_items
+from alert_servers import FAST_ALERTS, HttpSink, SmtpSink, alert_items
 from conftest import KEnv, RouterProcess, wait_for
 
 
 @pytest.fixture
 def http() -> Iterator[HttpSink]:
     sink = HttpSink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    sink = SmtpSink().start()
     try:
         yield sink
     finally:
@@ -114,3 +125,136 @@ argv = ["true"]
     [first] = runs(history, "first")
     [second] = runs(history, "second")
     assert first["ended_ns"] <= second["started_ns"]
+
+
+# -- every page says what happened, where and when -------------------------------------
+
+#: An alert time: date, time and the UTC offset (ISO 8601).
+ISO = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d\b")
+#: A time in plain history: date, time (ms) and the UTC offset.
+HISTORY_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d  ")
+
+CLUSTER_PAGES = """
+[cluster]
+split_brain_grace = "1s"
+no_master_grace = "1s"
+silent_after = "2s"
+{peers}
+
+[receivers.mail]
+urls = ["{mail}"]
+
+[[rule]]
+id = "cluster-page"
+kind = ["CLUSTER", "PEER"]
+[[rule.action]]
+type = "alert"
+receivers = ["chat", "mail"]
+"""
+
+
+def send(kenv: KEnv, host: str, name: str, state: str) -> None:
+    kenv.cli("send", "--host", host, "INSTANCE", name, state, "100")
+
+
+def pages(http: HttpSink, state: str) -> list[dict[str, Any]]:
+    return [r.json for r in http.got() if state in r.json["title"].split()]
+
+
+def test_cluster_pages_name_hosts_states_real_from_and_dated_times(
+    kenv: KEnv, router: RouterProcess, http: HttpSink, smtp: SmtpSink
+) -> None:
+    write(kenv, http, CLUSTER_PAGES.format(peers="", mail=smtp.url()))
+    router.start()
+    for host, state in (("n1", "MASTER"), ("n2", "BACKUP"), ("n3", "BACKUP")):
+        send(kenv, host, "VI_1", state)
+    send(kenv, "n2", "VI_1", "MASTER")
+    [split] = wait_for(lambda: pages(http, "SPLIT_BRAIN"), 30, what="the SPLIT_BRAIN page")
+    # The title names the hosts that are all MASTER, not the router that noticed.
+    assert split["title"] == "[n1, n2] VI_1 SPLIT_BRAIN", split["title"]
+    # The body says for how long, who else is there, and when (date and zone).
+    assert "n1, n2 are all MASTER for 1" in split["message"], split["message"]
+    assert "n3 BACKUP" in split["message"]
+    assert ISO.search(split["message"]), split["message"]
+    assert "INIT" not in split["message"] and "INIT" not in split["title"]
+    mail = wait_for(lambda: [m for m in smtp.mails if "SPLIT_BRAIN" in m.subject], 30,
+                    what="the SPLIT_BRAIN e-mail")[0]
+    assert mail.subject == "[n1, n2] VI_1 SPLIT_BRAIN"
+    assert "n1, n2 are all MASTER" in mail.body and ISO.search(mail.body)
+
+    send(kenv, "n2", "VI_1", "BACKUP")
+    [over] = wait_for(lambda: pages(http, "SPLIT_BRAIN_RESOLVED"), 30,
+                      what="the SPLIT_BRAIN_RESOLVED page")
+    assert over["title"] == "[n1, n2, n3] VI_1 SPLIT_BRAIN -> SPLIT_BRAIN_RESOLVED"
+    assert "n1 is the only MASTER" in over["message"]
+
+    send(kenv, "n1", "VI_1", "STOP")  # n2 and n3 are BACKUP: nobody is MASTER
+    [none] = wait_for(lambda: pages(http, "NO_MASTER"), 30, what="the NO_MASTER page")
+    # The "from" is the previous condition (none), not the resolution before it.
+    assert "SPLIT_BRAIN_RESOLVED" not in none["title"] + none["message"]
+    assert none["title"] == "[n1, n2, n3] VI_1 NO_MASTER", none["title"]
+    assert "no MASTER for 1" in none["message"]
+    # Every host and its state.
+    assert "(n2 BACKUP, n3 BACKUP, n1 STOP)" in none["message"], none["message"]
+
+    send(kenv, "n3", "VI_1", "MASTER")
+    [back] = wait_for(lambda: pages(http, "MASTER_BACK"), 30, what="the MASTER_BACK page")
+    assert back["title"] == "[n1, n2, n3] VI_1 NO_MASTER -> MASTER_BACK", back["title"]
+    assert "n3 is MASTER" in back["message"]
+
+    # The journal's previous states are the conditions too ...
+    cluster = {e["reported"]: e for e in kenv.history(kind="CLUSTER")}
+    assert [cluster[s]["prev_state"] for s in (
+        "SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "NO_MASTER", "MASTER_BACK")] == [
+        "OK", "SPLIT_BRAIN", "OK", "NO_MASTER"]
+    # ... and plain history says all of it, dated, without --json.
+    text = kenv.cli("history", "--kind", "CLUSTER").stdout
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith(" ")]
+    assert len(lines) == 4 and all(HISTORY_TIME.match(ln) for ln in lines), text
+    [split_line] = [ln for ln in lines if " SPLIT_BRAIN: " in ln]
+    assert "n1, n2 are all MASTER for 1" in split_line and "n3 BACKUP" in split_line
+    [none_line] = [ln for ln in lines if " NO_MASTER: " in ln]
+    assert "SPLIT_BRAIN_RESOLVED" not in none_line and "n1 STOP" in none_line
+    [back_line] = [ln for ln in lines if "NO_MASTER -> MASTER_BACK: " in ln]
+    assert "n3 is MASTER" in back_line
+
+
+def test_peer_silent_page_names_the_host_and_since_when(
+    kenv: KEnv, router: RouterProcess, http: HttpSink, smtp: SmtpSink
+) -> None:
+    write(kenv, http, CLUSTER_PAGES.format(peers='peers = ["n3"]', mail=smtp.url()))
+    router.start()
+    send(kenv, "n3", "VI_1", "BACKUP")
+    [heard] = kenv.history(host="n3")
+    [silent] = wait_for(lambda: pages(http, "PEER_SILENT"), 30, what="the PEER_SILENT page")
+    assert silent["title"] == "[n3] n3 PEER_SILENT", silent["title"]
+    # Since when: the time it was last heard from, with its date and zone.
+    last = dt.datetime.fromtimestamp(heard["recv_ns"] / 1e9).astimezone()
+    assert f"not heard from since {last.isoformat(timespec='seconds')}" in silent["message"], \
+        silent["message"]
+    send(kenv, "n3", "VI_1", "BACKUP")
+    [back] = wait_for(lambda: pages(http, "PEER_BACK"), 30, what="the PEER_BACK page")
+    assert back["title"] == "[n3] n3 PEER_SILENT -> PEER_BACK", back["title"]
+    text = kenv.cli("history", "--kind", "PEER").stdout
+    assert "PEER_SILENT: not heard from since " in text, text
+
+
+def test_instance_pages_and_plain_history_carry_date_and_zone(
+    kenv: KEnv, router: RouterProcess, http: HttpSink
+) -> None:
+    write(kenv, http, """
+[[rule]]
+id = "page"
+kind = "INSTANCE"
+[[rule.action]]
+type = "alert"
+receivers = ["chat"]
+""")
+    router.start()
+    send(kenv, "lb1", "VI_1", "BACKUP")
+    [ev] = kenv.history()
+    [page] = wait_for(lambda: http.got(), 30, what="the page")
+    when = dt.datetime.fromtimestamp(ev["ts_ns"] / 1e9).astimezone()
+    assert when.isoformat(timespec="seconds") in page.json["message"], page.json["message"]
+    [line] = kenv.cli("history").stdout.splitlines()[:1]
+    assert HISTORY_TIME.match(line), line

@@ -33,7 +33,8 @@ def fields(name: str = "VI_1", state: str = "MASTER", prev: str = "BACKUP", host
            duration: str = "3m04s", ident: str = "ev1") -> dict[str, str]:
     return {"id": ident, "host": host, "kind": kind, "name": name, "subject": name,
             "state": state, "reported": state, "prev_state": prev, "prio": prio,
-            "class": cls, "duration": duration, "time": "12:00:01", "rule": "r"}
+            "class": cls, "duration": duration, "time": "12:00:01",
+            "when": "2025-03-14T12:00:01+01:00", "rule": "r"}
 
 
 # -- render ---------------------------------------------------------------------------------
@@ -42,8 +43,8 @@ def fields(name: str = "VI_1", state: str = "MASTER", prev: str = "BACKUP", host
 def test_single_event_reads_well_as_chat_and_mail() -> None:
     out = render.compose([render.Item("firing", fields())], render.Templates())
     assert out.title == "[n1] VI_1 BACKUP -> MASTER"
-    assert out.body == ("12:00:01 n1 INSTANCE VI_1: BACKUP -> MASTER (prio 100, after 3m04s in "
-                        "BACKUP)\n\nknotify event ev1")
+    assert out.body == ("2025-03-14T12:00:01+01:00 n1 INSTANCE VI_1: BACKUP -> MASTER "
+                        "(prio 100, after 3m04s in BACKUP)\n\nknotify event ev1")
     assert out.notify_type == "success"
 
 
@@ -54,8 +55,9 @@ def test_a_group_lists_every_event_and_names_them_in_the_title() -> None:
     out = render.compose(items, render.Templates())
     assert out.title == "[n1] G1, VI_1, VI_2 -> MASTER"
     lines = out.body.splitlines()
-    assert lines[0] == "12:00:01 n1 GROUP G1: BACKUP -> MASTER (after 3m04s in BACKUP)"
-    assert lines[1].startswith("12:00:01 n1 INSTANCE VI_1: BACKUP -> MASTER (prio 100")
+    when = "2025-03-14T12:00:01+01:00"
+    assert lines[0] == f"{when} n1 GROUP G1: BACKUP -> MASTER (after 3m04s in BACKUP)"
+    assert lines[1].startswith(f"{when} n1 INSTANCE VI_1: BACKUP -> MASTER (prio 100")
     assert lines[-1] == "knotify events: e1, e2, e3"
 
 
@@ -81,6 +83,37 @@ def test_custom_templates_see_event_and_alert_fields() -> None:
                          t, "chat")
     assert out.title == "firing/2 n1"
     assert out.body == "VI_1, B -> MASTER|VI_1=MASTER\nB=MASTER"
+
+
+def cluster_fields(state: str, prev: str, detail: str, involved: str,
+                   kind: str = "CLUSTER", name: str = "VI_1") -> dict[str, str]:
+    return {**fields(name, state, prev, host="central", kind=kind, prio="", duration="5.0s"),
+            "detail": detail, "involved": involved}
+
+
+def test_cluster_pages_name_the_hosts_and_say_what_knotify_saw() -> None:
+    split = cluster_fields("SPLIT_BRAIN", "OK", "VI_1: lb1, lb2 are all MASTER for 5.0s "
+                           "(lb3 BACKUP)", "lb1, lb2")
+    out = render.compose([render.Item("firing", split)], render.Templates())
+    # Raised from no condition: no "OK ->" (nor "INIT ->"), and the MASTERs in the title.
+    assert out.title == "[lb1, lb2] VI_1 SPLIT_BRAIN"
+    assert out.body.splitlines()[0] == ("2025-03-14T12:00:01+01:00 central CLUSTER VI_1: "
+                                        "SPLIT_BRAIN: lb1, lb2 are all MASTER for 5.0s "
+                                        "(lb3 BACKUP)")
+    over = cluster_fields("SPLIT_BRAIN_RESOLVED", "SPLIT_BRAIN", "VI_1: split brain over "
+                          "after 9.0s: lb1 is the only MASTER", "lb1, lb2, lb3")
+    out = render.compose([render.Item("firing", over)], render.Templates())
+    assert out.title == "[lb1, lb2, lb3] VI_1 SPLIT_BRAIN -> SPLIT_BRAIN_RESOLVED"
+    assert "SPLIT_BRAIN -> SPLIT_BRAIN_RESOLVED: split brain over after 9.0s" in out.body
+    silent = cluster_fields("PEER_SILENT", "OK", "lb2: not heard from since "
+                            "2025-03-14T11:59:58+01:00 (3.0s)", "lb2", kind="PEER", name="lb2")
+    out = render.compose([render.Item("firing", silent)], render.Templates())
+    assert out.title == "[lb2] lb2 PEER_SILENT"
+    assert "PEER_SILENT: not heard from since 2025-03-14T11:59:58+01:00 (3.0s)" in out.body
+    # An item queued by an older knotify (no "when") still gets a dated time.
+    old = {k: v for k, v in fields().items() if k != "when"} | {"ts_ns": str(1_800_000_000 * S)}
+    out = render.compose([render.Item("firing", old)], render.Templates())
+    assert out.body.startswith("2027-01-15T"), out.body
 
 
 def test_unknown_alert_template_field_is_an_error() -> None:

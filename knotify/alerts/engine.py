@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import os
 import sqlite3
@@ -45,7 +44,7 @@ from knotify.alerts.silence import Silence, SilenceError, SilenceStore
 from knotify.alerts.stream import Stream
 from knotify.event import Event, WireError
 from knotify.journal import JournalError
-from knotify.templates import event_fields
+from knotify.templates import event_fields, iso_time
 from knotify.tracker import NOTICE, TRANSITION, KeyState, Tracker, Transition
 from knotify.units import format_duration
 
@@ -67,7 +66,7 @@ AHEAD = 4
 
 
 def _clock(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9).astimezone().strftime("%H:%M:%S")
+    return iso_time(ns)
 
 
 @dataclass(slots=True)
