@@ -1012,6 +1012,8 @@ class Router:
         self.config.hook.endpoints = new.hook.endpoints
         if self.cluster is not None:
             self.cluster.reload(self.config.cluster)
+        if self.alerts is not None:
+            self.alerts.rules_loaded(self.config.rules)
         if (self.keyring is not None and new.curve is not None and self.config.curve is not None
                 and (new.curve.secret_key, new.curve.clients)
                 == (self.config.curve.secret_key, self.config.curve.clients)):

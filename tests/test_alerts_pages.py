@@ -258,3 +258,69 @@ receivers = ["chat"]
     assert when.isoformat(timespec="seconds") in page.json["message"], page.json["message"]
     [line] = kenv.cli("history").stdout.splitlines()[:1]
     assert HISTORY_TIME.match(line), line
+
+
+# -- flap control counts only what happened while the rule existed ---------------------
+
+#: Flap control on: more than 2 transitions within 10 minutes is a flap.
+FLAP_ALERTS = FAST_ALERTS.replace("flap_threshold = 0", """flap_threshold = 2
+flap_window = "10m"
+flap_stable = "10m\"""")
+
+PAGE_VI_1 = """
+[[rule]]
+id = "page"
+name = "VI_1"
+{extra}
+[[rule.action]]
+type = "alert"
+receivers = ["chat"]
+"""
+
+
+def flip(kenv: KEnv, *states: str) -> None:
+    for state in states:
+        send(kenv, "lb1", "VI_1", state)
+
+
+def items(kenv: KEnv) -> list[tuple[str, str, str]]:
+    """(state, alert, status) of every alert item, oldest first."""
+    return [(i["event"]["state"], i["alert"], i["status"]) for i in alert_items(kenv.history())]
+
+
+def test_flap_control_counts_only_transitions_since_the_rule_existed(
+    kenv: KEnv, router: RouterProcess, http: HttpSink
+) -> None:
+    # VI_1 changes four times while no alert rule exists.
+    write(kenv, http, "", alerts=FLAP_ALERTS)
+    router.start()
+    flip(kenv, "MASTER", "BACKUP", "MASTER", "BACKUP")
+    # The alert rule is enabled; the next real failover pages as a failover.
+    write(kenv, http, PAGE_VI_1.format(extra=""), alerts=FLAP_ALERTS)
+    kenv.cli("reload")
+    flip(kenv, "MASTER")
+    [page] = wait_for(lambda: http.got(), 30, what="the first page").copy()
+    assert page.json["title"] == "[lb1] VI_1 BACKUP -> MASTER", page.json["title"]
+    assert items(kenv) == [("MASTER", "firing", "composed")]
+    flip(kenv, "BACKUP")
+    wait_for(lambda: len(items(kenv)) == 2, 30, what="two alert items")
+    assert items(kenv)[-1] == ("BACKUP", "firing", "composed"), items(kenv)
+
+    # A restart keeps the rule's history (same id, same matchers: the same rule), and
+    # flap control still works on what happened since: the third transition (more
+    # than 2) starts a flap.
+    router.stop()
+    router.start()
+    flip(kenv, "MASTER")
+    wait_for(lambda: len(items(kenv)) == 3, 30, what="a third alert item")
+    assert items(kenv)[-1][:2] == ("MASTER", "flapping"), items(kenv)
+
+    # The same id with other matchers is a new rule: it counts from the reload, and the
+    # flap of the old definition does not hold its alerts back.
+    write(kenv, http, PAGE_VI_1.format(extra='host = "lb*"'), alerts=FLAP_ALERTS)
+    kenv.cli("reload")
+    flip(kenv, "BACKUP")
+    wait_for(lambda: len(items(kenv)) == 4, 30, what="a fourth alert item")
+    assert items(kenv)[-1] == ("BACKUP", "firing", "composed"), items(kenv)
+    wait_for(lambda: any(r.json["title"] == "[lb1] VI_1 MASTER -> BACKUP"
+                         for r in http.got()), 30, what="the page of the new rule")

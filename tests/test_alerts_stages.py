@@ -387,3 +387,40 @@ def test_verdict_problems_count_as_failures() -> None:
                                                           "error": "refused"}]}, {"t": "end"})
     v = attempt.verdict(res, [], False)
     assert v.status == attempt.FAILED and v.urls[0]["status"] == "INVALID"
+
+
+# -- since when an alert rule exists (flap control counts from then) ----------------------
+
+
+def test_an_alert_rule_exists_from_the_load_that_brought_its_definition(tmp_path: Path) -> None:
+    from knotify.actions.alert import AlertAction
+    from knotify.actions.log import LogAction
+    from knotify.alerts.since import RuleSince
+    from knotify.rules import Match, Pattern, Rule
+    from knotify.templates import Template
+
+    def rule(rid: str = "page", name: str = "VI_1", receivers: tuple[str, ...] = ("chat",),
+             on: frozenset[str] = frozenset({"transition"})) -> Rule:
+        return Rule(rid, Match(name=Pattern.parse([name])), on,
+                    [LogAction(Template("x"), "info"), AlertAction(receivers, {}, None)])
+
+    journal = Journal(str(tmp_path / "j.db"))
+    since = RuleSince(journal)
+    assert since.since("page#1") == 0  # not known: everything counts, as before
+    assert since.loaded([rule()], 10 * S) == ["page#1"]
+    assert since.since("page#1") == 10 * S and since.since("page#0") == 0
+    # The same rule, or only its receivers changed: it keeps existing (also across a
+    # restart, which reads the journal again).
+    assert since.loaded([rule(receivers=("mail",))], 20 * S) == []
+    assert RuleSince(journal).loaded([rule()], 30 * S) == []
+    assert since.since("page#1") == 10 * S
+    # Other matchers or classes: a new rule.
+    assert since.loaded([rule(name="VI_*")], 40 * S) == ["page#1"]
+    assert since.since("page#1") == 40 * S
+    assert since.loaded([rule(name="VI_*", on=frozenset({"transition", "repeat"}))],
+                        50 * S) == ["page#1"]
+    # Gone from a loaded config, then back: new from its return.
+    assert since.loaded([rule("other")], 60 * S) == ["other#1"]
+    assert since.loaded([rule("other"), rule()], 70 * S) == ["page#1"]
+    assert since.since("page#1") == 70 * S and since.since("other#1") == 60 * S
+    journal.close()

@@ -41,6 +41,7 @@ from knotify.alerts.pool import PoolError, Worker, WorkerPool
 from knotify.alerts.receivers import AlertSettings, Receiver
 from knotify.alerts.redact import scrub
 from knotify.alerts.silence import Silence, SilenceError, SilenceStore
+from knotify.alerts.since import RuleSince
 from knotify.alerts.stream import Stream
 from knotify.event import Event, WireError
 from knotify.journal import JournalError
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from knotify.actions.alert import AlertAction
     from knotify.config import Config
     from knotify.journal import Journal
+    from knotify.rules import Rule
 
 #: Router ops this engine answers.
 OPS = ("silence_add", "silence_list", "silence_expire", "alerts")
@@ -92,6 +94,8 @@ class AlertEngine:
         self.publish = publish
         self.outbox = Outbox(journal)
         self.silences = SilenceStore(journal)
+        #: Since when each alert rule exists: flap control counts only from then.
+        self.rule_since = RuleSince(journal)
         self.result_dir = os.path.join(os.path.dirname(os.path.abspath(config.journal)),
                                        "outbox")
         #: Attempts (and watches of adopted ones) by message, until their outcome is journaled.
@@ -123,6 +127,16 @@ class AlertEngine:
         self._adopted = False
         #: Called at every turn of :meth:`run` (the router's supervisor watches it).
         self.beat: Callable[[], None] = lambda: None
+        self.rules_loaded(config.rules)
+
+    def rules_loaded(self, rules: list[Rule]) -> None:
+        """At start and after each reload: note which alert rules are new or changed."""
+        try:
+            with self.journal.transaction():
+                self.outbox.reset_flaps(self.rule_since.loaded(rules, time.time_ns()))
+        except JournalError as exc:  # flap control then counts as before: degraded, not down
+            self.log.error("alerts.rules_not_noted", error=str(exc),
+                           detail="flap control counts transitions from before new rules")
 
     @property
     def settings(self) -> AlertSettings:
@@ -187,7 +201,8 @@ class AlertEngine:
         count = 0
         if s.flap.enabled and is_transition and not stream.flapping:
             count = self.outbox.transitions_in_window(
-                ev.id, ev.ts_ns - int(s.flap.window_s * 1e9))
+                ev.id, max(ev.ts_ns - int(s.flap.window_s * 1e9),
+                           self.rule_since.since(stream_id)))
         decision = flap.on_event(stream, is_transition, count, s.flap)
         alert: str | None = None
         reason = ""
