@@ -452,7 +452,10 @@ class Router:
                     if current is not None:
                         self.journal.put_state(ev.key, current)
                     for rule in fired(rules, ev, tr):
+                        ending = rule.send_resolved and rule.ends_only(ev, tr)
                         for idx, action in enumerate(rule.actions):
+                            if ending and action.kind != "alert":
+                                continue  # the end of an incident is news for alerts only
                             # An instant action with nothing of its key ahead of it runs
                             # below, before the commit; its run is journaled with its
                             # outcome, in one row.

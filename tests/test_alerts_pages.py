@@ -324,3 +324,95 @@ def test_flap_control_counts_only_transitions_since_the_rule_existed(
     assert items(kenv)[-1] == ("BACKUP", "firing", "composed"), items(kenv)
     wait_for(lambda: any(r.json["title"] == "[lb1] VI_1 MASTER -> BACKUP"
                          for r in http.got()), 30, what="the page of the new rule")
+
+
+# -- what ends an incident reaches the rule that paged for it ---------------------------
+
+#: The docs' cluster example (docs/cluster.md), with a webhook as the receiver.
+CLUSTER_EXAMPLE = """
+[cluster]
+split_brain_grace = "1s"
+no_master_grace = "1s"
+
+[[rule]]
+id = "page-on-cluster-trouble"
+kind = ["CLUSTER", "PEER"]
+state = ["SPLIT_BRAIN", "NO_MASTER", "PEER_SILENT"]
+{extra}
+[[rule.action]]
+type = "alert"
+receivers = ["chat"]
+"""
+
+
+def test_a_cluster_rule_pages_once_per_incident_and_once_when_it_ends(
+    kenv: KEnv, router: RouterProcess, http: HttpSink
+) -> None:
+    write(kenv, http, CLUSTER_EXAMPLE.format(extra=""))
+    router.start()
+    for host, state in (("n1", "MASTER"), ("n2", "BACKUP")):
+        send(kenv, host, "VI_1", state)
+    send(kenv, "n2", "VI_1", "MASTER")
+    wait_for(lambda: pages(http, "SPLIT_BRAIN"), 30, what="the SPLIT_BRAIN page")
+    send(kenv, "n2", "VI_1", "BACKUP")
+    [over] = wait_for(lambda: pages(http, "SPLIT_BRAIN_RESOLVED"), 30,
+                      what="the page that says the split brain is over")
+    assert over["title"] == "[n1, n2] VI_1 SPLIT_BRAIN -> SPLIT_BRAIN_RESOLVED"
+    send(kenv, "n1", "VI_1", "BACKUP")
+    wait_for(lambda: pages(http, "NO_MASTER"), 30, what="the NO_MASTER page")
+    send(kenv, "n1", "VI_1", "MASTER")
+    [back] = wait_for(lambda: pages(http, "MASTER_BACK"), 30, what="the MASTER_BACK page")
+    assert back["title"] == "[n1, n2] VI_1 NO_MASTER -> MASTER_BACK"
+    # Once per incident and once when it ends: four pages, nothing else.
+    assert [r.json["title"].split()[-1] for r in http.got()] == [
+        "SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "NO_MASTER", "MASTER_BACK"]
+
+
+def test_an_instance_leaving_the_paged_state_reaches_the_rule_that_paged(
+    kenv: KEnv, router: RouterProcess, http: HttpSink
+) -> None:
+    write(kenv, http, """
+[[rule]]
+id = "fault"
+kind = "INSTANCE"
+state = "FAULT"
+name = "!VI_2"
+[[rule.action]]
+type = "exec"
+argv = ["/bin/true"]
+[[rule.action]]
+type = "alert"
+receivers = ["chat"]
+
+[[rule]]
+id = "quiet-fault"
+kind = "INSTANCE"
+state = "FAULT"
+name = "VI_2"
+send_resolved = false
+[[rule.action]]
+type = "alert"
+receivers = ["chat"]
+""")
+    router.start()
+    # VI_3 was never paged for: its leaving BACKUP, or reaching MASTER, pages nothing.
+    send(kenv, "lb1", "VI_3", "BACKUP")
+    send(kenv, "lb1", "VI_1", "BACKUP")
+    send(kenv, "lb1", "VI_1", "FAULT")
+    wait_for(lambda: pages(http, "FAULT"), 30, what="the FAULT page")
+    send(kenv, "lb1", "VI_1", "BACKUP")
+    [ended] = wait_for(lambda: [p for p in pages(http, "BACKUP")
+                                if p["title"].endswith("-> BACKUP")], 30,
+                       what="the page that says VI_1 left FAULT")
+    assert ended["title"] == "[lb1] VI_1 FAULT -> BACKUP"
+    # Only the alert action hears of the end: the exec ran once, for FAULT.
+    history = kenv.history()
+    assert [(a["rule"], a["kind"]) for ev in reversed(history) for a in ev["actions"]] == [
+        ("fault", "exec"), ("fault", "alert"), ("fault", "alert")]
+    # send_resolved = false: a rule that wants only the incident.
+    send(kenv, "lb1", "VI_2", "FAULT")
+    wait_for(lambda: len(pages(http, "FAULT")) == 2, 30, what="the VI_2 FAULT page")
+    send(kenv, "lb1", "VI_2", "BACKUP")
+    # (Runs are journaled with their event: once it is in history, so are they.)
+    [left] = [e for e in kenv.history(name="VI_2") if e["state"] == "BACKUP"]
+    assert left["prev_state"] == "FAULT" and left["actions"] == []

@@ -189,10 +189,14 @@ class AlertEngine:
             return Outcome(OK, detail="already queued before the router restarted"), None
         row = self.outbox.stream(stream_id, ev.key) or StreamRow(
             stream_id, ev.key, [], {}, None, None, {}, Stream())
+        stream = row.state
+        if stream.alerted_state != tr.prev_state and self._ends_only(ctx):
+            # The end of an incident goes to the rule that paged for it, and only then.
+            return Outcome(SKIPPED, detail=f"nothing was alerted for {tr.prev_state}, so its "
+                           "end is not news"), None
         row.receivers = list(action.receivers)
         row.spec = dict(action.spec)
         row.repeat_s = action.repeat_s
-        stream = row.state
         is_transition = tr.cls == TRANSITION
         # What this alert says: the state, or for news that is not a change (a new
         # priority, MASTER_RX_LOWER_PRI) the news itself, so the next news is not
@@ -248,6 +252,12 @@ class AlertEngine:
             self.outbox.put_stream(row)
             outcome = self._outcome(alert, queued, silenced)
         return outcome, alert
+
+    def _ends_only(self, ctx: ActionContext) -> bool:
+        """The rule fired for this event only because it ends an incident (send_resolved)."""
+        rule = next((r for r in self.config.rules if r.id == ctx.rule), None)
+        return rule is not None and rule.send_resolved and rule.ends_only(ctx.event,
+                                                                          ctx.transition)
 
     def _warm(self, now: int, receivers: int) -> None:
         """Alerts are queued: have workers ready by the time their group is due.

@@ -4,11 +4,12 @@ Without it, enabling an alert rule on an instance that had changed a few times m
 the first real failover read "VI_1 is flapping ... alerts paused": transitions from
 before the rule existed counted. A rule *exists* from the first load (start or reload)
 that has it with its current definition, its id and what decides which events it
-alerts on (its matchers and ``on`` classes). Hence:
+alerts on (its matchers, ``on`` classes and ``send_resolved``). Hence:
 
 - a restart, or a reload that leaves the rule alone or changes only its receivers,
   templates or repeat settings, keeps it (the rule existed while the router was down);
-- a reload that changes its matchers or ``on`` makes a new rule: it counts from that
+- a reload that changes its matchers, ``on`` or ``send_resolved`` makes a new rule: it
+  counts from that
   reload, and a flap of the old definition no longer holds its alerts back;
 - a rule absent from a loaded config stops existing; put back later, it is new.
 
@@ -37,7 +38,7 @@ CREATE TABLE IF NOT EXISTS alert_rule_since (
 
 def definition(rule: Rule) -> str:
     """What decides which events the rule alerts on, as a short digest."""
-    text = repr((rule.match, sorted(rule.on)))
+    text = repr((rule.match, sorted(rule.on), rule.send_resolved))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
