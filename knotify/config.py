@@ -376,6 +376,8 @@ def _rule(t: Table, config: Config) -> Rule:
         max_age=t.opt_duration("max_age"),
         description=t.text("description", ""),
         honor_silences=t.flag("honor_silences", False),
+        send_resolved=(t.flag("send_resolved", True)
+                       and any(action.kind == "alert" for action in actions)),
     )
     t.done()
     return rule

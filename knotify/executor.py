@@ -1,5 +1,9 @@
 """Runs actions: one at a time per (host, kind, name, vs), in event order; keys in parallel.
 
+Alerts have a lane of their own per key: they keep their order among themselves but
+never wait behind the key's other actions (a hung ``systemctl restart`` must not hold
+the failover page for its timeout), nor for a slot (queueing an alert forks nothing).
+
 A run is journaled as pending in the same transaction as its event. Before it
 starts it is marked running and committed (the starts of one loop turn share a
 commit), so a crash leaves it "interrupted", never repeated: at most once. Pending
@@ -9,6 +13,7 @@ runs survive a restart and run then. Outcomes are committed the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +35,14 @@ from knotify.journal import Journal, JournalError
 from knotify.rules import Rule
 from knotify.templates import event_fields
 from knotify.tracker import Tracker, Transition
+
+#: Where a run waits: its key, or ``(key, "alert")`` for the key's alerts.
+Lane = Key | tuple[Key, str]
+ALERT_LANE = "alert"
+
+
+def lane_of(run: Run) -> Lane:
+    return (run.event.key, ALERT_LANE) if run.action.kind == "alert" else run.event.key
 
 
 @dataclass(slots=True)
@@ -54,9 +67,9 @@ class Executor:
         self._tracker = tracker
         self.log = log
         self.publish = publish
-        self.queues: dict[Key, deque[Run]] = {}
-        self.workers: dict[Key, asyncio.Task[None]] = {}
-        self.active: dict[Key, Run] = {}
+        self.queues: dict[Lane, deque[Run]] = {}
+        self.workers: dict[Lane, asyncio.Task[None]] = {}
+        self.active: dict[Lane, Run] = {}
         self.updates: list[tuple[int, Outcome, int | None, int]] = []
         self.stopping = False
         self.counts: dict[str, int] = {}
@@ -74,7 +87,7 @@ class Executor:
         return sum(len(q) for q in self.queues.values())
 
     def idle(self, key: Key) -> bool:
-        """Nothing of ``key`` is queued or running."""
+        """Nothing of ``key`` but alerts is queued or running."""
         return key not in self.queues
 
     def run_inline(self, run: Run) -> Outcome:
@@ -101,7 +114,7 @@ class Executor:
             self._publish(run, outcome)
 
     def submit(self, run: Run) -> None:
-        key = run.event.key
+        key = lane_of(run)
         queue = self.queues.get(key)
         if queue is None:
             queue = self.queues[key] = deque()
@@ -157,7 +170,7 @@ class Executor:
         self._schedule_commit()
         await fut
 
-    async def _work(self, key: Key) -> None:
+    async def _work(self, key: Lane) -> None:
         queue = self.queues[key]
         try:
             while queue and not self.stopping:
@@ -170,7 +183,7 @@ class Executor:
             if not queue:
                 self.queues.pop(key, None)
 
-    async def _one(self, key: Key, run: Run) -> None:
+    async def _one(self, key: Lane, run: Run) -> None:
         rule, ev = run.rule, run.event
         log = self.log.bind(event_id=ev.id, rule=rule.id, action=run.action.kind,
                             run=run.rowid)
@@ -178,10 +191,10 @@ class Executor:
             wait = run.queued_mono + rule.delay - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        async with self.slots:
+        async with self._slot(run):
             if self.stopping:
                 return  # not started: stays pending in the journal for the next start
-            reason = self._skip_reason(key, run)
+            reason = self._skip_reason(ev.key, run)
             if reason:
                 self._record(run, Outcome(SKIPPED, detail=reason), log)
                 return
@@ -193,7 +206,11 @@ class Executor:
                     return
             await self._start_and_run(key, run, log)
 
-    async def _start_and_run(self, key: Key, run: Run, log: Any) -> None:
+    def _slot(self, run: Run) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A slot of ``max_parallel_actions`` for what forks; an alert only writes rows."""
+        return contextlib.nullcontext() if run.action.kind == "alert" else self.slots
+
+    async def _start_and_run(self, key: Lane, run: Run, log: Any) -> None:
         rule, ev, tr = run.rule, run.event, run.transition
         run.started_ns = time.time_ns()
         if run.action.durable_start:

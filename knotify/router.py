@@ -453,7 +453,10 @@ class Router:
                     if current is not None:
                         self.journal.put_state(ev.key, current)
                     for rule in fired(rules, ev, tr):
+                        ending = rule.send_resolved and rule.ends_only(ev, tr)
                         for idx, action in enumerate(rule.actions):
+                            if ending and action.kind != "alert":
+                                continue  # the end of an incident is news for alerts only
                             # An instant action with nothing of its key ahead of it runs
                             # below, before the commit; its run is journaled with its
                             # outcome, in one row.
@@ -1012,6 +1015,8 @@ class Router:
         self.config.hook.endpoints = new.hook.endpoints
         if self.cluster is not None:
             self.cluster.reload(self.config.cluster)
+        if self.alerts is not None:
+            self.alerts.rules_loaded(self.config.rules)
         if (self.keyring is not None and new.curve is not None and self.config.curve is not None
                 and (new.curve.secret_key, new.curve.clients)
                 == (self.config.curve.secret_key, self.config.curve.clients)):

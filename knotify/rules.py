@@ -15,6 +15,9 @@ from knotify.actions.base import Action
 from knotify.event import SYNTHETIC_KINDS, Event
 from knotify.tracker import NOTICE, REPEAT, RULE_CLASSES, TRANSITION, Transition
 
+#: States whose end is news to whoever was paged for them (``send_resolved``).
+INCIDENT_STATES = frozenset({"FAULT", "DOWN", "SPLIT_BRAIN", "NO_MASTER", "PEER_SILENT"})
+
 
 @lru_cache(maxsize=4096)
 def _glob_match(pattern: str, value: str) -> bool:
@@ -91,6 +94,8 @@ class Match:
     prio_max: int | None = None
     #: No pattern and no prio range: it matches every event but knotify's own.
     matches_all: bool = field(init=False, repr=False, compare=False)
+    #: The same without state, from and prio (what :meth:`ends` checks besides the state).
+    _where: Match | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.matches_all = not (self.kind or self.name or self.vs or self.host or self.state
@@ -129,6 +134,18 @@ class Match:
                 return False
         return True
 
+    def ends(self, ev: Event, tr: Transition) -> bool:
+        """``ev`` ends an incident this matches: it leaves one of :data:`INCIDENT_STATES`
+        that the state patterns name (FAULT -> BACKUP, SPLIT_BRAIN -> SPLIT_BRAIN_RESOLVED,
+        PEER_SILENT -> PEER_BACK), for a subject this matches (kind, name, vs, host, source)."""
+        prev = tr.prev_state
+        if prev not in INCIDENT_STATES or not self.state.positive \
+                or not self._state(prev, prev):
+            return False
+        if self._where is None:
+            self._where = Match(self.kind, self.name, self.vs, self.host, source=self.source)
+        return self._where(ev, tr)
+
     def _state(self, reported: str, effective: str) -> bool:
         for pattern in self.state.negative:
             if _glob_match(pattern, reported) or _glob_match(pattern, effective):
@@ -153,6 +170,10 @@ class Rule:
     #: Exec/service/log actions of this rule are skipped (status "silenced") while a
     #: silence matches the event; alert actions always honour silences.
     honor_silences: bool = False
+    #: Its alert actions also get the transition that ends an incident its state
+    #: patterns name (:meth:`Match.ends`): set for rules with an alert action unless
+    #: ``send_resolved = false``.
+    send_resolved: bool = False
 
     @property
     def plain(self) -> bool:
@@ -161,7 +182,12 @@ class Rule:
                 and not self.honor_silences)
 
     def fires(self, ev: Event, tr: Transition) -> bool:
-        return tr.cls in self.on and self.match(ev, tr)
+        return tr.cls in self.on and (self.match(ev, tr) or (
+            self.send_resolved and tr.cls == TRANSITION and self.match.ends(ev, tr)))
+
+    def ends_only(self, ev: Event, tr: Transition) -> bool:
+        """It fires for ``ev`` only as the end of an incident: its alerts run, nothing else."""
+        return self.send_resolved and not self.match(ev, tr)
 
 
 def classes_from(value: list[str]) -> frozenset[str]:

@@ -30,12 +30,17 @@ FIELDS = {
     "ts": "event time, ISO 8601 with milliseconds, local time zone",
     "ts_ns": "event time in ns since the epoch",
     "time": "event time as HH:MM:SS",
+    "when": "event time with its date and UTC offset, ISO 8601 to the second "
+            "(2025-03-14T09:26:53+01:00), in the router's time zone",
     "duration": "how long the previous state lasted, e.g. 3m04s (empty if unknown)",
     "duration_s": "the same in seconds",
     "class": "transition, repeat or notice",
     "source": "hook, fifo, send, resync (a state snapshot from keepalived) or cluster",
     "rule": "the id of the rule that fired",
     "detail": "extra text for events knotify makes (e.g. which hosts are MASTER)",
+    "involved": "the hosts the event is about, comma-separated: its host, or for a CLUSTER "
+                "event the hosts of the condition (the MASTERs of a split brain, else "
+                "every member)",
 }
 
 
@@ -100,6 +105,30 @@ def _local(ev: Event) -> _dt.datetime:
     return _dt.datetime.fromtimestamp(ev.ts_ns / 1e9).astimezone()
 
 
+def iso_time(ns: int, timespec: str = "seconds") -> str:
+    """A time as ISO 8601 with its date and UTC offset, in the router's time zone
+    (``TZ``, else /etc/localtime): ``2025-03-14T09:26:53+01:00``."""
+    return _dt.datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec=timespec)
+
+
+def involved(ev: Event) -> str:
+    """The hosts an event is about (see FIELDS["involved"])."""
+    if ev.kind != "CLUSTER":
+        return ev.host
+    hosts: list[str] = []
+    if ev.state == "SPLIT_BRAIN":
+        for field in ("masters", "evidence"):
+            value = ev.extra.get(field)
+            if isinstance(value, list):
+                hosts.extend(h for h in value if isinstance(h, str))
+    if not hosts:
+        members = ev.extra.get("members")
+        if isinstance(members, list):
+            hosts.extend(m["host"] for m in members
+                         if isinstance(m, dict) and isinstance(m.get("host"), str))
+    return ", ".join(sorted(set(hosts))) or ev.host
+
+
 def _duration(ev: Event, tr: Transition) -> float | None:
     return tr.duration_s(ev.ts_ns) if tr.cls == "transition" else None
 
@@ -131,12 +160,14 @@ _MAKE: dict[str, Callable[[Event, Transition, str], str]] = {
     "ts": lambda ev, tr, rule: _local(ev).isoformat(timespec="milliseconds"),
     "ts_ns": lambda ev, tr, rule: str(ev.ts_ns),
     "time": lambda ev, tr, rule: _local(ev).strftime("%H:%M:%S"),
+    "when": lambda ev, tr, rule: iso_time(ev.ts_ns),
     "duration": lambda ev, tr, rule: _text_duration(ev, tr),
     "duration_s": lambda ev, tr, rule: _seconds(ev, tr),
     "class": lambda ev, tr, rule: tr.cls,
     "source": lambda ev, tr, rule: ev.source,
     "rule": lambda ev, tr, rule: rule,
     "detail": lambda ev, tr, rule: str(ev.extra.get("detail", "")),
+    "involved": lambda ev, tr, rule: involved(ev),
 }
 assert _MAKE.keys() == FIELDS.keys()
 

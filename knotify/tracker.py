@@ -11,9 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from knotify import keepalived
-from knotify.event import INVALID, Event, Key
+from knotify.event import INVALID, SYNTHETIC_KINDS, Event, Key
 
 INIT = "INIT"
+#: What CLUSTER and PEER events raise; a cluster or peer event's "from" is one of these
+#: or :data:`NO_CONDITION`, never a resolution (NO_MASTER does not come from
+#: SPLIT_BRAIN_RESOLVED: it comes from no condition).
+CONDITIONS = frozenset({"SPLIT_BRAIN", "NO_MASTER", "PEER_SILENT"})
+NO_CONDITION = "OK"
 
 #: The state a FIFO-only report implies ({UNKNOWN} implies nothing).
 EFFECTIVE = {
@@ -140,7 +145,8 @@ class Tracker:
                 effective, ev.prio, ev.ts_ns, ev.id, ev.seq, 1, ev.recv_ns,
                 ev.mono_ns, ev.boot, ev.pid,
             )
-            return Transition(TRANSITION, effective, INIT, None, 1)
+            first = NO_CONDITION if ev.kind in SYNTHETIC_KINDS else INIT
+            return Transition(TRANSITION, effective, first, None, 1)
         same = effective is None or effective == current.state
         newer = order(ev, current)
         if newer < 0 and ev.ts_ns > current.updated_ns + self.skew_ns:
@@ -164,6 +170,8 @@ class Tracker:
             return Transition(cls, current.state, current.state, current.since_ns, current.epoch)
         assert effective is not None
         prev_state, prev_since = current.state, current.since_ns
+        if ev.kind in SYNTHETIC_KINDS and prev_state not in CONDITIONS:
+            prev_state = NO_CONDITION
         current.state = effective
         current.since_ns = ev.ts_ns
         current.event_id = ev.id

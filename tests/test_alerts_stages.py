@@ -33,7 +33,8 @@ def fields(name: str = "VI_1", state: str = "MASTER", prev: str = "BACKUP", host
            duration: str = "3m04s", ident: str = "ev1") -> dict[str, str]:
     return {"id": ident, "host": host, "kind": kind, "name": name, "subject": name,
             "state": state, "reported": state, "prev_state": prev, "prio": prio,
-            "class": cls, "duration": duration, "time": "12:00:01", "rule": "r"}
+            "class": cls, "duration": duration, "time": "12:00:01",
+            "when": "2025-03-14T12:00:01+01:00", "rule": "r"}
 
 
 # -- render ---------------------------------------------------------------------------------
@@ -42,8 +43,8 @@ def fields(name: str = "VI_1", state: str = "MASTER", prev: str = "BACKUP", host
 def test_single_event_reads_well_as_chat_and_mail() -> None:
     out = render.compose([render.Item("firing", fields())], render.Templates())
     assert out.title == "[n1] VI_1 BACKUP -> MASTER"
-    assert out.body == ("12:00:01 n1 INSTANCE VI_1: BACKUP -> MASTER (prio 100, after 3m04s in "
-                        "BACKUP)\n\nknotify event ev1")
+    assert out.body == ("2025-03-14T12:00:01+01:00 n1 INSTANCE VI_1: BACKUP -> MASTER "
+                        "(prio 100, after 3m04s in BACKUP)\n\nknotify event ev1")
     assert out.notify_type == "success"
 
 
@@ -54,8 +55,9 @@ def test_a_group_lists_every_event_and_names_them_in_the_title() -> None:
     out = render.compose(items, render.Templates())
     assert out.title == "[n1] G1, VI_1, VI_2 -> MASTER"
     lines = out.body.splitlines()
-    assert lines[0] == "12:00:01 n1 GROUP G1: BACKUP -> MASTER (after 3m04s in BACKUP)"
-    assert lines[1].startswith("12:00:01 n1 INSTANCE VI_1: BACKUP -> MASTER (prio 100")
+    when = "2025-03-14T12:00:01+01:00"
+    assert lines[0] == f"{when} n1 GROUP G1: BACKUP -> MASTER (after 3m04s in BACKUP)"
+    assert lines[1].startswith(f"{when} n1 INSTANCE VI_1: BACKUP -> MASTER (prio 100")
     assert lines[-1] == "knotify events: e1, e2, e3"
 
 
@@ -81,6 +83,37 @@ def test_custom_templates_see_event_and_alert_fields() -> None:
                          t, "chat")
     assert out.title == "firing/2 n1"
     assert out.body == "VI_1, B -> MASTER|VI_1=MASTER\nB=MASTER"
+
+
+def cluster_fields(state: str, prev: str, detail: str, involved: str,
+                   kind: str = "CLUSTER", name: str = "VI_1") -> dict[str, str]:
+    return {**fields(name, state, prev, host="central", kind=kind, prio="", duration="5.0s"),
+            "detail": detail, "involved": involved}
+
+
+def test_cluster_pages_name_the_hosts_and_say_what_knotify_saw() -> None:
+    split = cluster_fields("SPLIT_BRAIN", "OK", "VI_1: lb1, lb2 are all MASTER for 5.0s "
+                           "(lb3 BACKUP)", "lb1, lb2")
+    out = render.compose([render.Item("firing", split)], render.Templates())
+    # Raised from no condition: no "OK ->" (nor "INIT ->"), and the MASTERs in the title.
+    assert out.title == "[lb1, lb2] VI_1 SPLIT_BRAIN"
+    assert out.body.splitlines()[0] == ("2025-03-14T12:00:01+01:00 central CLUSTER VI_1: "
+                                        "SPLIT_BRAIN: lb1, lb2 are all MASTER for 5.0s "
+                                        "(lb3 BACKUP)")
+    over = cluster_fields("SPLIT_BRAIN_RESOLVED", "SPLIT_BRAIN", "VI_1: split brain over "
+                          "after 9.0s: lb1 is the only MASTER", "lb1, lb2, lb3")
+    out = render.compose([render.Item("firing", over)], render.Templates())
+    assert out.title == "[lb1, lb2, lb3] VI_1 SPLIT_BRAIN -> SPLIT_BRAIN_RESOLVED"
+    assert "SPLIT_BRAIN -> SPLIT_BRAIN_RESOLVED: split brain over after 9.0s" in out.body
+    silent = cluster_fields("PEER_SILENT", "OK", "lb2: not heard from since "
+                            "2025-03-14T11:59:58+01:00 (3.0s)", "lb2", kind="PEER", name="lb2")
+    out = render.compose([render.Item("firing", silent)], render.Templates())
+    assert out.title == "[lb2] lb2 PEER_SILENT"
+    assert "PEER_SILENT: not heard from since 2025-03-14T11:59:58+01:00 (3.0s)" in out.body
+    # An item queued by an older knotify (no "when") still gets a dated time.
+    old = {k: v for k, v in fields().items() if k != "when"} | {"ts_ns": str(1_800_000_000 * S)}
+    out = render.compose([render.Item("firing", old)], render.Templates())
+    assert out.body.startswith("2027-01-15T"), out.body
 
 
 def test_unknown_alert_template_field_is_an_error() -> None:
@@ -354,3 +387,40 @@ def test_verdict_problems_count_as_failures() -> None:
                                                           "error": "refused"}]}, {"t": "end"})
     v = attempt.verdict(res, [], False)
     assert v.status == attempt.FAILED and v.urls[0]["status"] == "INVALID"
+
+
+# -- since when an alert rule exists (flap control counts from then) ----------------------
+
+
+def test_an_alert_rule_exists_from_the_load_that_brought_its_definition(tmp_path: Path) -> None:
+    from knotify.actions.alert import AlertAction
+    from knotify.actions.log import LogAction
+    from knotify.alerts.since import RuleSince
+    from knotify.rules import Match, Pattern, Rule
+    from knotify.templates import Template
+
+    def rule(rid: str = "page", name: str = "VI_1", receivers: tuple[str, ...] = ("chat",),
+             on: frozenset[str] = frozenset({"transition"})) -> Rule:
+        return Rule(rid, Match(name=Pattern.parse([name])), on,
+                    [LogAction(Template("x"), "info"), AlertAction(receivers, {}, None)])
+
+    journal = Journal(str(tmp_path / "j.db"))
+    since = RuleSince(journal)
+    assert since.since("page#1") == 0  # not known: everything counts, as before
+    assert since.loaded([rule()], 10 * S) == ["page#1"]
+    assert since.since("page#1") == 10 * S and since.since("page#0") == 0
+    # The same rule, or only its receivers changed: it keeps existing (also across a
+    # restart, which reads the journal again).
+    assert since.loaded([rule(receivers=("mail",))], 20 * S) == []
+    assert RuleSince(journal).loaded([rule()], 30 * S) == []
+    assert since.since("page#1") == 10 * S
+    # Other matchers or classes: a new rule.
+    assert since.loaded([rule(name="VI_*")], 40 * S) == ["page#1"]
+    assert since.since("page#1") == 40 * S
+    assert since.loaded([rule(name="VI_*", on=frozenset({"transition", "repeat"}))],
+                        50 * S) == ["page#1"]
+    # Gone from a loaded config, then back: new from its return.
+    assert since.loaded([rule("other")], 60 * S) == ["other#1"]
+    assert since.loaded([rule("other"), rule()], 70 * S) == ["page#1"]
+    assert since.since("page#1") == 70 * S and since.since("other#1") == 60 * S
+    journal.close()

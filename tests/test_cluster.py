@@ -26,6 +26,7 @@ from knotify.cluster.settings import ClusterSettings, GroupSpec
 from knotify.event import Event, Key, WireError
 from knotify.rules import Pattern
 from knotify.schema import ConfigError
+from knotify.templates import iso_time
 from knotify.tracker import KeyState, Tracker
 
 S = 1_000_000_000  # one second in ns
@@ -234,7 +235,8 @@ def test_a_host_that_heartbeats_is_watched_silent_then_back() -> None:
     assert w.tick(0.5) == [("PEER", "n3", PEER_SILENT)]
     ev = w.journal[-1]
     assert (ev.host, ev.name, ev.kind) == ("n3", "n3", "PEER")
-    assert ev.extra["detail"] == "n3: not heard from for 5.5s"
+    # Names the host and since when, with the date and the UTC offset.
+    assert ev.extra["detail"] == f"n3: not heard from since {iso_time(T0)} (5.5s)"
     assert w.run(60) == []
     w.report("n3", "VI_1", "BACKUP")  # an event counts as much as a heartbeat
     assert w.tick(0.5) == [("PEER", "n3", PEER_BACK)]
@@ -250,7 +252,8 @@ def test_hosts_heard_only_through_events_are_not_watched() -> None:
 def test_configured_peers_are_watched_from_the_router_start() -> None:
     w = World(on(silent_after=5, peers=("n9",)))
     assert w.run(6) == [("PEER", "n9", PEER_SILENT)]
-    assert "not since the router started" in w.journal[-1].extra["detail"]
+    assert w.journal[-1].extra["detail"] == (
+        f"n9: not heard from since {iso_time(T0)}, when the router began to watch it (5.5s)")
 
 
 def test_forgetting_a_peer_ends_its_watch() -> None:

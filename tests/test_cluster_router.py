@@ -181,7 +181,7 @@ def test_agent_heartbeats_make_silence_mean_something(
     assert again.returncode == 1 and "not a watched peer" in again.stderr
     lines = wait_for(lambda: out.exists() and len(out.read_text().splitlines()) == 4
                      and out.read_text().splitlines(), 20, what="four PEER action runs")
-    assert lines[0].startswith("PEER|n3|PEER_SILENT|n3: not heard from for")
+    assert lines[0].startswith("PEER|n3|PEER_SILENT|n3: not heard from since ")
 
 
 def test_bad_heartbeats_are_refused_with_the_reason(kenv: KEnv, router: RouterProcess) -> None:

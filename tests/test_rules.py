@@ -296,3 +296,72 @@ def test_which_kinds_a_match_takes(match: Match, kinds: set[str]) -> None:
     every = ["INSTANCE", "GROUP", "VS", "RS", "INVALID", "CLUSTER", "PEER"]
     assert {k for k in every if match(ev(kind=k, vs="v" if k == "RS" else ""), tr())} == kinds
     assert match.matches_all == (match == Match())
+
+
+# ------------------------------------------------------------------- send_resolved
+
+
+def test_the_end_of_an_incident_reaches_an_alert_rule_for_it_by_default() -> None:
+    [fault, plain, quiet, cluster] = _rules("""
+[receivers.chat]
+urls = ["json://127.0.0.1/x"]
+
+[[rule]]
+id = "fault"
+name = "VI_*"
+state = "FAULT"
+[[rule.action]]
+type = "alert"
+receivers = ["chat"]
+
+[[rule]]
+id = "no-alert"
+state = "FAULT"
+[[rule.action]]
+type = "log"
+
+[[rule]]
+id = "quiet"
+state = "FAULT"
+send_resolved = false
+[[rule.action]]
+type = "alert"
+receivers = ["chat"]
+
+[[rule]]
+id = "cluster"
+kind = ["CLUSTER", "PEER"]
+state = ["SPLIT_BRAIN", "PEER_SILENT"]
+[[rule.action]]
+type = "alert"
+receivers = ["chat"]
+""")
+    assert (fault.send_resolved, plain.send_resolved, quiet.send_resolved) == (
+        True, False, False)
+    left = ev("BACKUP"), tr("BACKUP", "FAULT")
+    assert fault.fires(*left) and fault.ends_only(*left)
+    assert not plain.fires(*left) and not quiet.fires(*left)
+    # Only for its subjects, only on a transition out of the state it names.
+    assert not fault.fires(ev("BACKUP", name="other"), tr("BACKUP", "FAULT"))
+    assert not fault.fires(ev("BACKUP"), tr("BACKUP", "MASTER"))
+    assert not fault.fires(ev("BACKUP"), tr("BACKUP", "FAULT", cls=REPEAT))
+    # What it matches itself is not an end.
+    assert fault.fires(ev("FAULT"), tr("FAULT", "BACKUP"))
+    assert not fault.ends_only(ev("FAULT"), tr("FAULT", "BACKUP"))
+    # CLUSTER and PEER resolutions come from their condition (the tracker's "from").
+    for name, state, prev, kind in (("VI_1", "SPLIT_BRAIN_RESOLVED", "SPLIT_BRAIN", "CLUSTER"),
+                                    ("lb2", "PEER_BACK", "PEER_SILENT", "PEER")):
+        assert cluster.fires(ev(state, kind=kind, name=name, source="cluster"), tr(state, prev))
+    assert not cluster.fires(ev("MASTER_BACK", kind="CLUSTER", source="cluster"),
+                             tr("MASTER_BACK", "NO_MASTER"))
+    # A state that is not an incident (MASTER) does not page when it is left.
+    [master] = _rules("""
+[receivers.chat]
+urls = ["json://127.0.0.1/x"]
+[[rule]]
+state = "MASTER"
+[[rule.action]]
+type = "alert"
+receivers = ["chat"]
+""")
+    assert not master.fires(ev("BACKUP"), tr("BACKUP", "MASTER"))

@@ -140,12 +140,14 @@ def test_event_fields_cover_every_documented_field(zone: Callable[[str], None]) 
         "ts": "2026-11-25T06:33:17.827+05:30",
         "ts_ns": str(TS),
         "time": "06:33:17",
+        "when": "2026-11-25T06:33:17+05:30",
         "duration": "3m04s",
         "duration_s": "184.000",
         "class": "transition",
         "source": "fifo",
         "rule": "rs-down",
         "detail": "kb1 and kb2 are MASTER",
+        "involved": "kb1",
     }
 
 
@@ -157,6 +159,28 @@ def test_ts_and_time_are_in_the_local_time_zone(zone: Callable[[str], None]) -> 
     zone("PST8PDT,M3.2.0,M11.1.0")  # late November: standard time, UTC-8, the day before
     fields = event_fields(_event(), Transition(TRANSITION, "DOWN", "UP", None, 1))
     assert (fields["ts"], fields["time"]) == ("2026-11-24T17:03:17.827-08:00", "17:03:17")
+    # The alert time: date, time and offset, so a page read elsewhere is unambiguous.
+    assert fields["when"] == "2026-11-24T17:03:17-08:00"
+
+
+def test_involved_names_the_hosts_of_a_cluster_condition() -> None:
+    members = [{"host": h, "name": "VI_1", "state": s, "silent": False}
+               for h, s in (("lb1", "MASTER"), ("lb2", "MASTER"), ("lb3", "BACKUP"))]
+
+    def involved(state: str, **extra: object) -> str:
+        ev = Event(id="c1", host="central", kind="CLUSTER", name="VI_1", state=state,
+                   ts_ns=TS, source="cluster", extra={"members": members, **extra})
+        return event_fields(ev, Transition(TRANSITION, state, "OK", None, 1))["involved"]
+
+    assert involved("SPLIT_BRAIN", masters=["lb2", "lb1"], evidence=[]) == "lb1, lb2"
+    assert involved("SPLIT_BRAIN", masters=[], evidence=["lb3"]) == "lb3"
+    assert involved("NO_MASTER", masters=[]) == "lb1, lb2, lb3"
+    assert involved("SPLIT_BRAIN_RESOLVED", masters=["lb1"]) == "lb1, lb2, lb3"
+    # Hostile or missing detail: the event's own host, never a crash.
+    ev = Event(id="c2", host="central", kind="CLUSTER", name="VI_1", state="NO_MASTER",
+               ts_ns=TS, source="cluster", extra={"members": [1, {"host": 2}, "x"]})
+    assert event_fields(ev, Transition(TRANSITION, "NO_MASTER", "OK", None, 1),
+                        only={"involved"}) == {"involved": "central"}
 
 
 def test_event_fields_effective_versus_reported_state_and_prio() -> None:
@@ -189,4 +213,5 @@ def test_render_with_event_fields_every_field() -> None:
         _event(), Transition(TRANSITION, "DOWN", "UP", TS - S // 2, 3), "r1"))
     assert "subject=[10.0.0.5]:tcp:80 in FWM 5 " in out
     assert "duration=500ms " in out and "duration_s=0.500 " in out
-    assert "rule=r1 " in out and out.endswith("detail=kb1 and kb2 are MASTER")
+    assert "rule=r1 " in out and "detail=kb1 and kb2 are MASTER " in out
+    assert out.endswith("involved=kb1")

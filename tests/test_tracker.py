@@ -369,3 +369,26 @@ def test_boot_clocks_within_one_tick_do_not_decide_the_order() -> None:
     # More than a tick earlier, though, it is older whatever its sequence.
     assert t.observe(_clocked("FAULT", mono_s=0.985, seq=3, pid=301)).cls == STALE
     assert t.states[("h", "INSTANCE", "VI_1", "")].state == "MASTER"
+
+
+def test_cluster_and_peer_events_come_from_the_previous_condition_or_none() -> None:
+    """NO_MASTER after a split brain ended comes from no condition (OK), not from
+    SPLIT_BRAIN_RESOLVED; a resolution comes from its condition."""
+    t = Tracker()
+
+    def cluster(state: str, ts: int) -> Transition:
+        return t.observe(ev(state, kind="CLUSTER", prio=None, ts=ts * S, host="central",
+                            source="cluster", form="cluster"))
+
+    assert cluster("SPLIT_BRAIN", 1).prev_state == "OK"
+    resolved = cluster("SPLIT_BRAIN_RESOLVED", 5)
+    assert (resolved.prev_state, resolved.duration_s(5 * S)) == ("SPLIT_BRAIN", 4.0)
+    assert cluster("NO_MASTER", 9).prev_state == "OK"
+    assert cluster("MASTER_BACK", 12).prev_state == "NO_MASTER"
+    assert cluster("OK", 20).prev_state == "OK"
+    peer = [t.observe(ev(s, kind="PEER", name="lb2", host="lb2", prio=None, ts=i * S,
+                         source="cluster", form="peer"))
+            for i, s in enumerate(("PEER_SILENT", "PEER_BACK", "PEER_SILENT"), 1)]
+    assert [p.prev_state for p in peer] == ["OK", "PEER_SILENT", "OK"]
+    # keepalived's own instances keep their real previous state.
+    assert t.observe(ev("BACKUP", ts=S)).prev_state == INIT

@@ -3,7 +3,8 @@
 Running it only queues the alert in the journal (grouping, flap control, repeat
 suppression and silences decide what becomes a message); delivery happens in
 the background (:mod:`knotify.alerts.engine`), so an alert never holds up event
-intake or the key's next action. It is idempotent by its run: a run repeated
+intake or the key's next action; nor does the key's other actions hold it up (the
+executor gives alerts a lane of their own per key). It is idempotent by its run: a run repeated
 after a crash queues nothing twice, which is why its start need not be durable.
 """
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OUTPUT_TAIL = 4096
-_ENV_SKIP = {"from", "subject", "time", "duration"}
+_ENV_SKIP = {"from", "subject", "time", "when", "duration"}
 
 
 def action_env(ctx: ActionContext, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -13,7 +13,8 @@ Small stages, each in its own module and testable alone, joined here:
                     backoff (Retry-After) | fallback receiver | expired at max_age
 
 :meth:`AlertEngine.enqueue` is what the ``alert`` action calls, inside the
-executor (so alerts keep the order of their key); it only writes rows (in the
+executor (in the alert lane of its key: in order among the key's alerts, never behind
+its execs); it only writes rows (in the
 engine's group commit) and never waits for a delivery. Everything after it runs
 in :meth:`AlertEngine.run`, a background task of the router, and in the attempts
 it starts. Every state is a row in the journal first; the starts and outcomes of
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import os
 import sqlite3
@@ -51,10 +51,11 @@ from knotify.alerts.pool import PoolError, Worker, WorkerPool
 from knotify.alerts.receivers import AlertSettings, Receiver
 from knotify.alerts.redact import scrub
 from knotify.alerts.silence import Silence, SilenceError, SilenceStore
+from knotify.alerts.since import RuleSince
 from knotify.alerts.stream import Stream
 from knotify.event import Event, WireError
 from knotify.journal import JournalError
-from knotify.templates import event_fields
+from knotify.templates import event_fields, iso_time
 from knotify.tracker import NOTICE, TRANSITION, KeyState, Tracker, Transition
 from knotify.units import format_duration
 
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from knotify.actions.alert import AlertAction
     from knotify.config import Config
     from knotify.journal import Journal
+    from knotify.rules import Rule
 
 #: Router ops this engine answers.
 OPS = ("silence_add", "silence_list", "silence_expire", "alerts")
@@ -76,7 +78,7 @@ AHEAD = 4
 
 
 def _clock(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9).astimezone().strftime("%H:%M:%S")
+    return iso_time(ns)
 
 
 @dataclass(slots=True)
@@ -103,6 +105,8 @@ class AlertEngine:
         self.outbox = Outbox(journal)
         self.silences = SilenceStore(journal)
         self.am = alertmanager_desk.Desk(journal, self.outbox, log)
+        #: Since when each alert rule exists: flap control counts only from then.
+        self.rule_since = RuleSince(journal)
         self.result_dir = os.path.join(os.path.dirname(os.path.abspath(config.journal)),
                                        "outbox")
         #: Attempts (and watches of adopted ones) by message, until their outcome is journaled.
@@ -137,6 +141,16 @@ class AlertEngine:
         #: The cluster labels and hosts of this turn (built on first use; see _index).
         self._turn_index: incident.ClusterIndex | None = None
         self._turn_active: inhibit.Active | None = None
+        self.rules_loaded(config.rules)
+
+    def rules_loaded(self, rules: list[Rule]) -> None:
+        """At start and after each reload: note which alert rules are new or changed."""
+        try:
+            with self.journal.transaction():
+                self.outbox.reset_flaps(self.rule_since.loaded(rules, time.time_ns()))
+        except JournalError as exc:  # flap control then counts as before: degraded, not down
+            self.log.error("alerts.rules_not_noted", error=str(exc),
+                           detail="flap control counts transitions from before new rules")
 
     @property
     def settings(self) -> AlertSettings:
@@ -189,10 +203,14 @@ class AlertEngine:
             return Outcome(OK, detail="already queued before the router restarted"), None
         row = self.outbox.stream(stream_id, ev.key) or StreamRow(
             stream_id, ev.key, [], {}, None, None, {}, Stream())
+        stream = row.state
+        if stream.alerted_state != tr.prev_state and self._ends_only(ctx):
+            # The end of an incident goes to the rule that paged for it, and only then.
+            return Outcome(SKIPPED, detail=f"nothing was alerted for {tr.prev_state}, so its "
+                           "end is not news"), None
         row.receivers = list(action.receivers)
         row.spec = dict(action.spec)
         row.repeat_s = action.repeat_s
-        stream = row.state
         is_transition = tr.cls == TRANSITION
         # What this alert says: the state, or for news that is not a change (a new
         # priority, MASTER_RX_LOWER_PRI) the news itself, so the next news is not
@@ -201,7 +219,8 @@ class AlertEngine:
         count = 0
         if s.flap.enabled and is_transition and not stream.flapping:
             count = self.outbox.transitions_in_window(
-                ev.id, ev.ts_ns - int(s.flap.window_s * 1e9))
+                ev.id, max(ev.ts_ns - int(s.flap.window_s * 1e9),
+                           self.rule_since.since(stream_id)))
         decision = flap.on_event(stream, is_transition, count, s.flap)
         alert: str | None = None
         reason = ""
@@ -247,6 +266,12 @@ class AlertEngine:
             self.outbox.put_stream(row)
             outcome = self._outcome(alert, queued, silenced, inhibited)
         return outcome, alert
+
+    def _ends_only(self, ctx: ActionContext) -> bool:
+        """The rule fired for this event only because it ends an incident (send_resolved)."""
+        rule = next((r for r in self.config.rules if r.id == ctx.rule), None)
+        return rule is not None and rule.send_resolved and rule.ends_only(ctx.event,
+                                                                          ctx.transition)
 
     def _warm(self, now: int, receivers: int) -> None:
         """Alerts are queued: have workers ready by the time their group is due.

@@ -311,6 +311,11 @@ class Outbox:
             f"(alerted_state IN ({marks}) AND coalesce(repeat_s, 1) > 0)", states).fetchall()
         return [self._stream(r) for r in rows]
 
+    def reset_flaps(self, streams: list[str]) -> None:
+        """Streams of a rule that is new or changed: a flap of the old one holds nothing back."""
+        self.db.executemany("UPDATE alert_streams SET flapping = 0, flap_since_ns = NULL, "
+                            "suppressed = 0 WHERE stream = ?", [(s,) for s in streams])
+
     def transitions_in_window(self, event_id: str, since_ns: int, limit: int = 1000) -> int:
         """Transitions of the event's key newer than ``since_ns``, up to and including it."""
         row = self.db.execute("SELECT rowid, kid FROM events WHERE id = ?",

@@ -7,9 +7,15 @@ into one title and body with a receiver's or rule's templates. The defaults
 read well both as a chat message and as a plain-text e-mail::
 
     [node1] G1, VI_1, VI_2 -> MASTER
-    12:00:01 node1 GROUP G1: BACKUP -> MASTER (after 3h02m in BACKUP)
-    12:00:01 node1 INSTANCE VI_1: BACKUP -> MASTER (prio 100, after 3h02m in BACKUP)
+    2025-03-14T12:00:01+01:00 node1 GROUP G1: BACKUP -> MASTER (after 3h02m in BACKUP)
+    2025-03-14T12:00:01+01:00 node1 INSTANCE VI_1: BACKUP -> MASTER (prio 100, after ...)
     ...
+
+CLUSTER and PEER events say what knotify saw, with the hosts involved in the title::
+
+    [lb1, lb2] VI_1 SPLIT_BRAIN
+    2025-03-14T12:00:06+01:00 central CLUSTER VI_1: SPLIT_BRAIN: lb1, lb2 are all MASTER
+    for 5.0s
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from knotify.templates import FIELDS, Template, TemplateError
+from knotify.event import SYNTHETIC_KINDS
+from knotify.templates import FIELDS, Template, TemplateError, iso_time
+from knotify.tracker import INIT, NO_CONDITION
 
 FIRING = "firing"
 REPEAT = "repeat"
@@ -33,7 +41,8 @@ ALERT_FIELDS = {
     "count": "how many events the message covers",
     "lines": "one line per event (rendered with the line template), one per line",
     "ids": "the event ids, comma-separated",
-    "hosts": "the hosts of the events, comma-separated",
+    "hosts": "the hosts involved in the events, comma-separated (for a CLUSTER event the "
+             "hosts of its condition)",
     "receiver": "the receiver's name",
     "footer": "'knotify event ID' (or 'knotify events: ID, ID, ...')",
     "incident": "the alert's incident (default grouping): its cluster's hosts, e.g. 'lb1,lb2'",
@@ -42,7 +51,7 @@ ALERT_FIELDS = {
 KNOWN_FIELDS = {**FIELDS, **ALERT_FIELDS}
 
 DEFAULT_TITLE = "[{hosts}] {headline}"
-DEFAULT_LINE = "{time} {host} {kind} {subject}: {change}"
+DEFAULT_LINE = "{when} {host} {kind} {subject}: {change}"
 DEFAULT_BODY = "{lines}\n\n{footer}"
 FORMATS = ("text", "markdown", "html")
 
@@ -103,6 +112,20 @@ def _details(fields: Mapping[str, str]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def arrow(kind: str, prev_state: str, state: str) -> str:
+    """``BACKUP -> MASTER``; a CLUSTER or PEER event raised from no condition is just its
+    state (``SPLIT_BRAIN``), since what came before it was no state at all."""
+    if kind in SYNTHETIC_KINDS and prev_state in (NO_CONDITION, INIT, ""):
+        return state
+    return f"{prev_state} -> {state}"
+
+
+def detail_text(subject: str, detail: str) -> str:
+    """A CLUSTER/PEER event's detail without the ``SUBJECT: `` it starts with."""
+    lead = f"{subject}: "
+    return detail[len(lead):] if subject and detail.startswith(lead) else detail
+
+
 def change_text(alert: str, fields: Mapping[str, str], *, count: int = 0, window: str = "",
                 stable: str = "", since: str = "") -> str:
     """The ``change`` field: what this item says happened."""
@@ -118,6 +141,11 @@ def change_text(alert: str, fields: Mapping[str, str], *, count: int = 0, window
     if alert == TEST:
         return "test message"
     cls = fields.get("class", "transition")
+    if fields.get("kind") in SYNTHETIC_KINDS:
+        said = (arrow(fields.get("kind", ""), fields.get("prev_state", ""), state)
+                if cls == "transition" else fields.get("reported", state))
+        detail = detail_text(fields.get("subject", ""), fields.get("detail", ""))
+        return f"{said}: {detail}" if detail else said
     if cls == "transition":
         return f"{fields.get('prev_state', '')} -> {state}{_details(fields)}"
     reported = fields.get("reported", state)
@@ -138,7 +166,7 @@ def _short(item: Item) -> str:
     if item.alert == TEST:
         return "test"
     if f.get("class", "transition") == "transition":
-        return f"{f.get('prev_state', '')} -> {state}"
+        return arrow(f.get("kind", ""), f.get("prev_state", ""), state)
     return f.get("reported", state)
 
 
@@ -201,7 +229,7 @@ def compose(items: Sequence[Item], templates: Templates, receiver: str = "",
         lines.append(_render(templates.line, DEFAULT_LINE, fields))
     lead = _fields(items[0], receiver)
     ids = list(dict.fromkeys(i.fields.get("id", "") for i in items))
-    hosts = list(dict.fromkeys(i.fields.get("host", "") for i in items))
+    hosts = list(dict.fromkeys(h for i in items for h in _involved(i.fields)))
     lead.update({
         "headline": headline(items),
         "count": str(len(items)),
@@ -222,6 +250,11 @@ def _finish(items: Sequence[Item], templates: Templates, lead: dict[str, str]) -
     return Rendered(title, body, notify_type(items))
 
 
+def _involved(fields: Mapping[str, str]) -> list[str]:
+    text = fields.get("involved") or fields.get("host", "")
+    return [h for h in text.split(", ") if h]
+
+
 def _fields(item: Item, receiver: str) -> dict[str, str]:
     fields = {name: "" for name in KNOWN_FIELDS}
     fields.update(item.fields)
@@ -235,7 +268,9 @@ def _fields(item: Item, receiver: str) -> dict[str, str]:
         fields["headline"] = headline([item])
     fields["count"] = fields["count"] or "1"
     fields["ids"] = fields["ids"] or fields.get("id", "")
-    fields["hosts"] = fields["hosts"] or fields.get("host", "")
+    fields["hosts"] = fields["hosts"] or ", ".join(_involved(fields))
+    if not fields["when"] and fields.get("ts_ns", "").isdigit():
+        fields["when"] = iso_time(int(fields["ts_ns"]))  # queued by an older knotify
     return fields
 
 

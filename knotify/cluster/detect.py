@@ -34,6 +34,7 @@ from typing import Any
 from knotify.cluster.heartbeat import Heartbeat
 from knotify.cluster.settings import ClusterSettings, GroupSpec
 from knotify.event import SYNTHETIC_KINDS, Event, Key
+from knotify.templates import iso_time
 from knotify.tracker import KeyState, Transition
 from knotify.units import format_duration
 
@@ -263,10 +264,11 @@ class Detector:
             if quiet <= self.settings.silent_after * 1e9:
                 return None
             if peer.heard_ns is None:
-                detail = (f"{peer.host}: not heard from for {format_duration(quiet / 1e9)} "
-                          "(not since the router started)")
+                detail = (f"{peer.host}: not heard from since {iso_time(peer.watch_ns)}, "
+                          f"when the router began to watch it ({format_duration(quiet / 1e9)})")
             else:
-                detail = f"{peer.host}: not heard from for {format_duration(quiet / 1e9)}"
+                detail = (f"{peer.host}: not heard from since {iso_time(peer.heard_ns)} "
+                          f"({format_duration(quiet / 1e9)})")
             return self._event(peer.host, PEER, peer.host, PEER_SILENT, now_ns, {
                 "detail": detail, "last_heard_ns": peer.heard_ns,
                 "silent_for_s": round(quiet / 1e9, 3)})

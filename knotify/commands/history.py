@@ -6,11 +6,13 @@ import argparse
 import json
 from typing import Any
 
+from knotify.alerts.render import arrow, detail_text
 from knotify.alerts.report import alert_lines
 from knotify.client import RouterRefused, RouterUnavailable, request
 from knotify.commands import client_settings, fail
-from knotify.commands.table import clean, fmt_time
+from knotify.commands.table import clean
 from knotify.event import ID_CHARS
+from knotify.templates import iso_time
 from knotify.units import format_duration
 
 HELP = "show events newest first, with the actions each one triggered and how they ended"
@@ -82,7 +84,7 @@ def _line(ev: dict[str, Any]) -> str:
     name = ev["name"] + (f" in {ev['vs']}" if ev["vs"] else "")
     state = ev["reported"]
     if ev["class"] == "transition":
-        what = f"{ev['prev_state']} -> {ev['state']}"
+        what = arrow(ev["kind"], ev["prev_state"], ev["state"])
     elif ev["class"] == "invalid":
         what = f"INVALID: {ev['error']}"
     elif ev["class"] == "refused":
@@ -91,13 +93,21 @@ def _line(ev: dict[str, Any]) -> str:
         what = f"{state} ({ev['class']})"
     prio = "" if ev["prio"] is None else f" prio {ev['prio']}"
     extra = ev.get("extra") or {}
+    if ev["source"] == "cluster" and isinstance(extra.get("detail"), str):
+        # What knotify saw: the hosts and states, for how long, since when.
+        what += f": {detail_text(name, extra['detail'])}"
     via = " via spool" if extra.get("via") == "spool" else ""
     clock = extra.get("clock")
     if isinstance(clock, dict) and isinstance(clock.get("ahead_s"), int | float):
         what += (f" (clock ahead by {format_duration(clock['ahead_s'])}: ordered as "
                  "received)")
-    return (f"{fmt_time(ev['ts_ns'])}  {ev['host']}  {ev['kind']} {name}  {what}{prio}  "
+    return (f"{_when(ev['ts_ns'])}  {ev['host']}  {ev['kind']} {name}  {what}{prio}  "
             f"[{ev['source']}{via} seq {ev['seq']}] {ev['id']}")
+
+
+def _when(ns: int) -> str:
+    """``2025-03-14 09:26:53.123+01:00``: the date, and the zone's UTC offset."""
+    return iso_time(ns, "milliseconds").replace("T", " ", 1)
 
 
 def _action(act: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import zmq
 
 from knotify import paths
+from knotify.alerts.render import arrow
 from knotify.commands import client_settings, fail
 from knotify.commands.table import clean, fmt_time
 from knotify.rules import Pattern
@@ -72,7 +73,8 @@ def line(topic: str, data: dict[str, Any], now_ns: int) -> str:
         name = str(data.get("name", "")) + (f" in {data['vs']}" if data.get("vs") else "")
         cls = data.get("class")
         if cls == "transition":
-            what = f"{data.get('prev_state')} -> {data.get('effective')}"
+            what = arrow(str(data.get("kind")), str(data.get("prev_state")),
+                         str(data.get("effective")))
         elif cls == "invalid":
             what = "INVALID"
         else:
