@@ -65,12 +65,16 @@ def test_cluster_groups_label_instances_and_deleted_ones_do_not_count() -> None:
     assert index.cluster_of("r", "CLUSTER", "web") == "web"
 
 
+#: The alert line's date and zone (``when`` in the default line).
+WHEN = "2026-12-03T12:00:01+00:00"
+
+
 def item(host: str, name: str, prev: str, state: str, ident: str, hosts: str = "lb1,lb2",
          kind: str = "INSTANCE") -> render.Item:
     return render.Item("firing", {
         "id": ident, "host": host, "kind": kind, "name": name, "subject": name,
         "state": state, "reported": state, "prev_state": prev, "prio": "", "class": "transition",
-        "duration": "", "time": "12:00:01", "rule": "r", "incident": hosts,
+        "duration": "", "time": "12:00:01", "when": WHEN, "rule": "r", "incident": hosts,
         HOSTS_FIELD: hosts})
 
 
@@ -79,7 +83,7 @@ def test_one_failover_names_both_hosts_and_both_changes() -> None:
                           item("lb2", "VI_1", "BACKUP", "MASTER", "e2")], render.Templates())
     assert out.title == "[lb1, lb2] VI_1: lb1 MASTER -> FAULT, lb2 BACKUP -> MASTER"
     assert out.body.splitlines() == [
-        "12:00:01 lb1 INSTANCE VI_1: MASTER -> FAULT", "12:00:01 lb2 INSTANCE VI_1: BACKUP -> "
+        f"{WHEN} lb1 INSTANCE VI_1: MASTER -> FAULT", f"{WHEN} lb2 INSTANCE VI_1: BACKUP -> "
         "MASTER", "", "knotify events: e1, e2"]
     assert out.notify_type == "failure"
 
@@ -98,9 +102,9 @@ def test_a_mass_failover_is_summed_up_and_its_list_folded_with_the_count() -> No
     assert out.title == ("[lb1, lb2] 300 instances: lb1 MASTER -> FAULT (300), "
                          "lb2 BACKUP -> MASTER (300)")
     body = out.body.splitlines()
-    assert body[:2] == ["12:00:01 lb1 INSTANCE VI_0: MASTER -> FAULT",
-                        "12:00:01 lb2 INSTANCE VI_0: BACKUP -> MASTER"]
-    assert body[23] == "12:00:01 lb2 INSTANCE VI_11: BACKUP -> MASTER"
+    assert body[:2] == [f"{WHEN} lb1 INSTANCE VI_0: MASTER -> FAULT",
+                        f"{WHEN} lb2 INSTANCE VI_0: BACKUP -> MASTER"]
+    assert body[23] == f"{WHEN} lb2 INSTANCE VI_11: BACKUP -> MASTER"
     assert body[24] == "... and 288 more instances (576 changes)"
     assert body[-1] == ("knotify events: " + ", ".join(["a0", "b0", "a1", "b1", "a2", "b2",
                                                          "a3", "b3", "a4", "b4", "a5", "b5"])
@@ -113,10 +117,11 @@ def test_a_mass_failover_is_summed_up_and_its_list_folded_with_the_count() -> No
 
 
 def test_cluster_conditions_raised_together_read_as_one_page() -> None:
-    items = [item("router", f"VI_{i}", "INIT", "NO_MASTER", f"c{i}", kind="CLUSTER")
+    # A first condition comes from none ("OK"): the page names only the condition.
+    items = [item("router", f"VI_{i}", "OK", "NO_MASTER", f"c{i}", kind="CLUSTER")
              for i in range(300)]
     out = render.compose(items, render.Templates(), fold=12)
-    assert out.title == "[lb1, lb2] 300 clusters: INIT -> NO_MASTER (300)"
+    assert out.title == "[lb1, lb2] 300 clusters: NO_MASTER (300)"
     assert "... and 288 more clusters" in out.body
     assert out.body.count(" CLUSTER ") == 12
 

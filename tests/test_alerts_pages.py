@@ -171,7 +171,7 @@ def test_cluster_pages_name_hosts_states_real_from_and_dated_times(
     send(kenv, "n2", "VI_1", "MASTER")
     [split] = wait_for(lambda: pages(http, "SPLIT_BRAIN"), 30, what="the SPLIT_BRAIN page")
     # The title names the hosts that are all MASTER, not the router that noticed.
-    assert split["title"] == "[n1, n2] VI_1 SPLIT_BRAIN", split["title"]
+    assert split["title"] == "[n1, n2] VI_1: SPLIT_BRAIN", split["title"]
     # The body says for how long, who else is there, and when (date and zone).
     assert "n1, n2 are all MASTER for 1" in split["message"], split["message"]
     assert "n3 BACKUP" in split["message"]
@@ -179,27 +179,27 @@ def test_cluster_pages_name_hosts_states_real_from_and_dated_times(
     assert "INIT" not in split["message"] and "INIT" not in split["title"]
     mail = wait_for(lambda: [m for m in smtp.mails if "SPLIT_BRAIN" in m.subject], 30,
                     what="the SPLIT_BRAIN e-mail")[0]
-    assert mail.subject == "[n1, n2] VI_1 SPLIT_BRAIN"
+    assert mail.subject == "[n1, n2] VI_1: SPLIT_BRAIN"
     assert "n1, n2 are all MASTER" in mail.body and ISO.search(mail.body)
 
     send(kenv, "n2", "VI_1", "BACKUP")
     [over] = wait_for(lambda: pages(http, "SPLIT_BRAIN_RESOLVED"), 30,
                       what="the SPLIT_BRAIN_RESOLVED page")
-    assert over["title"] == "[n1, n2, n3] VI_1 SPLIT_BRAIN -> SPLIT_BRAIN_RESOLVED"
+    assert over["title"] == "[n1, n2, n3] VI_1: SPLIT_BRAIN -> SPLIT_BRAIN_RESOLVED"
     assert "n1 is the only MASTER" in over["message"]
 
     send(kenv, "n1", "VI_1", "STOP")  # n2 and n3 are BACKUP: nobody is MASTER
     [none] = wait_for(lambda: pages(http, "NO_MASTER"), 30, what="the NO_MASTER page")
     # The "from" is the previous condition (none), not the resolution before it.
     assert "SPLIT_BRAIN_RESOLVED" not in none["title"] + none["message"]
-    assert none["title"] == "[n1, n2, n3] VI_1 NO_MASTER", none["title"]
+    assert none["title"] == "[n1, n2, n3] VI_1: NO_MASTER", none["title"]
     assert "no MASTER for 1" in none["message"]
     # Every host and its state.
     assert "(n2 BACKUP, n3 BACKUP, n1 STOP)" in none["message"], none["message"]
 
     send(kenv, "n3", "VI_1", "MASTER")
     [back] = wait_for(lambda: pages(http, "MASTER_BACK"), 30, what="the MASTER_BACK page")
-    assert back["title"] == "[n1, n2, n3] VI_1 NO_MASTER -> MASTER_BACK", back["title"]
+    assert back["title"] == "[n1, n2, n3] VI_1: NO_MASTER -> MASTER_BACK", back["title"]
     assert "n3 is MASTER" in back["message"]
 
     # The journal's previous states are the conditions too ...
@@ -357,12 +357,12 @@ def test_a_cluster_rule_pages_once_per_incident_and_once_when_it_ends(
     send(kenv, "n2", "VI_1", "BACKUP")
     [over] = wait_for(lambda: pages(http, "SPLIT_BRAIN_RESOLVED"), 30,
                       what="the page that says the split brain is over")
-    assert over["title"] == "[n1, n2] VI_1 SPLIT_BRAIN -> SPLIT_BRAIN_RESOLVED"
+    assert over["title"] == "[n1, n2] VI_1: SPLIT_BRAIN -> SPLIT_BRAIN_RESOLVED"
     send(kenv, "n1", "VI_1", "BACKUP")
     wait_for(lambda: pages(http, "NO_MASTER"), 30, what="the NO_MASTER page")
     send(kenv, "n1", "VI_1", "MASTER")
     [back] = wait_for(lambda: pages(http, "MASTER_BACK"), 30, what="the MASTER_BACK page")
-    assert back["title"] == "[n1, n2] VI_1 NO_MASTER -> MASTER_BACK"
+    assert back["title"] == "[n1, n2] VI_1: NO_MASTER -> MASTER_BACK"
     # Once per incident and once when it ends: four pages, nothing else.
     assert [r.json["title"].split()[-1] for r in http.got()] == [
         "SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "NO_MASTER", "MASTER_BACK"]

@@ -13,7 +13,7 @@ read well both as a chat message and as a plain-text e-mail::
 
 CLUSTER and PEER events say what knotify saw, with the hosts involved in the title::
 
-    [lb1, lb2] VI_1 SPLIT_BRAIN
+    [lb1, lb2] VI_1: SPLIT_BRAIN
     2025-03-14T12:00:06+01:00 central CLUSTER VI_1: SPLIT_BRAIN: lb1, lb2 are all MASTER
     for 5.0s
 """
@@ -328,7 +328,13 @@ def _compose_incident(items: Sequence[Item], templates: Templates, receiver: str
     ids = list(dict.fromkeys(i.fields.get("id", "") for i in items))
     hosts: list[str] = []
     for item in items:
-        for host in (item.fields.get("host", ""), *item.fields.get(HOSTS_FIELD, "").split(",")):
+        if item.fields.get("kind") in ("CLUSTER", "PEER") and item.fields.get("involved"):
+            # A condition names the hosts it is about (a split brain: its MASTERs),
+            # not every host of the cluster nor the router that noticed it.
+            named: Sequence[str] = _involved(item.fields)
+        else:
+            named = (item.fields.get("host", ""), *item.fields.get(HOSTS_FIELD, "").split(","))
+        for host in named:
             if host and host not in hosts and not (host == item.fields.get("host")
                                                    and item.fields.get("kind") == "CLUSTER"):
                 hosts.append(host)
