@@ -305,6 +305,7 @@ import sys, time
 sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
 from knotify import hook
 s = hook.load_settings({str(kenv.config)!r})
+s.ack_timeout = 30.0  # acked, not spooled, however loaded the machine is
 for i in range(300):
     e = hook.stamp({{"kind": "INSTANCE", "name": "VI_%d" % (i % 9), "prio": 100, "vs": "",
                     "state": ("MASTER", "BACKUP")[i % 2], "form": "send"}}, s, "send",

@@ -58,6 +58,26 @@ def _click(driver: Any, selector: str) -> None:
     wait_for(clicked, 10, interval=0.1, what=f"a click on {selector}")
 
 
+def _attrs(driver: Any, selector: str, attribute: str) -> list[str]:
+    """One attribute of every element ``selector`` finds, read again from the start if
+    the page was (re)drawn meanwhile (the page loading, or a live update)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    got: list[list[str]] = []
+
+    def read() -> bool:
+        try:
+            got.append([e.get_attribute(attribute) or "" for e in
+                        driver.find_elements(By.CSS_SELECTOR, selector)])
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait_for(read, 10, interval=0.1, what=f"a stable read of {selector}")
+    return got[-1]
+
+
 def node_files(kenv: KEnv, node: netns.Node) -> None:
     """The node's config (its host name) and hook wrappers from ``knotify install-hooks``
     with that config built in: keepalived's hook strings need no ``-c FILE``."""
@@ -300,17 +320,14 @@ def test_failover_in_the_browser(kenv: KEnv, router: RouterProcess,
             takeover = next(t for t in trs if t["host"] == "node2" and t["state"] == "MASTER")
             _click(driver, f'a[href="/incident/{takeover["id"]}"]')
             wait_for(lambda: "/incident/" in driver.current_url, 10, what="the incident page")
-            rows = driver.find_elements(By.CSS_SELECTOR, "tr.event-row")
-            shown = [r.get_attribute("data-event-id") for r in rows]
+            shown = _attrs(driver, "tr.event-row", "data-event-id")
             stop1 = next(t for t in trs if t["host"] == "node1" and t["state"] == "STOP")
             assert takeover["id"] in shown and stop1["id"] in shown, shown
-            actions = {(a.get_attribute("data-status")) for a in
-                       driver.find_elements(By.CSS_SELECTOR, "tr.sub.action")}
-            alerts = {(a.get_attribute("data-outcome")) for a in
-                      driver.find_elements(By.CSS_SELECTOR, "tr.sub.alert")}
+            actions = set(_attrs(driver, "tr.sub.action", "data-status"))
+            alerts = set(_attrs(driver, "tr.sub.alert", "data-outcome"))
             assert {"ok", "failed"} <= actions, actions
             assert {"sent", "failed", "silenced"} <= alerts, alerts
-            text = driver.find_element(By.TAG_NAME, "main").text
+            text = "\n".join(_attrs(driver, "main", "innerText"))
             assert "node1 VI_1 MASTER -> STOP" in text and "node2 VI_1 BACKUP -> MASTER" in text
             browser.shoot(driver, "incident")
             pages["incident"] = driver.page_source
