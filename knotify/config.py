@@ -13,32 +13,35 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 
-from knotify import keepalived, paths
+from knotify import paths
 from knotify.actions import KINDS as ACTION_KINDS
 from knotify.actions.base import Action
 from knotify.alerts.receivers import AlertSettings, Receiver, parse_receivers
 from knotify.alerts.receivers import parse_settings as parse_alert_settings
 from knotify.cluster.settings import AgentSettings, ClusterSettings, parse_agent, parse_cluster
-from knotify.event import KINDS, SYNTHETIC_KINDS
 from knotify.metrics import MetricsSettings
 from knotify.metrics import parse_settings as parse_metrics_settings
 from knotify.rules import Match, Pattern, Rule, classes_from
 from knotify.schema import ConfigError, Table
 from knotify.security import must_be_root_only
-from knotify.tracker import INIT, TRANSITION
+from knotify.vocab import (
+    CLUSTER_STATES,
+    FIFO_ONLY_STATES,
+    INIT,
+    KINDS,
+    LVS_STATES,
+    SYNTHETIC_KINDS,
+    SYNTHETIC_STATES,
+    TRANSITION,
+    UNKNOWN_STATE,
+    VRRP_STATES,
+)
 
 EMBEDDED = "<embedded default>"
 
 #: State words a rule may name (wildcards aside): a typo here is an error, not a silent miss.
-KNOWN_STATES = frozenset(
-    keepalived.VRRP_STATES + keepalived.LVS_STATES
-    + ("SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "NO_MASTER", "MASTER_BACK", "PEER_SILENT",
-       "PEER_BACK", "OK", INIT)
-)
-NOTICE_ONLY = frozenset(keepalived.FIFO_ONLY_STATES + (keepalived.UNKNOWN_STATE,))
-#: States only knotify's own CLUSTER and PEER events have.
-SYNTHETIC_STATES = frozenset(("SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "NO_MASTER", "MASTER_BACK",
-                              "PEER_SILENT", "PEER_BACK"))
+KNOWN_STATES = frozenset(VRRP_STATES + LVS_STATES + CLUSTER_STATES + (INIT,))
+NOTICE_ONLY = frozenset(FIFO_ONLY_STATES + (UNKNOWN_STATE,))
 
 
 @dataclass(slots=True)

@@ -16,20 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from knotify import log as logmod
-from knotify.actions.base import (
-    ERROR,
-    INTERRUPTED,
-    SILENCED,
-    SKIPPED,
-    Action,
-    ActionContext,
-    Outcome,
-)
+from knotify.actions.base import Action, ActionContext, Outcome
 from knotify.event import Event, Key
 from knotify.journal import Journal, JournalError
 from knotify.rules import Rule
 from knotify.templates import event_fields
 from knotify.tracker import Tracker, Transition
+from knotify.vocab import ERROR, INTERRUPTED, OK, SILENCED, SKIPPED
 
 
 @dataclass(slots=True)
@@ -245,7 +238,7 @@ class Executor:
 
     @staticmethod
     def _done_line(run: Run, outcome: Outcome, log: Any, ended: int) -> None:
-        if outcome.status in ("ok", "skipped"):
+        if outcome.status in (OK, SKIPPED):
             level = "debug" if run.action.kind == "log" else "info"
         else:
             level = "warning"

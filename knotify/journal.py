@@ -16,10 +16,11 @@ from typing import Any
 
 import orjson
 
-from knotify.actions.base import INTERRUPTED, PENDING, RUNNING, Outcome
+from knotify.actions.base import Outcome
 from knotify.alerts import outbox as alert_outbox
 from knotify.event import Event, Key
 from knotify.tracker import KeyState, Transition
+from knotify.vocab import INTERRUPTED, PENDING, RUNNING
 
 #: 2: events carry ``kid`` (their key's number in ``keys``), indexed instead of the four
 #: key columns: a small integer index costs a third as much to keep up at full intake.

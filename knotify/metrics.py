@@ -18,6 +18,26 @@ from typing import TYPE_CHECKING, Any
 
 from knotify import __version__, spool
 from knotify.schema import Table
+from knotify.vocab import (
+    BACKUP,
+    CLUSTER,
+    CLUSTER_OK,
+    FAULT,
+    GROUP,
+    INSTANCE,
+    LVS_STATES,
+    MASTER,
+    MASTER_BACK,
+    NO_MASTER,
+    PEER,
+    PEER_BACK,
+    PEER_SILENT,
+    RS,
+    SPLIT_BRAIN,
+    SPLIT_BRAIN_RESOLVED,
+    STOP,
+    VS,
+)
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -26,12 +46,12 @@ if TYPE_CHECKING:
 
 #: The states shown (0 or 1) for each kind; the current one is always shown.
 STATES = {
-    "INSTANCE": ("MASTER", "BACKUP", "FAULT", "STOP"),
-    "GROUP": ("MASTER", "BACKUP", "FAULT", "STOP"),
-    "VS": ("UP", "DOWN"),
-    "RS": ("UP", "DOWN"),
-    "CLUSTER": ("OK", "SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "NO_MASTER", "MASTER_BACK"),
-    "PEER": ("PEER_SILENT", "PEER_BACK"),
+    INSTANCE: (MASTER, BACKUP, FAULT, STOP),
+    GROUP: (MASTER, BACKUP, FAULT, STOP),
+    VS: LVS_STATES,
+    RS: LVS_STATES,
+    CLUSTER: (CLUSTER_OK, SPLIT_BRAIN, SPLIT_BRAIN_RESOLVED, NO_MASTER, MASTER_BACK),
+    PEER: (PEER_SILENT, PEER_BACK),
 }
 READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 30.0
@@ -229,7 +249,7 @@ def _cluster(view: dict[str, Any], heartbeats: int) -> Iterator[Metric]:
                     labels=["cluster"])
     for group in view["groups"]:
         label = group["label"]
-        for word in ("OK", "SPLIT_BRAIN", "NO_MASTER"):
+        for word in (CLUSTER_OK, SPLIT_BRAIN, NO_MASTER):
             condition.add_metric([label, word], 1.0 if group["condition"] == word else 0.0)
         masters.add_metric([label], len(group["masters"]))
         members.add_metric([label], len({m["host"] for m in group["members"]}))

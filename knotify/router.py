@@ -53,8 +53,18 @@ from knotify.replay import SpoolReplay
 from knotify.rules import fired
 from knotify.schema import ConfigError
 from knotify.supervisor import Faults, Supervisor
-from knotify.tracker import INVALID_CLASS, REFUSED, STALE, TRANSITION, Tracker, Transition
+from knotify.tracker import Tracker, Transition
 from knotify.trust import LOCAL, PLAIN_TCP, KeyRing, Peer, ZapHandler
+from knotify.vocab import (
+    DELETED,
+    INVALID,
+    INVALID_CLASS,
+    KINDS,
+    REFUSED,
+    SKIPPED,
+    STALE,
+    TRANSITION,
+)
 
 #: What one event-loop turn reads from a socket at most: messages, events (estimated from
 #: the payload, exact for hooks) and bytes, whichever comes first. The work of a turn
@@ -63,7 +73,7 @@ MAX_BATCH = 2000
 MAX_BATCH_EVENTS = 2000
 MAX_BATCH_BYTES = 1024 * 1024
 #: Kinds whose keys count against max_keys (the router's own CLUSTER/PEER events do not).
-KEYED_KINDS = frozenset(("INSTANCE", "GROUP", "VS", "RS"))
+KEYED_KINDS = frozenset(KINDS)
 KEYS_FULL_LOG_EVERY = 60.0
 #: How often keys DELETED for longer than [router] forget_deleted are looked for.
 FORGET_EVERY = 60.0
@@ -381,7 +391,7 @@ class Router:
             rule = rules.get(rule_id)
             if loaded is None or rule is None or idx >= len(rule.actions) \
                     or rule.actions[idx].kind != kind:
-                from knotify.actions.base import SKIPPED, Outcome
+                from knotify.actions.base import Outcome
 
                 with self.journal.transaction():
                     self.journal.finish_run(rowid, Outcome(
@@ -441,7 +451,7 @@ class Router:
                         results.append(True)
                         continue
                     tr = self.tracker.observe(ev)
-                    if tr.state == "DELETED":
+                    if tr.state == DELETED:
                         self._maybe_deleted = True
                     self.journal.add_event(ev, tr)
                     accepted.append((ev, tr))
@@ -534,7 +544,7 @@ class Router:
         if not self._maybe_deleted:
             return False  # (none since the last look: a flood of new names costs nothing)
         deleted = sorted((ks.updated_ns, key) for key, ks in self.tracker.states.items()
-                         if ks.state == "DELETED")
+                         if ks.state == DELETED)
         if not deleted:
             self._maybe_deleted = False
             return False
@@ -555,7 +565,7 @@ class Router:
         assert self.journal is not None
         cutoff = time.time_ns() - int(self.config.forget_deleted * 1e9)
         old = [key for key, ks in self.tracker.states.items()
-               if ks.state == "DELETED" and ks.updated_ns < cutoff]
+               if ks.state == DELETED and ks.updated_ns < cutoff]
         if old:
             with self.journal.transaction():
                 self._forget(old, f"DELETED for longer than {self.config.forget_deleted:g}s")
@@ -1100,7 +1110,7 @@ class Router:
                     events.append(decode_event(w))
                 except WireError as exc:  # (a NUL in a name): kept, as an INVALID event
                     events.append(decode_event(
-                        {**w, "kind": "INVALID", "state": "INVALID", "name": "", "vs": "",
+                        {**w, "kind": INVALID, "state": INVALID, "name": "", "vs": "",
                          "prio": None, "error": str(exc), "raw": w.get("raw")}))
             self.ingest(events)
         except Exception as exc:
@@ -1109,7 +1119,7 @@ class Router:
             # Never drop a FIFO line: it waits in the spool until the journal is back.
             if not wire:
                 wire = [{"v": 1, "id": hook.new_id(), "host": host, "source": "fifo",
-                         "kind": "INVALID", "state": "INVALID", "name": "", "ts_ns": ts,
+                         "kind": INVALID, "state": INVALID, "name": "", "ts_ns": ts,
                          "raw": line[:4096]} for line, ts, _ in lines]
             for w in wire:
                 try:

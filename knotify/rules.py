@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from knotify.actions.base import Action
-from knotify.event import SYNTHETIC_KINDS, Event
-from knotify.tracker import NOTICE, REPEAT, RULE_CLASSES, TRANSITION, Transition
+from knotify.event import Event
+from knotify.tracker import Transition
+from knotify.vocab import NOTICE, REPEAT, RULE_CLASSES, SYNTHETIC_KINDS, TRANSITION
 
 
 @lru_cache(maxsize=4096)

@@ -10,28 +10,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from knotify import keepalived
-from knotify.event import INVALID, Event, Key
-
-INIT = "INIT"
+from knotify.event import Event, Key
+from knotify.vocab import (
+    BACKUP,
+    BACKUP_PRIORITY,
+    GROUP,
+    INIT,
+    INVALID,
+    INVALID_CLASS,
+    MASTER,
+    MASTER_PRIORITY,
+    NOTICE,
+    REPEAT,
+    RX_LOWER_PRI,
+    STALE,
+    TRANSITION,
+    UNKNOWN_STATE,
+)
 
 #: The state a FIFO-only report implies ({UNKNOWN} implies nothing).
 EFFECTIVE = {
-    "MASTER_PRIORITY": "MASTER",
-    "BACKUP_PRIORITY": "BACKUP",
-    "MASTER_RX_LOWER_PRI": "MASTER",
-    keepalived.UNKNOWN_STATE: None,
+    MASTER_PRIORITY: MASTER,
+    BACKUP_PRIORITY: BACKUP,
+    RX_LOWER_PRI: MASTER,
+    UNKNOWN_STATE: None,
 }
-
-TRANSITION = "transition"
-REPEAT = "repeat"
-NOTICE = "notice"
-STALE = "stale"
-INVALID_CLASS = "invalid"
-#: A new key past [router] max_keys: journaled, not tracked, fires nothing.
-REFUSED = "refused"
-RULE_CLASSES = (TRANSITION, REPEAT, NOTICE)
-
 
 @dataclass(slots=True)
 class KeyState:
@@ -157,7 +160,7 @@ class Tracker:
         if ev.mono_ns and ev.boot and not self._leaps(ev, current):
             current.mono_ns, current.boot, current.pid = ev.mono_ns, ev.boot, ev.pid
         current.updated_ns = ev.recv_ns
-        if ev.prio is not None and not (ev.kind == "GROUP" and ev.prio == 0):
+        if ev.prio is not None and not (ev.kind == GROUP and ev.prio == 0):
             current.prio = ev.prio
         if same:
             cls = REPEAT if ev.state == current.state else NOTICE

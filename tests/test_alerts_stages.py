@@ -24,6 +24,7 @@ from knotify.event import Event
 from knotify.journal import Journal
 from knotify.templates import TemplateError
 from knotify.tracker import Tracker
+from knotify.vocab import FAILED, INTERRUPTED, OK, TIMEOUT
 
 S = 1_000_000_000
 
@@ -323,7 +324,7 @@ def test_verdict_all_reached() -> None:
                   {"t": "end"})
     assert res.pid == 7 and res.ended
     v = attempt.verdict(res, [], False)
-    assert v.status == attempt.OK and v.done == ["a", "b"] and v.error == ""
+    assert v.status == OK and v.done == ["a", "b"] and v.error == ""
 
 
 def test_verdict_partial_keeps_what_was_reached_and_names_what_failed() -> None:
@@ -331,26 +332,26 @@ def test_verdict_partial_keeps_what_was_reached_and_names_what_failed() -> None:
                   {"t": "url", "id": "b", "ok": False, "status": "FAILURE", "error": "500"},
                   {"t": "end"})
     v = attempt.verdict(res, [], False)
-    assert v.status == attempt.FAILED and v.done == ["a"] and v.error == "json://b: 500"
+    assert v.status == FAILED and v.done == ["a"] and v.error == "json://b: 500"
 
 
 def test_verdict_after_a_kill_mid_url_retries_that_url_and_skips_done_ones() -> None:
     res = results(PLAN, {"t": "send", "id": "b"})
     v = attempt.verdict(res, ["a"], True, "timed out")
-    assert v.status == attempt.TIMEOUT and v.done == ["a"]
+    assert v.status == TIMEOUT and v.done == ["a"]
     assert [u["status"] for u in v.urls] == ["UNKNOWN"]
 
 
 def test_verdict_without_a_plan() -> None:
     assert attempt.verdict(attempt.Results(), [], False, interrupted=True).status == \
-        attempt.INTERRUPTED
-    assert attempt.verdict(attempt.Results(), [], True).status == attempt.TIMEOUT
+        INTERRUPTED
+    assert attempt.verdict(attempt.Results(), [], True).status == TIMEOUT
     v = attempt.verdict(attempt.Results(), ["x"], False, "the sender exited 1: boom")
-    assert v.status == attempt.FAILED and v.error == "the sender exited 1: boom"
+    assert v.status == FAILED and v.error == "the sender exited 1: boom"
 
 
 def test_verdict_problems_count_as_failures() -> None:
     res = results({"t": "plan", "urls": [], "problems": [{"id": "p", "url": "tgram://...",
                                                           "error": "refused"}]}, {"t": "end"})
     v = attempt.verdict(res, [], False)
-    assert v.status == attempt.FAILED and v.urls[0]["status"] == "INVALID"
+    assert v.status == FAILED and v.urls[0]["status"] == "INVALID"

@@ -30,6 +30,7 @@ from knotify import hook
 from knotify.alerts import attempt, sender
 from knotify.alerts.pool import WorkerPool
 from knotify.schema import ConfigError
+from knotify.vocab import FAILED, INTERRUPTED, OK, SENT, TIMEOUT
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ def test_worker_takes_job_after_job_then_exits_when_stdin_closes(
             assert json.loads(proc.stdout.readline()) == {"id": i}
             res = attempt.read_results(path)
             assert res.pid == proc.pid and res.ended
-            assert attempt.verdict(res, [], False).status == attempt.OK
+            assert attempt.verdict(res, [], False).status == OK
         # Junk in, an answer out, and the worker goes on.
         proc.stdin.write("{not json\n")
         proc.stdin.flush()
@@ -145,7 +146,7 @@ def test_a_job_read_after_its_router_died_is_dropped_unsent(tmp_path: Path,
     assert res.planned is None and not attempt.locked(path)
     # The next router sees an attempt that never began: sent again by itself, at once.
     v = attempt.verdict(res, [], False, interrupted=True)
-    assert v.status == attempt.INTERRUPTED and v.done == []
+    assert v.status == INTERRUPTED and v.done == []
 
 
 # -- the pool, in-process, with real workers ------------------------------------------------
@@ -171,7 +172,7 @@ def test_pool_kills_an_overrunning_worker_with_its_group_and_the_next_job_goes_o
                 os.killpg(first, 0)
             res = attempt.read_results(path)
             assert res.sending is not None  # cut in the middle of its request
-            assert attempt.verdict(res, [], True).status == attempt.TIMEOUT
+            assert attempt.verdict(res, [], True).status == TIMEOUT
             # The pool (size 1) is free again: a new worker takes the next job.
             worker = await pool.acquire()
             assert worker.pid != first
@@ -284,7 +285,7 @@ def test_verdict_says_slow_down_and_the_longest_retry_after() -> None:
         {"t": "url", "id": "c", "ok": True, "status": "SUCCESS"},
         {"t": "end"}]))
     v = attempt.verdict(res, [], False)
-    assert v.status == attempt.FAILED and v.slow_down and v.retry_after == 7.5
+    assert v.status == FAILED and v.slow_down and v.retry_after == 7.5
     assert v.done == ["c"]
     plain = attempt.parse_results("\n".join(json.dumps(r) for r in [
         {"t": "plan", "urls": [{"id": "a", "url": "json://a"}], "problems": []},
@@ -582,7 +583,7 @@ def test_worker_module_keeps_apprise_out_of_the_router() -> None:
 
 
 def test_windows_offer_each_groups_oldest_message_up_to_the_limit(tmp_path: Path) -> None:
-    from knotify.alerts.outbox import SENT, Outbox
+    from knotify.alerts.outbox import Outbox
     from knotify.journal import Journal
 
     journal = Journal(str(tmp_path / "j.db"))

@@ -16,7 +16,8 @@ from knotify.actions.log import LogAction
 from knotify.config import EMBEDDED, FifoSource
 from knotify.event import Event
 from knotify.schema import ConfigError
-from knotify.tracker import NOTICE, REPEAT, TRANSITION, Transition
+from knotify.tracker import Transition
+from knotify.vocab import NOTICE, REPEAT, TRANSITION
 
 FILE = "/etc/knotify/test.toml"
 LOG_ACTION = '[[rule.action]]\ntype = "log"\n'

@@ -23,6 +23,7 @@ from knotify.event import (
     reply,
 )
 from knotify.fifo import event_from_line
+from knotify.vocab import SCRIPT_STATES, VRRP_KINDS, VRRP_STATES
 
 
 def wire(**changes: Any) -> dict[str, Any]:
@@ -80,8 +81,8 @@ def test_decode_rs_event_has_vs_and_label() -> None:
 
 
 @pytest.mark.parametrize(("kind", "state"), [
-    ("INSTANCE", s) for s in keepalived.VRRP_STATES
-] + [("GROUP", s) for s in (*keepalived.SCRIPT_STATES, "{UNKNOWN}")]
+    ("INSTANCE", s) for s in VRRP_STATES
+] + [("GROUP", s) for s in (*SCRIPT_STATES, "{UNKNOWN}")]
   + [("VS", "UP"), ("VS", "DOWN")])
 def test_every_valid_kind_state_pair_is_accepted(kind: str, state: str) -> None:
     assert decode_event(wire(kind=kind, state=state)).state == state
@@ -352,8 +353,8 @@ _generic = st.builds(
     lambda user, kind, name, state, prio: (
         [*user, kind, name, state, str(prio)],
         {"kind": kind, "name": name, "state": state, "prio": prio, "vs": ""}),
-    st.lists(_word, max_size=3), st.sampled_from(keepalived.VRRP_KINDS), _word,
-    st.sampled_from([*keepalived.SCRIPT_STATES, "{UNKNOWN}"]), st.integers(0, 255))
+    st.lists(_word, max_size=3), st.sampled_from(VRRP_KINDS), _word,
+    st.sampled_from([*SCRIPT_STATES, "{UNKNOWN}"]), st.integers(0, 255))
 _short_vrrp = st.builds(
     lambda prefix, verb_state, name: (
         [*prefix, verb_state[0], name],
@@ -422,7 +423,7 @@ def test_property_every_fifo_line_becomes_a_decodable_event(line: str) -> None:
 
 @given(kind=st.sampled_from(["INSTANCE", "GROUP", "VS", "RS", "instance", "group", "vs"]),
        name=st.text(min_size=1, max_size=50),
-       state=st.sampled_from([*keepalived.VRRP_STATES, "UP", "DOWN", "up", "master"]),
+       state=st.sampled_from([*VRRP_STATES, "UP", "DOWN", "up", "master"]),
        prio=st.one_of(st.none(), st.integers(0, 300).map(str)))
 def test_property_every_manual_event_is_accepted_by_the_router(
     kind: str, name: str, state: str, prio: str | None

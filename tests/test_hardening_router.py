@@ -24,12 +24,13 @@ from conftest import KEnv, RouterProcess, wait_for
 
 from knotify import config as configmod
 from knotify import log as logmod
-from knotify.actions.base import OK, RUNNING, Outcome
+from knotify.actions.base import Outcome
 from knotify.actions.exec import run_process
 from knotify.event import Event
 from knotify.executor import Executor, Run
 from knotify.journal import Journal, JournalError
 from knotify.tracker import Tracker, Transition
+from knotify.vocab import OK, RUNNING
 
 LOG_RULE = """
 [[rule]]

@@ -9,7 +9,8 @@ from knotify.actions.log import LogAction
 from knotify.event import Event
 from knotify.rules import Match, Pattern, Rule, _glob_match, classes_from, fired
 from knotify.templates import Template
-from knotify.tracker import INIT, NOTICE, REPEAT, STALE, TRANSITION, Tracker, Transition
+from knotify.tracker import Tracker, Transition
+from knotify.vocab import INIT, NOTICE, REPEAT, STALE, TRANSITION
 
 
 def ev(state: str = "MASTER", *, kind: str = "INSTANCE", name: str = "VI_1", vs: str = "",

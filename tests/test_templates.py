@@ -9,7 +9,8 @@ import pytest
 
 from knotify.event import Event
 from knotify.templates import FIELDS, Template, TemplateError, event_fields
-from knotify.tracker import INIT, NOTICE, REPEAT, TRANSITION, Transition
+from knotify.tracker import Transition
+from knotify.vocab import INIT, NOTICE, REPEAT, TRANSITION
 
 S = 1_000_000_000
 

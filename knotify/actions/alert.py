@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from knotify.actions.base import ERROR, Action, ActionContext, Outcome
+from knotify.actions.base import Action, ActionContext, Outcome
 from knotify.alerts import render
 from knotify.templates import TemplateError
 from knotify.units import format_duration
+from knotify.vocab import ERROR
 
 if TYPE_CHECKING:
     from knotify.config import Config

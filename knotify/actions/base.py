@@ -12,16 +12,6 @@ if TYPE_CHECKING:
     from knotify.schema import Table
     from knotify.tracker import Transition
 
-OK = "ok"
-FAILED = "failed"
-TIMEOUT = "timeout"
-ERROR = "error"
-SKIPPED = "skipped"
-INTERRUPTED = "interrupted"
-PENDING = "pending"
-RUNNING = "running"
-SILENCED = "silenced"
-
 
 @dataclass(slots=True)
 class Outcome:

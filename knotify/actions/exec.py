@@ -19,9 +19,10 @@ import signal
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from knotify.actions.base import ERROR, FAILED, OK, TIMEOUT, Action, ActionContext, Outcome
+from knotify.actions.base import Action, ActionContext, Outcome
 from knotify.security import must_be_root_only
 from knotify.templates import Template, TemplateError
+from knotify.vocab import ERROR, FAILED, OK, TIMEOUT
 
 if TYPE_CHECKING:
     from knotify.config import Config

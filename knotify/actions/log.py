@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from knotify import log as logmod
-from knotify.actions.base import OK, Action, ActionContext, Outcome
+from knotify.actions.base import Action, ActionContext, Outcome
 from knotify.templates import Template, TemplateError, event_fields
+from knotify.vocab import OK
 
 if TYPE_CHECKING:
     from knotify.config import Config

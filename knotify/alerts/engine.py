@@ -34,7 +34,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from knotify.actions.base import OK, SILENCED, SKIPPED, ActionContext, Outcome
+from knotify.actions.base import ActionContext, Outcome
 from knotify.alerts import attempt, flap, grouping, outbox, render, repeat
 from knotify.alerts.outbox import Outbox, StreamRow
 from knotify.alerts.pool import PoolError, Worker, WorkerPool
@@ -45,8 +45,24 @@ from knotify.alerts.stream import Stream
 from knotify.event import Event, WireError
 from knotify.journal import JournalError
 from knotify.templates import event_fields
-from knotify.tracker import NOTICE, TRANSITION, KeyState, Tracker, Transition
+from knotify.tracker import KeyState, Tracker, Transition
 from knotify.units import format_duration
+from knotify.vocab import (
+    COMPOSED,
+    DROPPED,
+    EXPIRED,
+    INTERRUPTED,
+    NOTICE,
+    OK,
+    PENDING,
+    SENDING,
+    SENT,
+    SILENCED,
+    SKIPPED,
+    SUPPRESSED,
+    TRANSITION,
+    WAITING,
+)
 
 if TYPE_CHECKING:
     from knotify.actions.alert import AlertAction
@@ -221,7 +237,7 @@ class AlertEngine:
                 fields["change"] = render.change_text(alert, fields)
         if alert is None:
             for receiver in row.receivers:
-                self._add_item(row, run, ev.id, receiver, render.FIRING, outbox.SUPPRESSED,
+                self._add_item(row, run, ev.id, receiver, render.FIRING, SUPPRESSED,
                                reason, fields, now)
             self.outbox.put_stream(row)
             outcome = Outcome(SKIPPED, detail=reason)
@@ -282,11 +298,11 @@ class AlertEngine:
             match = self.silences.match({**fields, "receiver": receiver}, now)
             if match is not None:
                 silenced.append((receiver, match))
-                self._add_item(row, run, event_id, receiver, alert, outbox.SILENCED,
+                self._add_item(row, run, event_id, receiver, alert, SILENCED,
                                match.describe(), fields, now)
             else:
                 queued.append(receiver)
-                self._add_item(row, run, event_id, receiver, alert, outbox.WAITING, None,
+                self._add_item(row, run, event_id, receiver, alert, WAITING, None,
                                fields, now)
         return queued, silenced
 
@@ -440,7 +456,7 @@ class AlertEngine:
         receiver = self.config.receivers.get(name)
         event_ids = list(dict.fromkeys(i.event_id for i in items))
         if receiver is None:
-            self.outbox.set_items(rowids, outbox.DROPPED,
+            self.outbox.set_items(rowids, DROPPED,
                                   f"receiver {name!r} is no longer in the config")
             self.log.error("alert.dropped", event_ids=event_ids, receiver=name,
                            reason="the receiver is no longer in the config")
@@ -449,7 +465,7 @@ class AlertEngine:
         for item in items:
             match = self.silences.match({**item.fields, "receiver": name}, now)
             if match is not None:
-                self.outbox.set_items([item.rowid], outbox.SILENCED, match.describe())
+                self.outbox.set_items([item.rowid], SILENCED, match.describe())
                 self.log.info("alert.silenced", event_id=item.event_id, receiver=name,
                               silence=match.id)
             else:
@@ -465,7 +481,7 @@ class AlertEngine:
         message = self.outbox.add_message(name, alert, rendered.title, rendered.body,
                                           rendered.notify_type, ids, now,
                                           group_key=keep[0].group_key)
-        self.outbox.set_items([i.rowid for i in keep], outbox.COMPOSED, message=message)
+        self.outbox.set_items([i.rowid for i in keep], COMPOSED, message=message)
         self.log.info("alert.composed", event_ids=ids, message=message, receiver=name,
                       alert=alert, items=len(keep), title=rendered.title)
 
@@ -492,16 +508,16 @@ class AlertEngine:
         per = s.max_parallel_per_receiver
         for name, window in self.outbox.windows(
                 lambda receiver: AHEAD * per + settling.get(receiver, 0)).items():
-            failing = any(m.attempts > (1 if m.status == outbox.SENDING else 0)
+            failing = any(m.attempts > (1 if m.status == SENDING else 0)
                           for m in window)
             receiver = self.config.receivers.get(name)
             for message in list(window):
-                if message.rowid in self.inflight or message.status == outbox.SENDING:
+                if message.rowid in self.inflight or message.status == SENDING:
                     continue
                 if receiver is None:
                     with self.journal.transaction():
                         self.outbox.update_message(
-                            message.rowid, status=outbox.DROPPED, ended_ns=now,
+                            message.rowid, status=DROPPED, ended_ns=now,
                             detail="the receiver is no longer in the config")
                     self.log.error("alert.dropped", event_ids=message.event_ids,
                                    message=message.rowid, receiver=name,
@@ -527,7 +543,7 @@ class AlertEngine:
             # worker is, and no commit is in its way.
             limit = 1 if failing else AHEAD * per
             for message in window[:1] if failing else window:
-                if message.rowid in self.inflight or message.status == outbox.SENDING:
+                if message.rowid in self.inflight or message.status == SENDING:
                     continue
                 if message.next_ns > now:
                     nxt = message.next_ns if nxt is None else min(nxt, message.next_ns)
@@ -571,7 +587,7 @@ class AlertEngine:
         detail = (f"gave up after {message.attempts} attempt(s): older than max_age "
                   f"{format_duration(self.settings.max_age)}"
                   + (f"; last error: {message.detail}" if message.detail else ""))
-        self.outbox.update_message(message.rowid, status=outbox.EXPIRED, ended_ns=now,
+        self.outbox.update_message(message.rowid, status=EXPIRED, ended_ns=now,
                                    detail=detail)
         self._count("expired")
         self.log.error("alert.expired", event_ids=message.event_ids, message=message.rowid,
@@ -847,12 +863,12 @@ class AlertEngine:
         delay = 0.0
         hold_ns = 0
         self.outbox.finish_attempt(attempt_id, v.status, urls, error, now)
-        if v.status == attempt.OK:
-            self.outbox.update_message(message_id, status=outbox.SENT, done=v.done,
+        if v.status == OK:
+            self.outbox.update_message(message_id, status=SENT, done=v.done,
                                        ended_ns=now,
                                        detail=f"delivered on attempt {message.attempts}")
         else:
-            if v.status == attempt.INTERRUPTED and res.planned is None:
+            if v.status == INTERRUPTED and res.planned is None:
                 delay = 0.0
             else:
                 delay = outbox.backoff(message.attempts, self.settings.retry_initial,
@@ -865,7 +881,7 @@ class AlertEngine:
                 delay = min(delay, self.settings.max_age)
                 hold_ns = now + int(delay * 1e9)
                 self.outbox.hold(receiver_name, hold_ns)
-            self.outbox.update_message(message_id, status=outbox.PENDING,
+            self.outbox.update_message(message_id, status=PENDING,
                                        next_ns=now + int(delay * 1e9), done=v.done,
                                        detail=error)
         return _Settled(message, receiver_name, v, urls, error, delay, hold_ns)
@@ -881,7 +897,7 @@ class AlertEngine:
         self._count(f"attempt_{v.status}")
         fields = {"event_ids": message.event_ids, "message": message.rowid,
                   "receiver": s.receiver, "attempt": message.attempts, "urls": shown}
-        if v.status == attempt.OK:
+        if v.status == OK:
             self.log.info("alert.delivered", **fields)
         else:
             self.log.warning("alert.attempt_failed", status=v.status, error=s.error,
@@ -892,7 +908,7 @@ class AlertEngine:
             self.log.warning("alert.slow_down", receiver=s.receiver, message=message.rowid,
                              retry_after=v.retry_after, hold_s=round(s.delay, 3))
         self.publish("alert", {**fields, "status": v.status, "title": message.title})
-        if v.status == attempt.OK:
+        if v.status == OK:
             self._kick()
         else:
             self.wake()  # a retry time to sleep towards, perhaps a fallback

@@ -31,19 +31,6 @@ from knotify.alerts.grouping import Waiting
 from knotify.alerts.stream import Stream
 from knotify.event import Key
 
-WAITING = "waiting"
-COMPOSED = "composed"
-SILENCED = "silenced"
-SUPPRESSED = "suppressed"
-DROPPED = "dropped"
-
-PENDING = "pending"
-SENDING = "sending"
-SENT = "sent"
-EXPIRED = "expired"
-
-RUNNING = "running"
-
 SCHEMA = silence.SCHEMA + """
 CREATE TABLE IF NOT EXISTS alert_items (
     rowid INTEGER PRIMARY KEY,
