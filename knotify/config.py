@@ -19,10 +19,11 @@ from knotify.actions.base import Action
 from knotify.alerts.receivers import AlertSettings, Receiver, parse_receivers
 from knotify.alerts.receivers import parse_settings as parse_alert_settings
 from knotify.cluster.settings import AgentSettings, ClusterSettings, parse_agent, parse_cluster
+from knotify.errors import ConfigError, KeyFileError
 from knotify.metrics import MetricsSettings
 from knotify.metrics import parse_settings as parse_metrics_settings
 from knotify.rules import Match, Pattern, Rule, classes_from
-from knotify.schema import ConfigError, Table
+from knotify.schema import Table
 from knotify.security import must_be_root_only
 from knotify.vocab import (
     CLUSTER_STATES,
@@ -277,7 +278,7 @@ def _key_file(t: Table, key: str, *, secret: bool) -> str:
             transport.load_secret(path)
         else:
             transport.load_public(path)
-    except transport.KeyFileError as exc:
+    except KeyFileError as exc:
         raise t.error(key, str(exc)) from None
     return path
 

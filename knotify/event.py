@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from knotify import keepalived
+from knotify.errors import WireError
 from knotify.vocab import (
     GROUP,
     INSTANCE,
@@ -45,9 +46,6 @@ STATES_BY_KIND = {
 
 Key = tuple[str, str, str, str]
 
-
-class WireError(ValueError):
-    """A message the router refuses; the text says which field and why."""
 
 
 @dataclass(slots=True)

@@ -17,8 +17,9 @@ from typing import Any
 
 from knotify import log as logmod
 from knotify.actions.base import Action, ActionContext, Outcome
+from knotify.errors import JournalError
 from knotify.event import Event, Key
-from knotify.journal import Journal, JournalError
+from knotify.journal import Journal
 from knotify.rules import Rule
 from knotify.templates import event_fields
 from knotify.tracker import Tracker, Transition

@@ -18,6 +18,7 @@ import orjson
 
 from knotify.actions.base import Outcome
 from knotify.alerts import outbox as alert_outbox
+from knotify.errors import JournalError
 from knotify.event import Event, Key
 from knotify.tracker import KeyState, Transition
 from knotify.vocab import INTERRUPTED, PENDING, RUNNING
@@ -108,9 +109,6 @@ def _dumps(data: dict[str, Any]) -> str:
     except TypeError:  # lone surrogates (undecodable argv bytes): json escapes them
         return json.dumps(data, ensure_ascii=True)
 
-
-class JournalError(RuntimeError):
-    """The journal could not be written (disk full, locked, I/O error)."""
 
 
 #: SQLite's primary result codes for a damaged file.

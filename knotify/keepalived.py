@@ -8,6 +8,7 @@ keepalived's hot path. The formats are those measured on keepalived 2.2.7
 
 from __future__ import annotations
 
+from knotify.errors import ParseError
 from knotify.vocab import (
     BACKUP,
     DELETED,
@@ -57,9 +58,6 @@ USAGE = (
     "'rs-up|rs-down RS VS', 'vs-up|vs-down VS'"
 )
 
-
-class ParseError(ValueError):
-    """An input keepalived (or a user) gave that is not one of the known forms."""
 
 
 def safe_text(text: str) -> str:

@@ -35,23 +35,14 @@ from knotify.alerts.engine import OPS as ALERT_OPS
 from knotify.alerts.engine import AlertEngine
 from knotify.cluster.monitor import TICK as CLUSTER_TICK
 from knotify.cluster.monitor import ClusterMonitor
-from knotify.event import (
-    Event,
-    WireError,
-    acked,
-    check_text,
-    decode_event,
-    decode_message,
-    encode,
-    reply,
-)
+from knotify.errors import ConfigError, JournalError, ResyncError, RouterError, WireError
+from knotify.event import Event, acked, check_text, decode_event, decode_message, encode, reply
 from knotify.executor import Executor, Run
 from knotify.fifo import RESYNC_DELAY, AsyncFifoReader, event_from_line
 from knotify.fifo import TURN as FIFO_TURN
-from knotify.journal import Journal, JournalError, corrupt
+from knotify.journal import Journal, corrupt
 from knotify.replay import SpoolReplay
 from knotify.rules import fired
-from knotify.schema import ConfigError
 from knotify.supervisor import Faults, Supervisor
 from knotify.tracker import Tracker, Transition
 from knotify.trust import LOCAL, PLAIN_TCP, KeyRing, Peer, ZapHandler
@@ -171,9 +162,6 @@ def raise_nofile() -> int:
             soft = want
     return soft
 
-
-class RouterError(RuntimeError):
-    """The router cannot start; the message says why and what to do."""
 
 
 class Router:
@@ -391,8 +379,6 @@ class Router:
             rule = rules.get(rule_id)
             if loaded is None or rule is None or idx >= len(rule.actions) \
                     or rule.actions[idx].kind != kind:
-                from knotify.actions.base import Outcome
-
                 with self.journal.transaction():
                     self.journal.finish_run(rowid, Outcome(
                         SKIPPED, detail="its rule or action is no longer in the config"),
@@ -1146,7 +1132,7 @@ class Router:
                 pid = resync.read_pidfile(source.pidfile)
                 instances = await asyncio.get_running_loop().run_in_executor(
                     None, resync.snapshot, pid, source.json_file)
-            except resync.ResyncError as exc:
+            except ResyncError as exc:
                 log.warning("resync.failed", error=str(exc))
                 return
         # Lines keepalived wrote before its dump are older than the snapshot: hand

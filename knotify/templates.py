@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Callable, Mapping
 
+from knotify.errors import TemplateError
 from knotify.event import Event
 from knotify.tracker import Transition
 from knotify.units import format_duration
@@ -38,9 +39,6 @@ FIELDS = {
     "detail": "extra text for events knotify makes (e.g. which hosts are MASTER)",
 }
 
-
-class TemplateError(ValueError):
-    pass
 
 
 class Template:

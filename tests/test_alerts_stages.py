@@ -12,17 +12,11 @@ from hypothesis import strategies as st
 from knotify.alerts import attempt, flap, grouping, render, repeat
 from knotify.alerts.outbox import Outbox, backoff
 from knotify.alerts.redact import scheme, scrub, secret_tokens, short_url, url_id
-from knotify.alerts.silence import (
-    Silence,
-    SilenceError,
-    first_match,
-    parse_matcher,
-    parse_matchers,
-)
+from knotify.alerts.silence import Silence, first_match, parse_matcher, parse_matchers
 from knotify.alerts.stream import Stream
+from knotify.errors import SilenceError, TemplateError
 from knotify.event import Event
 from knotify.journal import Journal
-from knotify.templates import TemplateError
 from knotify.tracker import Tracker
 from knotify.vocab import FAILED, INTERRUPTED, OK, TIMEOUT
 

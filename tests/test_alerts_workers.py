@@ -29,7 +29,7 @@ from conftest import ROOT, KEnv, RouterProcess, wait_for
 from knotify import hook
 from knotify.alerts import attempt, sender
 from knotify.alerts.pool import WorkerPool
-from knotify.schema import ConfigError
+from knotify.errors import ConfigError
 from knotify.vocab import FAILED, INTERRUPTED, OK, SENT, TIMEOUT
 
 

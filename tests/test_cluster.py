@@ -14,9 +14,9 @@ from knotify import spool
 from knotify.cluster import heartbeat
 from knotify.cluster.detect import Detector
 from knotify.cluster.settings import ClusterSettings, GroupSpec
-from knotify.event import Event, Key, WireError
+from knotify.errors import ConfigError, WireError
+from knotify.event import Event, Key
 from knotify.rules import Pattern
-from knotify.schema import ConfigError
 from knotify.tracker import KeyState, Tracker
 from knotify.vocab import (
     CLUSTER_OK,

@@ -14,8 +14,8 @@ from knotify import paths
 from knotify.actions.exec import ExecAction
 from knotify.actions.log import LogAction
 from knotify.config import EMBEDDED, FifoSource
+from knotify.errors import ConfigError
 from knotify.event import Event
-from knotify.schema import ConfigError
 from knotify.tracker import Transition
 from knotify.vocab import NOTICE, REPEAT, TRANSITION
 

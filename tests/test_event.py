@@ -12,16 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from knotify import fastjson, hook, keepalived
-from knotify.event import (
-    MAX_MESSAGE,
-    Event,
-    WireError,
-    acked,
-    decode_event,
-    decode_message,
-    encode,
-    reply,
-)
+from knotify.errors import ParseError, WireError
+from knotify.event import MAX_MESSAGE, Event, acked, decode_event, decode_message, encode, reply
 from knotify.fifo import event_from_line
 from knotify.vocab import SCRIPT_STATES, VRRP_KINDS, VRRP_STATES
 
@@ -406,7 +398,7 @@ def test_property_every_parsed_argv_is_accepted_by_the_router(words: list[str]) 
     """Arbitrary words: refused with a reason, or (rarely) parsed, and then accepted."""
     try:
         fields = keepalived.parse_argv(words)
-    except keepalived.ParseError as exc:
+    except ParseError as exc:
         assert str(exc)
         return
     ev = _decoded(fields, words)
@@ -430,7 +422,7 @@ def test_property_every_manual_event_is_accepted_by_the_router(
 ) -> None:
     try:
         fields = keepalived.build_manual(kind, name, state, prio)
-    except keepalived.ParseError:
+    except ParseError:
         return
     event = hook.stamp(fields, _settings(), "send", time.time_ns())
     decode_event(json.loads(fastjson.dumps(event)))

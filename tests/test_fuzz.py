@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from knotify import config as configmod
 from knotify import hook, keepalived
-from knotify.event import WireError, decode_event, decode_message
-from knotify.schema import ConfigError
-from knotify.templates import FIELDS, Template, TemplateError
+from knotify.errors import ConfigError, ParseError, TemplateError, WireError
+from knotify.event import decode_event, decode_message
+from knotify.templates import FIELDS, Template
 from knotify.vocab import SCRIPT_STATES, UNKNOWN_STATE, VRRP_KINDS, VRRP_STATES
 
 FUZZ = settings(max_examples=400, deadline=2000,
@@ -55,7 +55,7 @@ def _check_fields(fields: dict[str, object]) -> None:
 def test_argv_parser_accepts_or_explains(argv: list[str]) -> None:
     try:
         fields = keepalived.parse_argv(argv)
-    except keepalived.ParseError as exc:
+    except ParseError as exc:
         assert str(exc)
         return
     _check_fields(fields)
@@ -100,7 +100,7 @@ def test_a_name_that_is_not_utf8_is_shown_with_its_bytes_escaped() -> None:
 def test_fifo_line_parser_accepts_or_explains(line: str) -> None:
     try:
         fields = keepalived.parse_fifo_line(line)
-    except keepalived.ParseError as exc:
+    except ParseError as exc:
         assert str(exc)
         return
     _check_fields(fields)

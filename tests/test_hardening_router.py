@@ -26,9 +26,10 @@ from knotify import config as configmod
 from knotify import log as logmod
 from knotify.actions.base import Outcome
 from knotify.actions.exec import run_process
+from knotify.errors import JournalError
 from knotify.event import Event
 from knotify.executor import Executor, Run
-from knotify.journal import Journal, JournalError
+from knotify.journal import Journal
 from knotify.tracker import Tracker, Transition
 from knotify.vocab import OK, RUNNING
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from knotify.errors import JournalError
 from knotify.event import Event
-from knotify.journal import SCHEMA_VERSION, Journal, JournalError
+from knotify.journal import SCHEMA_VERSION, Journal
 from knotify.tracker import Transition
 
 # The events table and its index as schema 1 (knotify 0.1.0 before key numbers) made them.

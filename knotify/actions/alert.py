@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from knotify.actions.base import Action, ActionContext, Outcome
 from knotify.alerts import render
-from knotify.templates import TemplateError
+from knotify.errors import JournalError, TemplateError
 from knotify.units import format_duration
 from knotify.vocab import ERROR
 
@@ -59,8 +59,6 @@ class AlertAction(Action):
         return cls(tuple(dict.fromkeys(names)), spec, repeat_s)
 
     async def run(self, ctx: ActionContext) -> Outcome:
-        from knotify.journal import JournalError  # not at import: journal imports actions
-
         engine = ctx.extra.get("alerts")
         if engine is None:
             return Outcome(ERROR, detail="no alert engine in this process")

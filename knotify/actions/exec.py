@@ -20,8 +20,9 @@ import subprocess
 from typing import TYPE_CHECKING, Any
 
 from knotify.actions.base import Action, ActionContext, Outcome
+from knotify.errors import TemplateError
 from knotify.security import must_be_root_only
-from knotify.templates import Template, TemplateError
+from knotify.templates import Template
 from knotify.vocab import ERROR, FAILED, OK, TIMEOUT
 
 if TYPE_CHECKING:

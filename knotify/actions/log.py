@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from knotify import log as logmod
 from knotify.actions.base import Action, ActionContext, Outcome
-from knotify.templates import Template, TemplateError, event_fields
+from knotify.errors import TemplateError
+from knotify.templates import Template, event_fields
 from knotify.vocab import OK
 
 if TYPE_CHECKING:

@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any
 from knotify.actions.base import ActionContext, Outcome
 from knotify.alerts import attempt, flap, grouping, outbox, render, repeat
 from knotify.alerts.outbox import Outbox, StreamRow
-from knotify.alerts.pool import PoolError, Worker, WorkerPool
+from knotify.alerts.pool import Worker, WorkerPool
 from knotify.alerts.receivers import AlertSettings, Receiver
 from knotify.alerts.redact import scrub
-from knotify.alerts.silence import Silence, SilenceError, SilenceStore
+from knotify.alerts.silence import Silence, SilenceStore
 from knotify.alerts.stream import Stream
-from knotify.event import Event, WireError
-from knotify.journal import JournalError
+from knotify.errors import JournalError, PoolError, SilenceError, WireError
+from knotify.event import Event
 from knotify.templates import event_fields
 from knotify.tracker import KeyState, Tracker, Transition
 from knotify.units import format_duration

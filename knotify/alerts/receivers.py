@@ -21,8 +21,8 @@ from knotify.alerts.flap import FlapPolicy
 from knotify.alerts.grouping import GROUP_FIELDS
 from knotify.alerts.redact import scrub
 from knotify.alerts.repeat import RepeatPolicy
-from knotify.schema import ConfigError, Table
-from knotify.templates import TemplateError
+from knotify.errors import ConfigError, TemplateError
+from knotify.schema import Table
 from knotify.units import format_duration
 
 CHECK_TIMEOUT = 60.0

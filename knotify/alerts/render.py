@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from knotify.templates import FIELDS, Template, TemplateError
+from knotify.errors import TemplateError
+from knotify.templates import FIELDS, Template
 
 FIRING = "firing"
 REPEAT = "repeat"

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from knotify.errors import SilenceError
 from knotify.rules import Pattern
 
 #: What a matcher can name (``from`` is the previous state; ``receiver`` only ever
@@ -24,9 +25,6 @@ MATCH_FIELDS = ("host", "kind", "name", "vs", "subject", "state", "from", "rule"
 _UPPER = frozenset({"kind", "state", "from"})
 MAX_MATCHERS = 32
 
-
-class SilenceError(ValueError):
-    """A matcher or silence request that cannot be used; the text says why."""
 
 
 @dataclass(slots=True, frozen=True)

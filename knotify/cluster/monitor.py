@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from knotify.cluster import heartbeat
 from knotify.cluster.detect import Detector
-from knotify.event import Event, WireError, reply
-from knotify.journal import Journal, JournalError
+from knotify.errors import JournalError, WireError
+from knotify.event import Event, reply
+from knotify.journal import Journal
 from knotify.tracker import Tracker, Transition
 
 if TYPE_CHECKING:

@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 from knotify.alerts.report import alert_lines
-from knotify.client import RouterRefused, RouterUnavailable, request
+from knotify.client import request
 from knotify.commands import client_settings, fail
 from knotify.commands.table import clean, fmt_time
+from knotify.errors import RouterRefused, RouterUnavailable
 from knotify.units import format_duration
 
 HELP = "show events newest first, with the actions each one triggered and how they ended"

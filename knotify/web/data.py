@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from knotify.errors import JournalUnavailable
+
 #: Kinds whose states form a failover picture (one lane per host).
 VRRP_KINDS = ("INSTANCE", "GROUP")
 #: Transitions closer than this (on any lane of a cluster) belong to one incident.
@@ -42,9 +44,6 @@ _CHUNK = 500
 EVENT_COLUMNS = ("rowid, id, host, kind, name, vs, state, effective, prio, seq, ts_ns, "
                  "recv_ns, source, form, class, prev_state, prev_since_ns, error, data")
 
-
-class JournalUnavailable(RuntimeError):
-    """The journal cannot be read (not created yet, no permission); the text says why."""
 
 
 def connect(path: str) -> sqlite3.Connection:
