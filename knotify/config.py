@@ -15,13 +15,13 @@ from importlib import resources
 
 from knotify import paths
 from knotify.actions import KINDS as ACTION_KINDS
-from knotify.actions.base import Action
+from knotify.actions.base import Action, ActionSettings, Defaults
 from knotify.alerts.receivers import AlertSettings, Receiver, parse_receivers
 from knotify.alerts.receivers import parse_settings as parse_alert_settings
 from knotify.cluster.settings import AgentSettings, ClusterSettings, parse_agent, parse_cluster
 from knotify.errors import ConfigError, KeyFileError
-from knotify.metrics import MetricsSettings
-from knotify.metrics import parse_settings as parse_metrics_settings
+from knotify.metrics_settings import MetricsSettings
+from knotify.metrics_settings import parse_settings as parse_metrics_settings
 from knotify.rules import Match, Pattern, Rule, classes_from
 from knotify.schema import Table
 from knotify.security import must_be_root_only
@@ -43,13 +43,6 @@ EMBEDDED = "<embedded default>"
 #: State words a rule may name (wildcards aside): a typo here is an error, not a silent miss.
 KNOWN_STATES = frozenset(VRRP_STATES + LVS_STATES + CLUSTER_STATES + (INIT,))
 NOTICE_ONLY = frozenset(FIFO_ONLY_STATES + (UNKNOWN_STATE,))
-
-
-@dataclass(slots=True)
-class Defaults:
-    exec_timeout: float = 30.0
-    service_timeout: float = 90.0
-    systemctl: str = "systemctl"
 
 
 @dataclass(slots=True, frozen=True)
@@ -364,9 +357,10 @@ def _rule(t: Table, config: Config) -> Rule:
                       "and PEER events, which reach only rules that name their kind; add "
                       "kind = [\"CLUSTER\", \"PEER\"] (or the one you mean)")
     actions: list[Action] = []
+    settings = ActionSettings(config.defaults, frozenset(config.receivers))
     for a in t.tables("action"):
         kind = a.text("type", choices=tuple(ACTION_KINDS))
-        actions.append(ACTION_KINDS[kind].from_config(a, config))
+        actions.append(ACTION_KINDS[kind].from_config(a, settings))
         a.done()
     if not actions:
         raise t.error("action", "the rule has no [[rule.action]]")

@@ -966,6 +966,22 @@ class Router:
             reason = self.faults.record("command", exc, op=op[:40])
             return reply(False, error=f"internal error: {reason}")
 
+    def metrics_snapshot(self) -> metricsmod.Snapshot:
+        """What a metrics scrape shows, copied in the event loop."""
+        ex = self.executor
+        return metricsmod.Snapshot(
+            states=[(key, ks.state, ks.since_ns, ks.prio, ks.epoch)
+                    for key, ks in self.tracker.states.items()],
+            stats={**self.stats, "curve_refused": self.zap.refused if self.zap is not None
+                   else 0},
+            faults=dict(self.faults.counts), loops=self.supervisor.view(),
+            actions=dict(ex.counts) if ex else {}, queued=ex.queued if ex else 0,
+            running=len(ex.active) if ex else 0,
+            spool_depth=spool.depth(self.config.hook.spool_dir),
+            alerts=self.alerts.info() if self.alerts is not None else {},
+            cluster=self.cluster.view() if self.cluster is not None else None,
+            heartbeats=self.cluster.heartbeats if self.cluster is not None else 0)
+
     def info(self) -> dict[str, Any]:
         ex = self.executor
         return {
@@ -1307,7 +1323,8 @@ class Router:
         """Bind the Prometheus port (a bind error stops the start)."""
         listen = self.config.metrics.listen
         try:
-            server = await metricsmod.listen(self, self.config.metrics)
+            server = await metricsmod.listen(self.metrics_snapshot, self.faults,
+                                             self.config.metrics)
         except OSError as exc:
             raise RouterError(f"[metrics] listen: cannot bind {listen}: {exc.strerror}") from None
         self.log.info("metrics.listening", listen=listen)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from knotify.actions.base import Action, ActionContext, Outcome
+from knotify.actions.base import Action, ActionContext, ActionSettings, Outcome
 from knotify.alerts import render
 from knotify.errors import JournalError, TemplateError
 from knotify.units import format_duration
 from knotify.vocab import ERROR
 
 if TYPE_CHECKING:
-    from knotify.config import Config
     from knotify.schema import Table
 
 
@@ -34,12 +33,12 @@ class AlertAction(Action):
         self.repeat_s = repeat_s
 
     @classmethod
-    def from_config(cls, table: Table, config: Config) -> AlertAction:
+    def from_config(cls, table: Table, settings: ActionSettings) -> AlertAction:
         key = "receivers" if table.has("receivers") or not table.has("receiver") else "receiver"
         names = table.strings(key, None, allow_str=True)
         if not names:
             raise table.error(key, "name at least one receiver")
-        known = config.receivers
+        known = settings.receivers
         for i, name in enumerate(names):
             if name not in known:
                 raise table.error(f"{key}[{i}]" if key == "receivers" else key,

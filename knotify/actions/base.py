@@ -7,10 +7,27 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from knotify.config import Config
     from knotify.event import Event
     from knotify.schema import Table
     from knotify.tracker import Transition
+
+
+@dataclass(slots=True, frozen=True)
+class Defaults:
+    """``[defaults]``: what an action's own table may leave out."""
+
+    exec_timeout: float = 30.0
+    service_timeout: float = 90.0
+    systemctl: str = "systemctl"
+
+
+@dataclass(slots=True, frozen=True)
+class ActionSettings:
+    """What a kind may read of the config besides its own ``[[rule.action]]`` table."""
+
+    defaults: Defaults = Defaults()
+    #: The names of the configured receivers (``[receivers.NAME]``).
+    receivers: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -52,7 +69,7 @@ class Action(ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, table: Table, config: Config) -> Action:
+    def from_config(cls, table: Table, settings: ActionSettings) -> Action:
         """Build from a ``[[rule.action]]`` table; raise ConfigError naming the bad key."""
 
     @abstractmethod

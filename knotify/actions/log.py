@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from knotify import log as logmod
-from knotify.actions.base import Action, ActionContext, Outcome
+from knotify.actions.base import Action, ActionContext, ActionSettings, Outcome
 from knotify.errors import TemplateError
 from knotify.templates import Template, event_fields
 from knotify.vocab import OK
 
 if TYPE_CHECKING:
-    from knotify.config import Config
     from knotify.event import Event
     from knotify.schema import Table
     from knotify.tracker import Transition
@@ -28,7 +27,7 @@ class LogAction(Action):
         self.level = level
 
     @classmethod
-    def from_config(cls, table: Table, config: Config) -> LogAction:
+    def from_config(cls, table: Table, settings: ActionSettings) -> LogAction:
         text = table.text("message", DEFAULT_MESSAGE)
         try:
             message = Template(text)
