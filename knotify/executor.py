@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from knotify import log as logmod
-from knotify.actions.base import Action, ActionContext, Outcome
+from knotify.actions.base import Action, ActionContext
 from knotify.errors import JournalError
 from knotify.event import Event, Key
-from knotify.journal import Journal
+from knotify.outcome import Outcome
 from knotify.rules import Rule
+from knotify.store.events import EventStore
 from knotify.templates import event_fields
 from knotify.tracker import Tracker, Transition
 from knotify.vocab import ERROR, INTERRUPTED, OK, SILENCED, SKIPPED
@@ -39,7 +40,7 @@ class Run:
 
 
 class Executor:
-    def __init__(self, journal: Journal, tracker: Callable[[], Tracker], log: Any,
+    def __init__(self, journal: EventStore, tracker: Callable[[], Tracker], log: Any,
                  publish: Callable[[str, dict[str, Any]], None], max_parallel: int = 32) -> None:
         self.journal = journal
         # Many keys changing at once (a whole cluster failing over) must not fork a

@@ -29,7 +29,6 @@ from knotify import __version__, hook, resync, sdnotify, spool, transport
 from knotify import config as configmod
 from knotify import log as logmod
 from knotify import metrics as metricsmod
-from knotify.actions.base import Outcome
 from knotify.alerts.engine import MAX_SLEEP as ALERTS_MAX_SLEEP
 from knotify.alerts.engine import OPS as ALERT_OPS
 from knotify.alerts.engine import AlertEngine
@@ -40,9 +39,12 @@ from knotify.event import Event, acked, check_text, decode_event, decode_message
 from knotify.executor import Executor, Run
 from knotify.fifo import RESYNC_DELAY, AsyncFifoReader, event_from_line
 from knotify.fifo import TURN as FIFO_TURN
-from knotify.journal import Journal, corrupt
+from knotify.outcome import Outcome
 from knotify.replay import SpoolReplay
 from knotify.rules import fired
+from knotify.store.db import Database, corrupt
+from knotify.store.events import EventStore
+from knotify.store.outbox import Outbox
 from knotify.supervisor import Faults, Supervisor
 from knotify.tracker import Tracker, Transition
 from knotify.trust import LOCAL, PLAIN_TCP, KeyRing, Peer, ZapHandler
@@ -169,7 +171,9 @@ class Router:
         self.config = config
         self.log = log or logmod.get()
         self.tracker = Tracker(skew_ns=self._skew_ns())
-        self.journal: Journal | None = None
+        self.database: Database | None = None
+        self.journal: EventStore | None = None
+        self.outbox: Outbox | None = None
         self.executor: Executor | None = None
         self.alerts: AlertEngine | None = None
         self.cluster: ClusterMonitor | None = None
@@ -652,8 +656,13 @@ class Router:
 
     def _prune(self) -> None:
         assert self.journal is not None
+        assert self.database is not None and self.outbox is not None
         try:
-            dropped = self.journal.prune(self.config.keep_events)
+            with self.database.transaction():
+                dropped = self.journal.prune(self.config.keep_events)
+                oldest = self.journal.oldest_recv_ns() if dropped is not None else None
+                if oldest is not None:
+                    self.outbox.prune(oldest)
         except JournalError as exc:
             self.log.warning("journal.prune_failed", error=str(exc))
             return
@@ -948,6 +957,8 @@ class Router:
                 page = self.journal.history(min(limit, HISTORY_PAGE), before=before,
                                             event_id=event_id, transitions=transitions,
                                             **filters)
+                assert self.outbox is not None
+                self.outbox.attach_history({event["id"]: event for event in page})
                 more = limit > HISTORY_PAGE and len(page) == HISTORY_PAGE
                 return reply(True, events=page,
                              next_before=page[-1]["rowid"] if more else None)
@@ -1222,7 +1233,8 @@ class Router:
         self.executor.context["alerts"] = self.alerts
         self.executor.silenced = self.alerts.silence_reason
         self.executor.watched = self.watched
-        self.cluster = ClusterMonitor(self.config, self.journal, lambda: self.tracker,
+        assert self.database is not None
+        self.cluster = ClusterMonitor(self.config, self.database, lambda: self.tracker,
                                       self.ingest, self.log)
         self._bind_signals(loop)
         try:
@@ -1304,7 +1316,9 @@ class Router:
             raise RouterError(f"cannot lock the journal {path}: {exc.strerror or exc}; "
                               "check the folder and its permissions") from None
         try:
-            self.journal = Journal(path, self.config.synchronous, mode, gid)
+            self.database = Database(path, self.config.synchronous, mode, gid)
+            self.journal = EventStore(self.database)
+            self.outbox = Outbox(self.database)
             self.tracker = Tracker(self.journal.load_states(), self._skew_ns())
         except Exception as exc:  # whatever the file holds: one line, never a traceback
             raise self._journal_refusal(exc) from None
@@ -1363,8 +1377,8 @@ class Router:
             self.log.info("router.drained", were_running=running, left_pending=left)
         if self.alerts is not None:
             await self.alerts.stop(self.config.drain_timeout)
-        if self.journal is not None:
-            self.journal.close()
+        if self.database is not None:
+            self.database.close()
         if self.zap is not None:
             self.zap.close()
         self.ctx.term()

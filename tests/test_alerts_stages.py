@@ -10,13 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from knotify.alerts import attempt, flap, grouping, render, repeat
-from knotify.alerts.outbox import Outbox, backoff
 from knotify.alerts.redact import scheme, scrub, secret_tokens, short_url, url_id
 from knotify.alerts.silence import Silence, first_match, parse_matcher, parse_matchers
 from knotify.alerts.stream import Stream
 from knotify.errors import SilenceError, TemplateError
 from knotify.event import Event
-from knotify.journal import Journal
+from knotify.store.db import Database
+from knotify.store.events import EventStore
+from knotify.store.outbox import backoff
 from knotify.tracker import Tracker
 from knotify.vocab import FAILED, INTERRUPTED, OK, TIMEOUT
 
@@ -159,7 +160,7 @@ def test_flap_control_off() -> None:
 def test_flap_counts_the_keys_transitions_in_the_window_up_to_the_event(tmp_path: Path) -> None:
     """What flap control is given: this key's transitions in the window ending with the
     event (a real journal; repeats, notices, other keys and older changes do not count)."""
-    journal = Journal(str(tmp_path / "journal.db"))
+    journal = EventStore(Database(str(tmp_path / "journal.db")))
     tracker = Tracker()
     made: list[Event] = []
 
@@ -179,13 +180,12 @@ def test_flap_counts_the_keys_transitions_in_the_window_up_to_the_event(tmp_path
     report("MASTER", 1003, name="VI_2")
     last = report("BACKUP", 1004)
     report("MASTER", 1005)  # after the event asked about
-    box = Outbox(journal)
     window = (1004 - 60) * S
-    assert box.transitions_in_window(last.id, window) == 2  # MASTER at 1000, BACKUP at 1004
-    assert box.transitions_in_window(master.id, window) == 1
-    assert box.transitions_in_window(last.id, -1) == 5  # with the three long ago
-    assert box.transitions_in_window("no-such-event", window) == 0
-    journal.close()
+    assert journal.transitions_in_window(last.id, window) == 2  # MASTER at 1000, BACKUP at 1004
+    assert journal.transitions_in_window(master.id, window) == 1
+    assert journal.transitions_in_window(last.id, -1) == 5  # with the three long ago
+    assert journal.transitions_in_window("no-such-event", window) == 0
+    journal.database.close()
 
 
 # -- repeat ---------------------------------------------------------------------------------

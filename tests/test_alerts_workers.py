@@ -583,11 +583,12 @@ def test_worker_module_keeps_apprise_out_of_the_router() -> None:
 
 
 def test_windows_offer_each_groups_oldest_message_up_to_the_limit(tmp_path: Path) -> None:
-    from knotify.alerts.outbox import Outbox
-    from knotify.journal import Journal
+    from knotify.store.db import Database
+    from knotify.store.events import EventStore
+    from knotify.store.outbox import Outbox
 
-    journal = Journal(str(tmp_path / "j.db"))
-    box = Outbox(journal)
+    journal = EventStore(Database(str(tmp_path / "j.db")))
+    box = Outbox(journal.database)
     with journal.transaction():
         ids = {}
         for name, receiver, group in [("a1", "chat", "A"), ("a2", "chat", "A"),
@@ -603,30 +604,31 @@ def test_windows_offer_each_groups_oldest_message_up_to_the_limit(tmp_path: Path
     with journal.transaction():
         box.update_message(ids["a1"], status=SENT)
     assert [m.title for m in box.windows(lambda r: 9)["chat"]] == ["a2", "b1", "c1"]
-    journal.close()
+    journal.database.close()
 
 
 def test_an_older_journal_gets_the_group_key_of_its_open_messages(tmp_path: Path) -> None:
     import sqlite3
 
-    from knotify.alerts.outbox import Outbox
-    from knotify.journal import Journal
+    from knotify.store.db import Database
+    from knotify.store.events import EventStore
+    from knotify.store.outbox import Outbox
 
     path = str(tmp_path / "old.db")
-    journal = Journal(path)
-    box = Outbox(journal)
+    journal = EventStore(Database(path))
+    box = Outbox(journal.database)
     with journal.transaction():
         message = box.add_message("chat", "firing", "t", "b", "info", ["e1"], 1)
         box.add_item(run=None, event_id="e1", receiver="chat", stream="s", alert="firing",
                      status="composed", detail=None, group_key='["chat","h1"]', fields={},
                      spec={}, created_ns=1, due_ns=1)
         journal.db.execute("UPDATE alert_items SET message = ?", (message,))
-    journal.close()
+    journal.database.close()
     db = sqlite3.connect(path)
     db.execute("ALTER TABLE alert_messages DROP COLUMN group_key")  # as knotify wrote it before
     db.commit()
     db.close()
-    journal = Journal(path)
-    [window] = Outbox(journal).windows(lambda r: 2).values()
+    journal = EventStore(Database(path))
+    [window] = Outbox(journal.database).windows(lambda r: 2).values()
     assert window[0].group_key == '["chat","h1"]'
-    journal.close()
+    journal.database.close()

@@ -14,8 +14,9 @@ from conftest import KEnv, RouterProcess
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from knotify import journal, zmtp
+from knotify import zmtp
 from knotify.rules import Pattern
+from knotify.store import events as journal
 from knotify.web import data
 
 RULE = """

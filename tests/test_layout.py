@@ -154,3 +154,17 @@ def test_leaves_import_nothing_of_knotify() -> None:
     edges = graph()
     for leaf in ("knotify.vocab", "knotify.errors"):
         assert edges[leaf] == set(), f"{leaf} imports {sorted(edges[leaf])}"
+
+
+def test_stores_import_only_what_they_persist() -> None:
+    """Storage is at the bottom: a store knows the words, the errors, the database layer
+    and the values it keeps, never actions, the alert engine, the config or the router."""
+    allowed = {"knotify.vocab", "knotify.errors", "knotify.store", "knotify.store.db",
+               "knotify.event", "knotify.tracker", "knotify.outcome",
+               "knotify.alerts", "knotify.alerts.grouping", "knotify.alerts.stream"}
+    edges = graph()
+    stores = [name for name in edges if name.startswith("knotify.store.")]
+    assert {"knotify.store.db", "knotify.store.events", "knotify.store.outbox",
+            "knotify.store.silences", "knotify.store.peers"} <= set(stores)
+    for store in stores:
+        assert edges[store] <= allowed, f"{store} imports {sorted(edges[store] - allowed)}"

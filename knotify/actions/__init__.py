@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from knotify.actions.alert import AlertAction
-from knotify.actions.base import Action, ActionContext, Outcome
+from knotify.actions.base import Action, ActionContext
 from knotify.actions.exec import ExecAction, ServiceAction
 from knotify.actions.log import LogAction
 
@@ -14,4 +14,4 @@ KINDS: dict[str, type[Action]] = {
     "alert": AlertAction,
 }
 
-__all__ = ["KINDS", "Action", "ActionContext", "Outcome"]
+__all__ = ["KINDS", "Action", "ActionContext"]

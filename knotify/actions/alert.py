@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from knotify.actions.base import Action, ActionContext, ActionSettings, Outcome
+from knotify.actions.base import Action, ActionContext, ActionSettings
 from knotify.alerts import render
 from knotify.errors import JournalError, TemplateError
+from knotify.outcome import Outcome
 from knotify.units import format_duration
 from knotify.vocab import ERROR
 

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from knotify.outcome import Outcome
+
 if TYPE_CHECKING:
     from knotify.event import Event
     from knotify.schema import Table
@@ -28,14 +30,6 @@ class ActionSettings:
     defaults: Defaults = Defaults()
     #: The names of the configured receivers (``[receivers.NAME]``).
     receivers: frozenset[str] = frozenset()
-
-
-@dataclass(slots=True)
-class Outcome:
-    status: str
-    exit_code: int | None = None
-    output: str = ""
-    detail: str = ""
 
 
 @dataclass(slots=True)

@@ -19,8 +19,9 @@ import signal
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from knotify.actions.base import Action, ActionContext, ActionSettings, Outcome
+from knotify.actions.base import Action, ActionContext, ActionSettings
 from knotify.errors import TemplateError
+from knotify.outcome import Outcome
 from knotify.security import must_be_root_only
 from knotify.templates import Template
 from knotify.vocab import ERROR, FAILED, OK, TIMEOUT

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from knotify import log as logmod
-from knotify.actions.base import Action, ActionContext, ActionSettings, Outcome
+from knotify.actions.base import Action, ActionContext, ActionSettings
 from knotify.errors import TemplateError
+from knotify.outcome import Outcome
 from knotify.templates import Template, event_fields
 from knotify.vocab import OK
 

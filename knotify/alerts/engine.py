@@ -34,9 +34,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from knotify.actions.base import ActionContext, Outcome
-from knotify.alerts import attempt, flap, grouping, outbox, render, repeat
-from knotify.alerts.outbox import Outbox, StreamRow
+from knotify.actions.base import ActionContext
+from knotify.alerts import attempt, flap, grouping, render, repeat
 from knotify.alerts.pool import Worker, WorkerPool
 from knotify.alerts.receivers import AlertSettings, Receiver
 from knotify.alerts.redact import scrub
@@ -44,6 +43,10 @@ from knotify.alerts.silence import Silence, SilenceStore
 from knotify.alerts.stream import Stream
 from knotify.errors import JournalError, PoolError, SilenceError, WireError
 from knotify.event import Event
+from knotify.outcome import Outcome
+from knotify.store import outbox
+from knotify.store.outbox import Outbox, StreamRow
+from knotify.store.silences import SilenceRows
 from knotify.templates import event_fields
 from knotify.tracker import KeyState, Tracker, Transition
 from knotify.units import format_duration
@@ -67,7 +70,7 @@ from knotify.vocab import (
 if TYPE_CHECKING:
     from knotify.actions.alert import AlertAction
     from knotify.config import Config
-    from knotify.journal import Journal
+    from knotify.store.events import EventStore
 
 #: Router ops this engine answers.
 OPS = ("silence_add", "silence_list", "silence_expire", "alerts")
@@ -99,15 +102,15 @@ class _Settled:
 
 
 class AlertEngine:
-    def __init__(self, config: Config, journal: Journal, tracker: Callable[[], Tracker],
+    def __init__(self, config: Config, journal: EventStore, tracker: Callable[[], Tracker],
                  log: Any, publish: Callable[[str, dict[str, Any]], None]) -> None:
         self.config = config
         self.journal = journal
         self._tracker = tracker
         self.log = log
         self.publish = publish
-        self.outbox = Outbox(journal)
-        self.silences = SilenceStore(journal)
+        self.outbox = Outbox(journal.database)
+        self.silences = SilenceStore(SilenceRows(journal.database))
         self.result_dir = os.path.join(os.path.dirname(os.path.abspath(config.journal)),
                                        "outbox")
         #: Attempts (and watches of adopted ones) by message, until their outcome is journaled.
@@ -202,7 +205,7 @@ class AlertEngine:
         said = tr.state if tr.cls != NOTICE else f"{tr.state}/{ev.state}/{ev.prio}"
         count = 0
         if s.flap.enabled and is_transition and not stream.flapping:
-            count = self.outbox.transitions_in_window(
+            count = self.journal.transitions_in_window(
                 ev.id, ev.ts_ns - int(s.flap.window_s * 1e9))
         decision = flap.on_event(stream, is_transition, count, s.flap)
         alert: str | None = None
