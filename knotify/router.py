@@ -96,13 +96,6 @@ MALLOC_PAD = 8 * 1024 * 1024
 ZAP_DOMAIN = "knotify"
 SHED_INTERVAL = 0.05
 SUBSCRIPTIONS_EVERY = 0.1
-#: Config values a reload applies at once, and those that need a restart (and are reported).
-LIVE = ("rules", "defaults", "alerts", "receivers", "spool_interval", "drain_timeout",
-        "max_backlog", "max_clock_skew", "max_keys", "forget_deleted",
-        "keep_events", "cluster", "agent")
-RESTART_ONLY = ("runtime_dir", "state_dir", "listen", "curve", "insecure", "group", "journal",
-                "fifos", "synchronous", "max_message", "max_parallel", "metrics",
-                "handshake_timeout")
 
 
 def _fields(ev: Event, tr: Transition, fields: dict[str, Any] | None = None
@@ -199,7 +192,6 @@ class Router:
         self._clients_mark: tuple[int, int] | None = None
         self._clients_read = 0.0
         self._resync_lock = asyncio.Lock()
-        self._log_settings = (config.log_format, config.log_level)
         self._tasks: list[asyncio.Task[Any]] = []
         self._since_prune = 0
         self._journal_failing = False
@@ -1022,25 +1014,18 @@ class Router:
             self.log.error("config.reload_refused", error=str(exc),
                            detail="the running config stays in force")
             return False, f"new config refused, old one kept: {exc}"
-        fixed = [name for name in RESTART_ONLY if getattr(new, name) != getattr(self.config, name)]
-        if new.hook.spool_dir != self.config.hook.spool_dir:
-            fixed.append("hook.spool_dir")
-        if (new.log_format, new.log_level) != self._log_settings:
-            fixed.append("log")
-        for name in LIVE:
-            setattr(self.config, name, getattr(new, name))
+        fixed = configmod.restart_needed(self.config, new)
+        old, self.config = self.config, configmod.reloaded(self.config, new)
+        # Each part gets its new settings, through its own method.
         self.tracker.skew_ns = self._skew_ns()
-        self.config.hook.ack_timeout = new.hook.ack_timeout
-        self.config.hook.host = new.hook.host
-        self.config.hook.endpoints = new.hook.endpoints
+        if self.alerts is not None:
+            self.alerts.apply(self.config.alert_engine)
         if self.cluster is not None:
-            self.cluster.reload(self.config.cluster)
-        if (self.keyring is not None and new.curve is not None and self.config.curve is not None
-                and (new.curve.secret_key, new.curve.clients)
-                == (self.config.curve.secret_key, self.config.curve.clients)):
+            self.cluster.apply(self.config.cluster)
+        curve = self.config.curve
+        if self.keyring is not None and curve is not None and curve is not old.curve:
             # Roles (admins, hosts) apply at once; new keys in the folder too.
-            self.config.curve = new.curve
-            self.keyring.configure(new.curve.admins, new.curve.hosts)
+            self.keyring.configure(curve.admins, curve.hosts)
             self._watch_clients(force=True)
         detail = f"config reloaded: {len(new.rules)} rules"
         if fixed:
@@ -1228,13 +1213,16 @@ class Router:
         assert self.journal is not None
         self.executor = Executor(self.journal, lambda: self.tracker, self.log, self.publish,
                                  self.config.max_parallel)
-        self.alerts = AlertEngine(self.config, self.journal, lambda: self.tracker, self.log,
+        self.alerts = AlertEngine(self.config.alert_engine, self.journal, lambda: self.tracker,
+                                  self.log,
                                   self.publish)
         self.executor.context["alerts"] = self.alerts
         self.executor.silenced = self.alerts.silence_reason
         self.executor.watched = self.watched
         assert self.database is not None
-        self.cluster = ClusterMonitor(self.config, self.database, lambda: self.tracker,
+        self.cluster = ClusterMonitor(self.config.cluster,
+                                      self.config.hook.host or os.uname().nodename,
+                                      self.database, lambda: self.tracker,
                                       self.ingest, self.log)
         self._bind_signals(loop)
         try:

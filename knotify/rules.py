@@ -8,6 +8,7 @@ all fail. ``from = ["!INIT", "!STOP"]`` therefore means "not from start-up".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -79,7 +80,7 @@ class Pattern:
         return ",".join([*self.positive, *("!" + n for n in self.negative)])
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Match:
     kind: Pattern = field(default_factory=Pattern)
     name: Pattern = field(default_factory=Pattern)
@@ -94,9 +95,10 @@ class Match:
     matches_all: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.matches_all = not (self.kind or self.name or self.vs or self.host or self.state
-                                or self.prev or self.source or self.prio_min is not None
-                                or self.prio_max is not None)
+        everything = not (self.kind or self.name or self.vs or self.host or self.state
+                          or self.prev or self.source or self.prio_min is not None
+                          or self.prio_max is not None)
+        object.__setattr__(self, "matches_all", everything)  # (frozen: set once, here)
 
     def __call__(self, ev: Event, tr: Transition) -> bool:
         if self.matches_all:  # checked per event per rule: the common "every event" rule
@@ -141,12 +143,12 @@ class Match:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Rule:
     id: str
     match: Match
     on: frozenset[str] = frozenset({TRANSITION})
-    actions: list[Action] = field(default_factory=list)
+    actions: tuple[Action, ...] = ()
     delay: float = 0.0
     skip_if_superseded: bool = False
     max_age: float | None = None
@@ -180,7 +182,7 @@ def classes_from(value: list[str]) -> frozenset[str]:
     return frozenset(out)
 
 
-def fired(rules: list[Rule], ev: Event, tr: Transition) -> list[Rule]:
+def fired(rules: Sequence[Rule], ev: Event, tr: Transition) -> list[Rule]:
     return [rule for rule in rules if rule.fires(ev, tr)]
 
 

@@ -272,6 +272,15 @@ def test_config_rule_with_lowercase_state_words_and_single_strings() -> None:
     assert not r.fires(ev(prio=50), tr())
 
 
+def test_config_rule_with_only_a_prio_range_fires_only_inside_it() -> None:
+    """(A rule whose only matcher was ``prio`` fired for every priority: the range was
+    set on the match after it had decided it matched everything.)"""
+    [r] = _rules('[[rule]]\nid = "p"\nprio = [200, 255]\n[[rule.action]]\ntype = "log"\n')
+    assert r.fires(ev(prio=250), tr())
+    assert not r.fires(ev(prio=100), tr())
+    assert not r.fires(ev(prio=None), tr())
+
+
 def test_config_rule_on_every_and_notice() -> None:
     [r] = _rules('[[rule]]\nid = "n"\nstate = "MASTER_RX_LOWER_PRI"\non = ["notice"]\n'
                  '[[rule.action]]\ntype = "log"\n')

@@ -30,14 +30,14 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from knotify.actions.base import ActionContext
 from knotify.alerts import attempt, flap, grouping, render, repeat
 from knotify.alerts.pool import Worker, WorkerPool
-from knotify.alerts.receivers import AlertSettings, Receiver
+from knotify.alerts.receivers import AlertSettings, EngineSettings, Receiver
 from knotify.alerts.redact import scrub
 from knotify.alerts.silence import Silence, SilenceStore
 from knotify.alerts.stream import Stream
@@ -69,7 +69,6 @@ from knotify.vocab import (
 
 if TYPE_CHECKING:
     from knotify.actions.alert import AlertAction
-    from knotify.config import Config
     from knotify.store.events import EventStore
 
 #: Router ops this engine answers.
@@ -102,17 +101,17 @@ class _Settled:
 
 
 class AlertEngine:
-    def __init__(self, config: Config, journal: EventStore, tracker: Callable[[], Tracker],
-                 log: Any, publish: Callable[[str, dict[str, Any]], None]) -> None:
-        self.config = config
+    def __init__(self, settings: EngineSettings, journal: EventStore,
+                 tracker: Callable[[], Tracker], log: Any,
+                 publish: Callable[[str, dict[str, Any]], None]) -> None:
+        self._settings = settings
         self.journal = journal
         self._tracker = tracker
         self.log = log
         self.publish = publish
         self.outbox = Outbox(journal.database)
         self.silences = SilenceStore(SilenceRows(journal.database))
-        self.result_dir = os.path.join(os.path.dirname(os.path.abspath(config.journal)),
-                                       "outbox")
+        self.result_dir = settings.result_dir
         #: Attempts (and watches of adopted ones) by message, until their outcome is journaled.
         self.inflight: dict[int, asyncio.Task[None]] = {}
         #: Messages at a worker (or waiting for one), by message: their receiver.
@@ -145,7 +144,16 @@ class AlertEngine:
 
     @property
     def settings(self) -> AlertSettings:
-        return self.config.alerts
+        return self._settings.alerts
+
+    @property
+    def receivers(self) -> Mapping[str, Receiver]:
+        return self._settings.receivers
+
+    def apply(self, settings: EngineSettings) -> None:
+        """A reload's new ``[alerts]`` and receivers, from the next decision on (the
+        result folder stays where it is until a restart)."""
+        self._settings = replace(settings, result_dir=self._settings.result_dir)
 
     def wake(self) -> None:
         if self._wake is not None:
@@ -456,7 +464,7 @@ class AlertEngine:
         if not items:
             return
         name = items[0].receiver
-        receiver = self.config.receivers.get(name)
+        receiver = self.receivers.get(name)
         event_ids = list(dict.fromkeys(i.event_id for i in items))
         if receiver is None:
             self.outbox.set_items(rowids, DROPPED,
@@ -513,7 +521,7 @@ class AlertEngine:
                 lambda receiver: AHEAD * per + settling.get(receiver, 0)).items():
             failing = any(m.attempts > (1 if m.status == SENDING else 0)
                           for m in window)
-            receiver = self.config.receivers.get(name)
+            receiver = self.receivers.get(name)
             for message in list(window):
                 if message.rowid in self.inflight or message.status == SENDING:
                     continue
@@ -600,7 +608,7 @@ class AlertEngine:
 
     def _escalate(self, message: outbox.MessageRow, receiver: Receiver, now: int) -> None:
         assert receiver.fallback is not None
-        fallback = self.config.receivers.get(receiver.fallback)
+        fallback = self.receivers.get(receiver.fallback)
         if fallback is None:
             return
         items = self.outbox.message_items(message.origin)
@@ -856,7 +864,7 @@ class AlertEngine:
         message = self.outbox.message(message_id)
         if message is None:
             return None
-        receiver = self.config.receivers.get(receiver_name)
+        receiver = self.receivers.get(receiver_name)
         secrets = receiver.secrets if receiver is not None else frozenset()
         res = attempt.read_results(path)
         v = attempt.verdict(res, message.done, timed_out, note, interrupted)
@@ -924,7 +932,7 @@ class AlertEngine:
         its outcome is read. Otherwise the file already says all that was done.
         """
         for row in self.outbox.running_attempts():
-            receiver = self.config.receivers.get(row.receiver)
+            receiver = self.receivers.get(row.receiver)
             timeout = receiver.timeout if receiver is not None else self.settings.timeout
             deadline = row.started_ns + int((timeout + attempt.GRACE) * 1e9)
             path = row.result_path

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,16 @@ class AlertSettings:
     max_parallel_per_receiver: int = 2
     #: A worker with nothing to do for this long exits.
     worker_idle: float = 60.0
+
+
+@dataclass(slots=True, frozen=True)
+class EngineSettings:
+    """What the alert engine runs on: ``[alerts]``, the receivers, and the folder of its
+    attempts' result files (next to the journal; fixed while the router runs)."""
+
+    alerts: AlertSettings
+    receivers: Mapping[str, Receiver]
+    result_dir: str
 
 
 def _templates(t: Table, base: render.Templates) -> render.Templates:

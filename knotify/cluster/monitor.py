@@ -8,7 +8,6 @@ the router still expects them: their silence clock starts at the router's start.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -24,13 +23,13 @@ from knotify.tracker import Tracker, Transition
 
 if TYPE_CHECKING:
     from knotify.cluster.settings import ClusterSettings
-    from knotify.config import Config
 
 TICK = 0.5
 
 
 class ClusterMonitor:
-    def __init__(self, config: Config, database: Database, tracker: Callable[[], Tracker],
+    def __init__(self, settings: ClusterSettings, origin: str, database: Database,
+                 tracker: Callable[[], Tracker],
                  ingest: Callable[[list[Event]], list[bool]], log: Any) -> None:
         self.peers: PeerStore | None = None
         self._tracker = tracker
@@ -43,8 +42,7 @@ class ClusterMonitor:
         except sqlite3.Error as exc:  # the watch list is a convenience: start without it
             log.warning("cluster.peers_unavailable", error=str(exc))
             known = []
-        origin = config.hook.host or os.uname().nodename
-        self.detector = Detector(config.cluster, origin, time.time_ns(), tracker().states,
+        self.detector = Detector(settings, origin, time.time_ns(), tracker().states,
                                  known)
         self._failing = False
 
@@ -81,7 +79,8 @@ class ClusterMonitor:
         self.log.info("cluster.peer_forgotten", host=host)
         return reply(True, host=host)
 
-    def reload(self, settings: ClusterSettings) -> None:
+    def apply(self, settings: ClusterSettings) -> None:
+        """A reload's new ``[cluster]``."""
         self.detector.reconfigure(settings, time.time_ns())
 
     def tick(self) -> list[Event]:
