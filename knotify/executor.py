@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from knotify import log as logmod
-from knotify.actions.base import Action, ActionContext
+from knotify.actions.base import Action, ActionContext, Services
 from knotify.errors import JournalError
 from knotify.event import Event, Key
 from knotify.outcome import Outcome
@@ -57,12 +57,10 @@ class Executor:
         self.counts: dict[str, int] = {}
         self._starting: list[tuple[Run, asyncio.Future[None]]] = []
         self._commit_scheduled = False
-        #: Given to every action in ``ActionContext.extra`` (the router puts its alert engine here).
-        self.context: dict[str, Any] = {}
+        #: What actions may use (the router adds its alert engine and silences).
+        self.services = Services(log=log, publish=publish)
         #: Whether anyone follows what ``publish`` sends (else it is not built).
         self.watched: Callable[[], bool] = lambda: True
-        #: The silence muting an event, if any (rules with ``honor_silences``).
-        self.silenced: Callable[[Event, Transition, str], str | None] | None = None
 
     @property
     def queued(self) -> int:
@@ -180,9 +178,10 @@ class Executor:
             if reason:
                 self._record(run, Outcome(SKIPPED, detail=reason), log)
                 return
-            if (run.rule.honor_silences and self.silenced is not None
-                    and run.action.kind != "alert"):
-                silence = self.silenced(ev, run.transition, rule.id)
+            silences = self.services.silences
+            if (run.rule.honor_silences and silences is not None
+                    and run.action.skipped_when_silenced):
+                silence = silences.silence_reason(ev, run.transition, rule.id)
                 if silence:
                     self._record(run, Outcome(SILENCED, detail=silence), log)
                     return
@@ -204,7 +203,7 @@ class Executor:
                         raise asyncio.CancelledError from None
         self.active[key] = run
         ctx = ActionContext(ev, tr, rule.id, event_fields(ev, tr, rule.id), log,
-                            extra={**self.context, "run": run.rowid, "index": run.index})
+                            run=run.rowid, index=run.index, services=self.services)
         try:
             outcome = await run.action.run(ctx)
         except asyncio.CancelledError:
@@ -240,10 +239,7 @@ class Executor:
 
     @staticmethod
     def _done_line(run: Run, outcome: Outcome, log: Any, ended: int) -> None:
-        if outcome.status in (OK, SKIPPED):
-            level = "debug" if run.action.kind == "log" else "info"
-        else:
-            level = "warning"
+        level = run.action.done_level if outcome.status in (OK, SKIPPED) else "warning"
         if logmod.enabled(log, level):
             logmod.emit(log, level, "action.done", {
                 "event_id": run.event.id, "rule": run.rule.id, "run": run.rowid,

@@ -20,6 +20,7 @@ import signal
 import sqlite3
 import stat
 import time
+from dataclasses import replace
 from typing import Any
 
 import zmq
@@ -1216,8 +1217,8 @@ class Router:
         self.alerts = AlertEngine(self.config.alert_engine, self.journal, lambda: self.tracker,
                                   self.log,
                                   self.publish)
-        self.executor.context["alerts"] = self.alerts
-        self.executor.silenced = self.alerts.silence_reason
+        self.executor.services = replace(self.executor.services, alerts=self.alerts,
+                                         silences=self.alerts)
         self.executor.watched = self.watched
         assert self.database is not None
         self.cluster = ClusterMonitor(self.config.cluster,

@@ -1,17 +1,15 @@
-"""Action kinds. A new kind is one module here plus one line in :data:`KINDS`."""
+"""Action kinds: one module each, registered by name (:mod:`.registry`).
+
+A new kind is one module here (its class decorated with ``@register``) plus its
+import line below.
+"""
 
 from __future__ import annotations
 
-from knotify.actions.alert import AlertAction
-from knotify.actions.base import Action, ActionContext
-from knotify.actions.exec import ExecAction, ServiceAction
-from knotify.actions.log import LogAction
+import knotify.actions.alert
+import knotify.actions.exec
+import knotify.actions.log  # noqa: F401
+from knotify.actions.base import Action, ActionContext, Services
+from knotify.actions.registry import KINDS
 
-KINDS: dict[str, type[Action]] = {
-    "exec": ExecAction,
-    "service": ServiceAction,
-    "log": LogAction,
-    "alert": AlertAction,
-}
-
-__all__ = ["KINDS", "Action", "ActionContext"]
+__all__ = ["KINDS", "Action", "ActionContext", "Services"]

@@ -13,6 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from knotify.actions.base import Action, ActionContext, ActionSettings
+from knotify.actions.registry import register
 from knotify.alerts import render
 from knotify.errors import JournalError, TemplateError
 from knotify.outcome import Outcome
@@ -23,15 +24,30 @@ if TYPE_CHECKING:
     from knotify.schema import Table
 
 
+@register
 class AlertAction(Action):
     kind = "alert"
     durable_start = False
+    #: The engine applies every silence to alerts itself, whatever the rule says.
+    skipped_when_silenced = False
 
     def __init__(self, receivers: tuple[str, ...], spec: dict[str, str],
                  repeat_s: float | None) -> None:
-        self.receivers = receivers
-        self.spec = spec
-        self.repeat_s = repeat_s
+        self._receivers = receivers
+        self._spec = spec
+        self._repeat_s = repeat_s
+
+    @property
+    def receivers(self) -> tuple[str, ...]:
+        return self._receivers
+
+    @property
+    def spec(self) -> dict[str, str]:
+        return self._spec
+
+    @property
+    def repeat_s(self) -> float | None:
+        return self._repeat_s
 
     @classmethod
     def from_config(cls, table: Table, settings: ActionSettings) -> AlertAction:
@@ -59,7 +75,7 @@ class AlertAction(Action):
         return cls(tuple(dict.fromkeys(names)), spec, repeat_s)
 
     async def run(self, ctx: ActionContext) -> Outcome:
-        engine = ctx.extra.get("alerts")
+        engine = ctx.services.alerts
         if engine is None:
             return Outcome(ERROR, detail="no alert engine in this process")
         while True:

@@ -1,10 +1,17 @@
-"""What every action kind provides, and the outcome it reports."""
+"""What every action kind provides, what it is given, and the outcome it reports.
+
+An action reaches the router's services only through :class:`Services`, each one a
+small Protocol (the alert queue, silences, a clock, a log, publish), so a kind never
+imports the router, the alert engine or the config.
+"""
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from knotify.outcome import Outcome
 
@@ -32,6 +39,65 @@ class ActionSettings:
     receivers: frozenset[str] = frozenset()
 
 
+class AlertRequest(Protocol):
+    """What an alert asks the queue for (the ``alert`` kind is one)."""
+
+    @property
+    def receivers(self) -> tuple[str, ...]: ...
+    @property
+    def spec(self) -> Mapping[str, str]: ...
+    @property
+    def repeat_s(self) -> float | None: ...
+
+
+class AlertQueue(Protocol):
+    """Where alerts are queued (the router's alert engine)."""
+
+    async def enqueue(self, ctx: ActionContext, action: AlertRequest) -> Outcome:
+        """Queue the alert durably; raise JournalError if it could not be."""
+        ...
+
+
+class Silences(Protocol):
+    def silence_reason(self, ev: Event, tr: Transition, rule: str) -> str | None:
+        """The silence muting ``ev`` for ``rule`` (described), or None."""
+        ...
+
+
+class Clock(Protocol):
+    def time_ns(self) -> int: ...
+    def monotonic(self) -> float: ...
+
+
+class Publish(Protocol):
+    def __call__(self, topic: str, data: dict[str, Any], /) -> None: ...
+
+
+class SystemClock:
+    """The machine's clocks."""
+
+    def time_ns(self) -> int:
+        return time.time_ns()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def _unpublished(topic: str, data: dict[str, Any]) -> None:
+    """Nobody watches: nothing is published."""
+
+
+@dataclass(slots=True, frozen=True)
+class Services:
+    """What the process running the actions offers them (None: not in this process)."""
+
+    alerts: AlertQueue | None = None
+    silences: Silences | None = None
+    clock: Clock = field(default_factory=SystemClock)
+    log: Any = None
+    publish: Publish = _unpublished
+
+
 @dataclass(slots=True)
 class ActionContext:
     """Everything an action may use about the event that triggered it."""
@@ -41,11 +107,15 @@ class ActionContext:
     rule: str
     fields: dict[str, str]
     log: Any
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The action's run (its row in ``runs``), and its place in the rule's actions.
+    run: int | None = None
+    index: int = 0
+    services: Services = field(default_factory=Services)
 
 
 class Action(ABC):
-    """One configured action. Subclasses register themselves with :func:`register`."""
+    """One configured action. Kinds register themselves
+    (:func:`knotify.actions.registry.register`)."""
 
     kind: ClassVar[str]
     #: True when running it twice would matter: its start is journaled before it runs,
@@ -55,6 +125,11 @@ class Action(ABC):
     #: off the queue, inside the transaction that journals its event (its lines are held
     #: until that commits), and its run is journaled once, with its outcome.
     inline: ClassVar[bool] = False
+    #: A rule's ``honor_silences`` skips it (status "silenced") while a silence matches.
+    #: False for a kind that applies silences itself.
+    skipped_when_silenced: ClassVar[bool] = True
+    #: The level of its "action.done" line when it went well.
+    done_level: ClassVar[str] = "info"
 
     def run_inline(self, event: Event, transition: Transition, rule: str, log: Any,
                    run: int) -> Outcome:

@@ -20,6 +20,7 @@ import subprocess
 from typing import TYPE_CHECKING, Any
 
 from knotify.actions.base import Action, ActionContext, ActionSettings
+from knotify.actions.registry import register
 from knotify.errors import TemplateError
 from knotify.outcome import Outcome
 from knotify.security import must_be_root_only
@@ -252,6 +253,7 @@ def _run_as(table: Table) -> tuple[str | None, str | None]:
     return user, group
 
 
+@register
 class ExecAction(Action):
     kind = "exec"
 
@@ -310,6 +312,7 @@ class ExecAction(Action):
 SERVICE_COMMANDS = ("restart", "start", "stop", "reload", "try-restart", "reload-or-restart")
 
 
+@register
 class ServiceAction(Action):
     """``systemctl COMMAND -- UNIT``: the common case of exec, written short."""
 

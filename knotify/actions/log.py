@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from knotify import log as logmod
 from knotify.actions.base import Action, ActionContext, ActionSettings
+from knotify.actions.registry import register
 from knotify.errors import TemplateError
 from knotify.outcome import Outcome
 from knotify.templates import Template, event_fields
@@ -20,8 +21,11 @@ DEFAULT_MESSAGE = "{kind} {subject} on {host}: {prev_state} -> {state}"
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+@register
 class LogAction(Action):
     kind = "log"
+    #: Its own line says it all: "action.done" only at debug.
+    done_level = "debug"
 
     def __init__(self, message: Template, level: str) -> None:
         self.message = message

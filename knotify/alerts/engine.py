@@ -34,7 +34,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from knotify.actions.base import ActionContext
+from knotify.actions.base import ActionContext, AlertRequest
 from knotify.alerts import attempt, flap, grouping, render, repeat
 from knotify.alerts.pool import Worker, WorkerPool
 from knotify.alerts.receivers import AlertSettings, EngineSettings, Receiver
@@ -68,7 +68,6 @@ from knotify.vocab import (
 )
 
 if TYPE_CHECKING:
-    from knotify.actions.alert import AlertAction
     from knotify.store.events import EventStore
 
 #: Router ops this engine answers.
@@ -164,7 +163,7 @@ class AlertEngine:
 
     # -- intake: the alert action --------------------------------------------------------
 
-    async def enqueue(self, ctx: ActionContext, action: AlertAction) -> Outcome:
+    async def enqueue(self, ctx: ActionContext, action: AlertRequest) -> Outcome:
         """Queue the alert for one event (called by the action, in the key's order).
 
         Its rows join the engine's next group commit: the alerts of a mass failover,
@@ -175,14 +174,14 @@ class AlertEngine:
             functools.partial(self._enqueue_rows, ctx, action, now))
         return self._queued(ctx, action, outcome, alert, now)
 
-    def _queued(self, ctx: ActionContext, action: AlertAction, outcome: Outcome,
+    def _queued(self, ctx: ActionContext, action: AlertRequest, outcome: Outcome,
                 alert: str | None, now: int) -> Outcome:
         """After the commit: count, log, warm workers up, wake the loop."""
         self._count(outcome.status)
         if outcome.status == OK and alert is not None:
             self._warm(now, len(action.receivers))
         ctx.log.info("alert.queued", alert=alert, status=outcome.status,
-                     stream=f"{ctx.rule}#{ctx.extra.get('index', 0)}",
+                     stream=f"{ctx.rule}#{ctx.index}",
                      receivers=list(action.receivers), detail=outcome.detail)
         # Its group is due in group_wait: wake the loop only if it would sleep past that
         # (a mass failover queues hundreds of alerts; a tick for each loop turn is waste).
@@ -190,12 +189,12 @@ class AlertEngine:
             self.wake()
         return outcome
 
-    def _enqueue_rows(self, ctx: ActionContext, action: AlertAction,
+    def _enqueue_rows(self, ctx: ActionContext, action: AlertRequest,
                       now: int) -> tuple[Outcome, str | None]:
         """The outbox rows of one alert (inside the caller's transaction)."""
         ev, tr = ctx.event, ctx.transition
-        run = ctx.extra.get("run")
-        stream_id = f"{ctx.rule}#{ctx.extra.get('index', 0)}"
+        run = ctx.run
+        stream_id = f"{ctx.rule}#{ctx.index}"
         s = self.settings
         fields = dict(ctx.fields)
         if run is not None and self.outbox.has_run(run):
