@@ -332,7 +332,7 @@ def test_config_loader_accepts_or_names_file_key_and_reason(text: str) -> None:
         assert str(exc).startswith("/etc/knotify/fuzz.toml")
         assert exc.reason
         return
-    assert isinstance(config.rules, list)
+    assert isinstance(config.rules, tuple)
 
 
 @pytest.fixture

@@ -6,9 +6,13 @@ import line below.
 
 from __future__ import annotations
 
-import knotify.actions.alert
+# Each kind's module registers it; in this order, which is the order the config's
+# "expected one of ..." lists them in.
+# isort: off
 import knotify.actions.exec
-import knotify.actions.log  # noqa: F401
+import knotify.actions.log
+import knotify.actions.alert  # noqa: F401
+# isort: on
 from knotify.actions.base import Action, ActionContext, Services
 from knotify.actions.registry import KINDS
 
