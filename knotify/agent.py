@@ -29,15 +29,13 @@ from typing import Any
 from knotify import __version__, hook, replay, spool
 from knotify.cluster import heartbeat
 from knotify.config import Config
+from knotify.errors import AgentBusy
 
 #: Leave room under the router's max_message for the envelope.
 MAX_REQUEST = 128 * 1024
 #: Batches per folder per cycle, so heartbeats keep their rhythm during a big backlog.
 MAX_BATCHES = 20
 
-
-class AgentBusy(RuntimeError):
-    """Another agent already serves this spool."""
 
 
 class Agent:

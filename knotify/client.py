@@ -6,16 +6,10 @@ import json
 from typing import Any
 
 from knotify import hook, zmtp
+from knotify.errors import RouterRefused, RouterUnavailable
 
 DEFAULT_TIMEOUT = 5.0
 
-
-class RouterUnavailable(RuntimeError):
-    pass
-
-
-class RouterRefused(RuntimeError):
-    pass
 
 
 def request(settings: hook.Settings, op: str, timeout: float = DEFAULT_TIMEOUT,

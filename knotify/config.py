@@ -3,6 +3,10 @@
 Every error names the file, the key and what was expected (:class:`ConfigError`).
 With no config file anywhere the embedded ``default.toml`` is used, which works
 without root.
+
+Everything parsed is frozen (tuples, read-only mappings): a reload builds a new
+:class:`Config` and the router hands each part its new settings (an ``apply``
+method per part, see :meth:`knotify.router.Router.reload`); nothing is patched.
 """
 
 from __future__ import annotations
@@ -10,42 +14,41 @@ from __future__ import annotations
 import grp
 import os
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from importlib import resources
+from types import MappingProxyType
 
-from knotify import keepalived, paths
+from knotify import paths
 from knotify.actions import KINDS as ACTION_KINDS
-from knotify.actions.base import Action
-from knotify.alerts.receivers import AlertSettings, Receiver, parse_receivers
+from knotify.actions.base import Action, ActionSettings, Defaults
+from knotify.alerts.receivers import AlertSettings, EngineSettings, Receiver, parse_receivers
 from knotify.alerts.receivers import parse_settings as parse_alert_settings
 from knotify.cluster.settings import AgentSettings, ClusterSettings, parse_agent, parse_cluster
-from knotify.event import KINDS, SYNTHETIC_KINDS
-from knotify.metrics import MetricsSettings
-from knotify.metrics import parse_settings as parse_metrics_settings
+from knotify.errors import ConfigError, KeyFileError
+from knotify.metrics_settings import MetricsSettings
+from knotify.metrics_settings import parse_settings as parse_metrics_settings
 from knotify.rules import Match, Pattern, Rule, classes_from
-from knotify.schema import ConfigError, Table
+from knotify.schema import Table
 from knotify.security import must_be_root_only
-from knotify.tracker import INIT, TRANSITION
+from knotify.vocab import (
+    CLUSTER_STATES,
+    FIFO_ONLY_STATES,
+    INIT,
+    KINDS,
+    LVS_STATES,
+    SYNTHETIC_KINDS,
+    SYNTHETIC_STATES,
+    TRANSITION,
+    UNKNOWN_STATE,
+    VRRP_STATES,
+)
 
 EMBEDDED = "<embedded default>"
 
 #: State words a rule may name (wildcards aside): a typo here is an error, not a silent miss.
-KNOWN_STATES = frozenset(
-    keepalived.VRRP_STATES + keepalived.LVS_STATES
-    + ("SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "NO_MASTER", "MASTER_BACK", "PEER_SILENT",
-       "PEER_BACK", "OK", INIT)
-)
-NOTICE_ONLY = frozenset(keepalived.FIFO_ONLY_STATES + (keepalived.UNKNOWN_STATE,))
-#: States only knotify's own CLUSTER and PEER events have.
-SYNTHETIC_STATES = frozenset(("SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "NO_MASTER", "MASTER_BACK",
-                              "PEER_SILENT", "PEER_BACK"))
-
-
-@dataclass(slots=True)
-class Defaults:
-    exec_timeout: float = 30.0
-    service_timeout: float = 90.0
-    systemctl: str = "systemctl"
+KNOWN_STATES = frozenset(VRRP_STATES + LVS_STATES + CLUSTER_STATES + (INIT,))
+NOTICE_ONLY = frozenset(FIFO_ONLY_STATES + (UNKNOWN_STATE,))
 
 
 @dataclass(slots=True, frozen=True)
@@ -62,12 +65,12 @@ class CurveKeys:
     hosts: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class HookConfig:
     ack_timeout: float = 0.25
     spool_dir: str = ""
     host: str = ""
-    endpoints: list[str] = field(default_factory=list)
+    endpoints: tuple[str, ...] = ()
     curve: CurveKeys | None = None
 
 
@@ -83,17 +86,17 @@ class FifoSource:
     json_file: str = "/tmp/keepalived.json"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Config:
     path: str
     runtime_dir: str
     state_dir: str
-    listen: list[str]
+    listen: tuple[str, ...]
     curve: CurveKeys | None
     insecure: bool
     group: str | None
     journal: str
-    fifos: list[FifoSource]
+    fifos: tuple[FifoSource, ...]
     drain_timeout: float
     spool_interval: float
     synchronous: str
@@ -105,9 +108,10 @@ class Config:
     log_format: str
     log_level: str
     defaults: Defaults
-    rules: list[Rule]
+    rules: tuple[Rule, ...]
     alerts: AlertSettings = field(default_factory=AlertSettings)
-    receivers: dict[str, Receiver] = field(default_factory=dict)
+    receivers: Mapping[str, Receiver] = field(
+        default_factory=lambda: MappingProxyType({}))
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
@@ -126,8 +130,58 @@ class Config:
         return paths.pub_endpoint(self.runtime_dir)
 
     @property
+    def alert_engine(self) -> EngineSettings:
+        """The alert engine's settings: its result files live next to the journal."""
+        return EngineSettings(self.alerts, self.receivers, os.path.join(
+            os.path.dirname(os.path.abspath(self.journal)), "outbox"), self.rules,
+            self.cluster)
+
+    @property
     def client_endpoints(self) -> list[str]:
-        return self.hook.endpoints or [self.control_endpoint]
+        return list(self.hook.endpoints) or [self.control_endpoint]
+
+
+#: What a reload cannot change while the router runs (each one is reported): the
+#: sockets, folders, journal, FIFOs, workers and the metrics port are set up at start.
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The settings ``new`` changes that take effect only after a restart."""
+    changed = [name for name, a, b in (
+        ("runtime_dir", old.runtime_dir, new.runtime_dir),
+        ("state_dir", old.state_dir, new.state_dir),
+        ("listen", old.listen, new.listen),
+        ("curve", old.curve, new.curve),
+        ("insecure", old.insecure, new.insecure),
+        ("group", old.group, new.group),
+        ("journal", old.journal, new.journal),
+        ("fifos", old.fifos, new.fifos),
+        ("synchronous", old.synchronous, new.synchronous),
+        ("max_message", old.max_message, new.max_message),
+        ("max_parallel", old.max_parallel, new.max_parallel),
+        ("metrics", old.metrics, new.metrics),
+        ("handshake_timeout", old.handshake_timeout, new.handshake_timeout),
+        ("hook.spool_dir", old.hook.spool_dir, new.hook.spool_dir),
+        ("log", (old.log_format, old.log_level), (new.log_format, new.log_level)),
+    ) if a != b]
+    return changed
+
+
+def reloaded(old: Config, new: Config) -> Config:
+    """The config a running router goes on with after a reload: ``new``, but with what
+    needs a restart (:func:`restart_needed`) as it was. CURVE key roles (admins, hosts)
+    are live when the key files stay the same."""
+    curve = old.curve
+    if (old.curve is not None and new.curve is not None
+            and (new.curve.secret_key, new.curve.clients)
+            == (old.curve.secret_key, old.curve.clients)):
+        curve = new.curve
+    return replace(
+        new, runtime_dir=old.runtime_dir, state_dir=old.state_dir, listen=old.listen,
+        curve=curve, insecure=old.insecure, group=old.group, journal=old.journal,
+        fifos=old.fifos, synchronous=old.synchronous, max_message=old.max_message,
+        max_parallel=old.max_parallel, metrics=old.metrics,
+        handshake_timeout=old.handshake_timeout,
+        hook=replace(new.hook, spool_dir=old.hook.spool_dir, curve=old.hook.curve),
+        log_format=old.log_format, log_level=old.log_level)
 
 
 def load(path: str | None) -> Config:
@@ -170,7 +224,7 @@ def parse(text: str, path: str) -> Config:
     p.done()
 
     r = top.table("router")
-    listen = r.strings("listen", [])
+    listen = tuple(r.strings("listen", []))
     for i, endpoint in enumerate(listen):
         if not endpoint.startswith(("tcp://", "ipc://")):
             raise r.error(f"listen[{i}]", f"expected tcp://HOST:PORT or ipc://PATH, found "
@@ -210,17 +264,18 @@ def parse(text: str, path: str) -> Config:
     r.done()
 
     h = top.table("hook")
-    hook = HookConfig(
-        ack_timeout=h.duration("ack_timeout", "250ms"),
-        spool_dir=h.text("spool_dir", os.path.join(state_dir, "spool")),
-        host=h.text("host", ""),
-        endpoints=h.strings("endpoints", []),
-    )
+    hook_curve = None
+    ack_timeout = h.duration("ack_timeout", "250ms")
+    hook_spool = h.text("spool_dir", os.path.join(state_dir, "spool"))
+    hook_host = h.text("host", "")
+    hook_endpoints = tuple(h.strings("endpoints", []))
     if h.has("curve"):
         c = h.table("curve")
-        hook.curve = CurveKeys(secret_key=_key_file(c, "secret_key", secret=True),
+        hook_curve = CurveKeys(secret_key=_key_file(c, "secret_key", secret=True),
                                server_key=_key_file(c, "server_key", secret=False))
         c.done()
+    hook = HookConfig(ack_timeout=ack_timeout, spool_dir=hook_spool, host=hook_host,
+                      endpoints=hook_endpoints, curve=hook_curve)
     h.done()
 
     lg = top.table("log")
@@ -237,7 +292,7 @@ def parse(text: str, path: str) -> Config:
     d.done()
 
     alerts = parse_alert_settings(top)
-    receivers = parse_receivers(top, alerts)
+    receivers = MappingProxyType(parse_receivers(top, alerts))
     cluster = parse_cluster(top)
     agent = parse_agent(top)
     metrics = parse_metrics_settings(top)
@@ -251,18 +306,20 @@ def parse(text: str, path: str) -> Config:
         max_keys=max_keys, forget_deleted=forget_deleted,
         hook=hook, log_format=log_format,
         log_level=log_level,
-        defaults=defaults, rules=[], alerts=alerts, receivers=receivers,
+        defaults=defaults, rules=(), alerts=alerts, receivers=receivers,
         cluster=cluster, agent=agent, metrics=metrics,
     )
     seen: set[str] = set()
+    rules: list[Rule] = []
+    settings = ActionSettings(defaults, frozenset(receivers))
     for table in top.tables("rule"):
-        rule = _rule(table, config)
+        rule = _rule(table, settings)
         if rule.id in seen:
             raise table.error("id", f"rule id {rule.id!r} is used twice")
         seen.add(rule.id)
-        config.rules.append(rule)
+        rules.append(rule)
     top.done()
-    return config
+    return replace(config, rules=tuple(rules))
 
 
 def _key_file(t: Table, key: str, *, secret: bool) -> str:
@@ -274,7 +331,7 @@ def _key_file(t: Table, key: str, *, secret: bool) -> str:
             transport.load_secret(path)
         else:
             transport.load_public(path)
-    except transport.KeyFileError as exc:
+    except KeyFileError as exc:
         raise t.error(key, str(exc)) from None
     return path
 
@@ -292,7 +349,7 @@ def _key_hosts(c: Table) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(out)
 
 
-def _fifos(r: Table) -> list[FifoSource]:
+def _fifos(r: Table) -> tuple[FifoSource, ...]:
     out: list[FifoSource] = []
     raw = r.raw("fifos", [])
     if not isinstance(raw, list):
@@ -311,7 +368,7 @@ def _fifos(r: Table) -> list[FifoSource]:
         if not os.path.isabs(source.path):
             raise r.error(f"fifos[{i}]", f"must be an absolute path, found {source.path!r}")
         out.append(source)
-    return out
+    return tuple(out)
 
 
 def _pattern(table: Table, key: str, *, upper: bool = False,
@@ -326,17 +383,9 @@ def _pattern(table: Table, key: str, *, upper: bool = False,
     return pattern
 
 
-def _rule(t: Table, config: Config) -> Rule:
+def _rule(t: Table, settings: ActionSettings) -> Rule:
     rule_id = t.text("id", t.where.replace("rule[", "rule-").rstrip("]"))
-    match = Match(
-        kind=_pattern(t, "kind", upper=True, known=frozenset(KINDS + SYNTHETIC_KINDS)),
-        name=_pattern(t, "name"),
-        vs=_pattern(t, "vs"),
-        host=_pattern(t, "host"),
-        state=_pattern(t, "state", upper=True, known=KNOWN_STATES),
-        prev=_pattern(t, "from", upper=True, known=KNOWN_STATES),
-        source=_pattern(t, "source"),
-    )
+    prio_min = prio_max = None
     prio = t.raw("prio")
     if prio is not None:
         if (not isinstance(prio, list) or len(prio) != 2
@@ -345,7 +394,18 @@ def _rule(t: Table, config: Config) -> Rule:
         if not 0 <= prio[0] <= prio[1] <= 255:
             raise t.error("prio", f"expected 0 <= MIN <= MAX <= 255, found {prio}; "
                           "this range would never match")
-        match.prio_min, match.prio_max = prio
+        prio_min, prio_max = prio
+    match = Match(
+        kind=_pattern(t, "kind", upper=True, known=frozenset(KINDS + SYNTHETIC_KINDS)),
+        name=_pattern(t, "name"),
+        vs=_pattern(t, "vs"),
+        host=_pattern(t, "host"),
+        state=_pattern(t, "state", upper=True, known=KNOWN_STATES),
+        prev=_pattern(t, "from", upper=True, known=KNOWN_STATES),
+        source=_pattern(t, "source"),
+        prio_min=prio_min,
+        prio_max=prio_max,
+    )
     try:
         on = classes_from(t.strings("on", [TRANSITION], allow_str=True))
     except ValueError as exc:
@@ -362,7 +422,7 @@ def _rule(t: Table, config: Config) -> Rule:
     actions: list[Action] = []
     for a in t.tables("action"):
         kind = a.text("type", choices=tuple(ACTION_KINDS))
-        actions.append(ACTION_KINDS[kind].from_config(a, config))
+        actions.append(ACTION_KINDS[kind].from_config(a, settings))
         a.done()
     if not actions:
         raise t.error("action", "the rule has no [[rule.action]]")
@@ -370,14 +430,14 @@ def _rule(t: Table, config: Config) -> Rule:
         id=rule_id,
         match=match,
         on=on,
-        actions=actions,
+        actions=tuple(actions),
         delay=t.duration("delay", 0),
         skip_if_superseded=t.flag("skip_if_superseded", False),
         max_age=t.opt_duration("max_age"),
         description=t.text("description", ""),
         honor_silences=t.flag("honor_silences", False),
         send_resolved=(t.flag("send_resolved", True)
-                       and any(action.kind == "alert" for action in actions)),
+                       and any(action.pages for action in actions)),
     )
     t.done()
     return rule

@@ -17,29 +17,35 @@ from typing import Any
 import orjson
 
 from knotify import keepalived
+from knotify.errors import WireError
+from knotify.vocab import (
+    GROUP,
+    INSTANCE,
+    INVALID,
+    KINDS,
+    LVS_STATES,
+    RS,
+    SCRIPT_STATES,
+    UNKNOWN_STATE,
+    VRRP_STATES,
+    VS,
+)
 
 WIRE_VERSION = 1
 MAX_MESSAGE = 256 * 1024
 #: Nesting allowed in a command or an event's ``extra`` (a real one has two or three levels).
 MAX_DEPTH = 16
 
-KINDS = ("INSTANCE", "GROUP", "VS", "RS")
-#: Kinds the router makes itself; never accepted from the wire.
-SYNTHETIC_KINDS = ("CLUSTER", "PEER")
-INVALID = "INVALID"
 SOURCES = ("hook", "fifo", "send", "spool", "cluster", "agent", "resync")
 STATES_BY_KIND = {
-    "INSTANCE": keepalived.VRRP_STATES,
-    "GROUP": keepalived.SCRIPT_STATES + (keepalived.UNKNOWN_STATE,),
-    "VS": keepalived.LVS_STATES,
-    "RS": keepalived.LVS_STATES,
+    INSTANCE: VRRP_STATES,
+    GROUP: SCRIPT_STATES + (UNKNOWN_STATE,),
+    VS: LVS_STATES,
+    RS: LVS_STATES,
 }
 
 Key = tuple[str, str, str, str]
 
-
-class WireError(ValueError):
-    """A message the router refuses; the text says which field and why."""
 
 
 @dataclass(slots=True)
@@ -252,7 +258,7 @@ def decode_event(data: object, recv_ns: int | None = None) -> Event:
             raise WireError(f"event state {state[:40]!r} is not a {kind} state")
         if not name:
             raise WireError("event name is empty")
-        if (kind == "RS") != bool(vs):
+        if (kind == RS) != bool(vs):
             raise WireError("an RS event needs its virtual server in 'vs'; other kinds have none")
     if len(name) > keepalived.MAX_NAME or len(vs) > keepalived.MAX_NAME:
         raise WireError(f"event name or vs is longer than {keepalived.MAX_NAME} characters")

@@ -21,28 +21,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from knotify import log as logmod
-from knotify.actions.base import (
-    ERROR,
-    INTERRUPTED,
-    SILENCED,
-    SKIPPED,
-    Action,
-    ActionContext,
-    Outcome,
-)
+from knotify.actions.base import Action, ActionContext, Services
+from knotify.errors import JournalError
 from knotify.event import Event, Key
-from knotify.journal import Journal, JournalError
+from knotify.outcome import Outcome
 from knotify.rules import Rule
+from knotify.store.events import EventStore
 from knotify.templates import event_fields
 from knotify.tracker import Tracker, Transition
+from knotify.vocab import ERROR, INTERRUPTED, OK, SILENCED, SKIPPED
 
-#: Where a run waits: its key, or ``(key, "alert")`` for the key's alerts.
+#: Where a run waits: its key, or ``(key, lane)`` for a kind with a lane of its own
+#: (:attr:`knotify.actions.base.Action.lane`: the key's alerts).
 Lane = Key | tuple[Key, str]
-ALERT_LANE = "alert"
 
 
 def lane_of(run: Run) -> Lane:
-    return (run.event.key, ALERT_LANE) if run.action.kind == "alert" else run.event.key
+    lane = run.action.lane
+    return (run.event.key, lane) if lane else run.event.key
 
 
 @dataclass(slots=True)
@@ -58,7 +54,7 @@ class Run:
 
 
 class Executor:
-    def __init__(self, journal: Journal, tracker: Callable[[], Tracker], log: Any,
+    def __init__(self, journal: EventStore, tracker: Callable[[], Tracker], log: Any,
                  publish: Callable[[str, dict[str, Any]], None], max_parallel: int = 32) -> None:
         self.journal = journal
         # Many keys changing at once (a whole cluster failing over) must not fork a
@@ -75,12 +71,10 @@ class Executor:
         self.counts: dict[str, int] = {}
         self._starting: list[tuple[Run, asyncio.Future[None]]] = []
         self._commit_scheduled = False
-        #: Given to every action in ``ActionContext.extra`` (the router puts its alert engine here).
-        self.context: dict[str, Any] = {}
+        #: What actions may use (the router adds its alert engine and silences).
+        self.services = Services(log=log, publish=publish)
         #: Whether anyone follows what ``publish`` sends (else it is not built).
         self.watched: Callable[[], bool] = lambda: True
-        #: The silence muting an event, if any (rules with ``honor_silences``).
-        self.silenced: Callable[[Event, Transition, str], str | None] | None = None
 
     @property
     def queued(self) -> int:
@@ -198,9 +192,10 @@ class Executor:
             if reason:
                 self._record(run, Outcome(SKIPPED, detail=reason), log)
                 return
-            if (run.rule.honor_silences and self.silenced is not None
-                    and run.action.kind != "alert"):
-                silence = self.silenced(ev, run.transition, rule.id)
+            silences = self.services.silences
+            if (run.rule.honor_silences and silences is not None
+                    and run.action.skipped_when_silenced):
+                silence = silences.silence_reason(ev, run.transition, rule.id)
                 if silence:
                     self._record(run, Outcome(SILENCED, detail=silence), log)
                     return
@@ -208,7 +203,7 @@ class Executor:
 
     def _slot(self, run: Run) -> contextlib.AbstractAsyncContextManager[Any]:
         """A slot of ``max_parallel_actions`` for what forks; an alert only writes rows."""
-        return contextlib.nullcontext() if run.action.kind == "alert" else self.slots
+        return self.slots if run.action.takes_slot else contextlib.nullcontext()
 
     async def _start_and_run(self, key: Lane, run: Run, log: Any) -> None:
         rule, ev, tr = run.rule, run.event, run.transition
@@ -226,7 +221,7 @@ class Executor:
                         raise asyncio.CancelledError from None
         self.active[key] = run
         ctx = ActionContext(ev, tr, rule.id, event_fields(ev, tr, rule.id), log,
-                            extra={**self.context, "run": run.rowid, "index": run.index})
+                            run=run.rowid, index=run.index, services=self.services)
         try:
             outcome = await run.action.run(ctx)
         except asyncio.CancelledError:
@@ -262,10 +257,7 @@ class Executor:
 
     @staticmethod
     def _done_line(run: Run, outcome: Outcome, log: Any, ended: int) -> None:
-        if outcome.status in ("ok", "skipped"):
-            level = "debug" if run.action.kind == "log" else "info"
-        else:
-            level = "warning"
+        level = run.action.done_level if outcome.status in (OK, SKIPPED) else "warning"
         if logmod.enabled(log, level):
             logmod.emit(log, level, "action.done", {
                 "event_id": run.event.id, "rule": run.rule.id, "run": run.rowid,

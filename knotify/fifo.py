@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from knotify import hook, keepalived, spool
+from knotify.errors import ParseError, ResyncError
 
 #: How long ``knotify fifo`` keeps reading after SIGTERM (keepalived SIGKILLs at ~1 s).
 TERM_GRACE = 0.8
@@ -43,7 +44,7 @@ def event_from_line(line: str, host: str, seq: int, ts_ns: int,
     """
     try:
         fields = keepalived.parse_fifo_line(line)
-    except keepalived.ParseError as exc:
+    except ParseError as exc:
         fields = {"kind": "INVALID", "name": "", "state": "INVALID", "prio": None, "vs": "",
                   "form": "fifo", "error": str(exc)}
     fields["raw"] = line[:4096]
@@ -210,7 +211,7 @@ def _script_resync(pid: int, settings: hook.Settings,
 
     try:
         instances = resync.snapshot(pid, resync.dump_path())
-    except resync.ResyncError as exc:
+    except ResyncError as exc:
         hook._complain(f"resync: {exc}")
         return
     for event in resync.wire_events(instances, settings.host,

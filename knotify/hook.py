@@ -20,6 +20,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 
 from knotify import fastjson, keepalived, paths, spool  # noqa: E402
+from knotify.errors import KeyFileError, ParseError  # noqa: E402
 
 DEFAULT_ACK_TIMEOUT = 0.25
 WIRE_VERSION = 1
@@ -240,7 +241,7 @@ def _request(endpoint: str, payload: bytes, timeout: float, settings: Settings) 
 
         try:
             keys = transport.load_client(*settings.curve)
-        except transport.KeyFileError as exc:
+        except KeyFileError as exc:
             _complain(f"[hook.curve]: {exc}")
             raise
         return transport.curve_request(endpoint, payload, timeout, keys)
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     try:
         fields = keepalived.parse_argv(words)
-    except keepalived.ParseError as exc:
+    except ParseError as exc:
         _complain(f"{exc} (argv: {keepalived.safe_text(' '.join(args))[:300]!r})")
         fields = {"kind": "INVALID", "name": "", "state": "INVALID", "prio": None, "vs": "",
                   "form": "invalid", "error": str(exc)}

@@ -8,34 +8,46 @@ keepalived's hot path. The formats are those measured on keepalived 2.2.7
 
 from __future__ import annotations
 
-VRRP_KINDS = ("INSTANCE", "GROUP")
-LVS_KINDS = ("VS", "RS")
-
-#: States keepalived passes to scripts (generic ``notify``).
-SCRIPT_STATES = ("MASTER", "BACKUP", "FAULT", "STOP", "DELETED")
-#: States that only appear on the FIFO; they report news about the current state.
-FIFO_ONLY_STATES = ("MASTER_RX_LOWER_PRI", "MASTER_PRIORITY", "BACKUP_PRIORITY")
-UNKNOWN_STATE = "{UNKNOWN}"
-VRRP_STATES = SCRIPT_STATES + FIFO_ONLY_STATES + (UNKNOWN_STATE,)
-LVS_STATES = ("UP", "DOWN")
+from knotify.errors import ParseError
+from knotify.vocab import (
+    BACKUP,
+    DELETED,
+    DOWN,
+    FAULT,
+    FIFO_ONLY_STATES,
+    GROUP,
+    INSTANCE,
+    LVS_KINDS,
+    LVS_STATES,
+    MASTER,
+    RS,
+    RX_LOWER_PRI,
+    SCRIPT_STATES,
+    STOP,
+    UNKNOWN_STATE,
+    UP,
+    VRRP_KINDS,
+    VRRP_STATES,
+    VS,
+)
 
 #: The words of the short form written into specific hooks' command strings.
 SPECIFIC_VRRP = {
-    "master": "MASTER",
-    "backup": "BACKUP",
-    "fault": "FAULT",
-    "stop": "STOP",
-    "deleted": "DELETED",
-    "rx-lower-pri": "MASTER_RX_LOWER_PRI",
-    "master-rx-lower-pri": "MASTER_RX_LOWER_PRI",
+    "master": MASTER,
+    "backup": BACKUP,
+    "fault": FAULT,
+    "stop": STOP,
+    "deleted": DELETED,
+    "rx-lower-pri": RX_LOWER_PRI,
+    "master-rx-lower-pri": RX_LOWER_PRI,
 }
 SPECIFIC_LVS = {
-    "rs-up": ("RS", "UP"),
-    "rs-down": ("RS", "DOWN"),
-    "vs-up": ("VS", "UP"),
-    "vs-down": ("VS", "DOWN"),
-    "quorum-up": ("VS", "UP"),
-    "quorum-down": ("VS", "DOWN"),
+    "rs-up": (RS, UP),
+    "rs-down": (RS, DOWN),
+    "vs-up": (VS, UP),
+    "vs-down": (VS, DOWN),
+    "quorum-up": (VS, UP),
+    "quorum-down": (VS, DOWN),
 }
 
 MAX_NAME = 512
@@ -46,9 +58,6 @@ USAGE = (
     "'rs-up|rs-down RS VS', 'vs-up|vs-down VS'"
 )
 
-
-class ParseError(ValueError):
-    """An input keepalived (or a user) gave that is not one of the known forms."""
 
 
 def safe_text(text: str) -> str:
@@ -113,7 +122,7 @@ def parse_argv(words: list[str]) -> dict[str, object]:
     if not words:
         raise ParseError("no arguments: " + USAGE)
     rest = list(words)
-    kind = "INSTANCE"
+    kind = INSTANCE
     if rest[0].lower() in ("instance", "group"):
         kind = rest.pop(0).upper()
         if not rest:
@@ -127,21 +136,21 @@ def parse_argv(words: list[str]) -> dict[str, object]:
         if len(rest) > 2:
             extra = " ".join(safe_text(w) for w in rest[2:])
             raise ParseError(f"{what}: unexpected words after the name: {extra!r}")
-        if kind == "GROUP" and state in ("DELETED", "MASTER_RX_LOWER_PRI"):
+        if kind == GROUP and state in (DELETED, RX_LOWER_PRI):
             raise ParseError(f"{what}: keepalived has no {verb} hook for sync groups")
         return _fields(kind, _name(rest[1], what), state, None, form=verb)
     if verb in SPECIFIC_LVS and len(words) == len(rest):
         lkind, state = SPECIFIC_LVS[verb]
         what = f"{verb} hook"
-        if lkind == "RS":
+        if lkind == RS:
             if len(rest) < 3:
                 raise ParseError(f"{what}: expected '{verb} RS VS', e.g. "
                                  f"'{verb} [10.0.0.5]:tcp:80 [10.0.0.100]:tcp:80'")
-            return _fields("RS", _name(rest[1], what), state, None,
+            return _fields(RS, _name(rest[1], what), state, None,
                            vs=_name(" ".join(rest[2:]), what), form=verb)
         if len(rest) < 2:
             raise ParseError(f"{what}: expected '{verb} VS', e.g. '{verb} [10.0.0.100]:tcp:80'")
-        return _fields("VS", _name(" ".join(rest[1:]), what), state, None, form=verb)
+        return _fields(VS, _name(" ".join(rest[1:]), what), state, None, form=verb)
     raise ParseError(f"unknown form {safe_text(' '.join(words))[:200]!r}: " + USAGE)
 
 
@@ -163,7 +172,7 @@ def parse_fifo_line(line: str) -> dict[str, object]:
             raise ParseError(
                 f"{what}: unknown state {state!r}, expected one of " + ", ".join(VRRP_STATES)
             )
-        if head == "GROUP" and state in FIFO_ONLY_STATES:
+        if head == GROUP and state in FIFO_ONLY_STATES:
             raise ParseError(f"{what}: keepalived sends {state} for instances only")
         return _fields(head, _name(quoted[1:-1], what), state, _prio(prio, what), form="fifo")
     if head in LVS_KINDS:
@@ -171,14 +180,14 @@ def parse_fifo_line(line: str) -> dict[str, object]:
         body, _, state = rest.rpartition(" ")
         if state not in LVS_STATES:
             raise ParseError(f"{what}: expected UP or DOWN at the end, found {line!r}")
-        if head == "VS":
+        if head == VS:
             if not body:
                 raise ParseError(f"{what}: missing the virtual server, found {line!r}")
-            return _fields("VS", _name(body, what), state, None, form="fifo")
+            return _fields(VS, _name(body, what), state, None, form="fifo")
         rs, _, vs = body.partition(" ")
         if not rs or not vs:
             raise ParseError(f"{what}: expected 'RS <rs> <vs> UP|DOWN', found {line!r}")
-        return _fields("RS", _name(rs, what), state, None, vs=_name(vs, what), form="fifo")
+        return _fields(RS, _name(rs, what), state, None, vs=_name(vs, what), form="fifo")
     raise ParseError(
         f"unknown FIFO line {line[:200]!r}: expected INSTANCE, GROUP, VS or RS at the start"
     )
@@ -191,21 +200,21 @@ def build_manual(kind: str, name: str, state: str, prio: str | None) -> dict[str
     if kind in VRRP_KINDS:
         # keepalived sends the FIFO-only states for instances only (and the router refuses
         # them for groups), so a GROUP accepts the script states and {UNKNOWN}.
-        states = VRRP_STATES if kind == "INSTANCE" else SCRIPT_STATES + (UNKNOWN_STATE,)
+        states = VRRP_STATES if kind == INSTANCE else SCRIPT_STATES + (UNKNOWN_STATE,)
         if state not in states:
             raise ParseError(
                 f"state {state!r} is not a {kind} state; expected one of " + ", ".join(states)
             )
-        value = _prio(prio, "send") if prio is not None else (0 if kind == "GROUP" else None)
+        value = _prio(prio, "send") if prio is not None else (0 if kind == GROUP else None)
         return _fields(kind, _name(name, "send"), state, value, form="send")
     if kind in LVS_KINDS:
         if state not in LVS_STATES:
             raise ParseError(f"state {state!r} is not a {kind} state; expected UP or DOWN")
-        if kind == "RS":
+        if kind == RS:
             rs, _, vs = name.partition(" ")
             if not vs:
                 raise ParseError("send RS: give the name as 'RS VS', e.g. "
                                  "'[10.0.0.5]:tcp:80 [10.0.0.100]:tcp:80'")
-            return _fields("RS", _name(rs, "send"), state, None, vs=_name(vs, "send"), form="send")
-        return _fields("VS", _name(name, "send"), state, None, form="send")
+            return _fields(RS, _name(rs, "send"), state, None, vs=_name(vs, "send"), form="send")
+        return _fields(VS, _name(name, "send"), state, None, form="send")
     raise ParseError(f"kind {kind!r} is not one of INSTANCE, GROUP, VS, RS")

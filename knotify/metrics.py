@@ -12,26 +12,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from knotify import __version__, spool
-from knotify.schema import Table
+from knotify import __version__
+from knotify.metrics_settings import MetricsSettings
+from knotify.vocab import (
+    BACKUP,
+    CLUSTER,
+    CLUSTER_OK,
+    FAULT,
+    GROUP,
+    INSTANCE,
+    LVS_STATES,
+    MASTER,
+    MASTER_BACK,
+    NO_MASTER,
+    PEER,
+    PEER_BACK,
+    PEER_SILENT,
+    RS,
+    SPLIT_BRAIN,
+    SPLIT_BRAIN_RESOLVED,
+    STOP,
+    VS,
+)
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from knotify.router import Router
+    from knotify.supervisor import Faults
 
 #: The states shown (0 or 1) for each kind; the current one is always shown.
 STATES = {
-    "INSTANCE": ("MASTER", "BACKUP", "FAULT", "STOP"),
-    "GROUP": ("MASTER", "BACKUP", "FAULT", "STOP"),
-    "VS": ("UP", "DOWN"),
-    "RS": ("UP", "DOWN"),
-    "CLUSTER": ("OK", "SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "NO_MASTER", "MASTER_BACK"),
-    "PEER": ("PEER_SILENT", "PEER_BACK"),
+    INSTANCE: (MASTER, BACKUP, FAULT, STOP),
+    GROUP: (MASTER, BACKUP, FAULT, STOP),
+    VS: LVS_STATES,
+    RS: LVS_STATES,
+    CLUSTER: (CLUSTER_OK, SPLIT_BRAIN, SPLIT_BRAIN_RESOLVED, NO_MASTER, MASTER_BACK),
+    PEER: (PEER_SILENT, PEER_BACK),
 }
 READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 30.0
@@ -41,27 +61,8 @@ CACHE_S = 2.0
 MAX_CONNECTIONS = 16
 
 
-@dataclass(slots=True, frozen=True)
-class MetricsSettings:
-    #: ``HOST:PORT`` (``[::1]:9650`` for IPv6); empty: no metrics server.
-    listen: str = ""
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
 
 
-def parse_settings(top: Table) -> MetricsSettings:
-    m = top.table("metrics")
-    listen = m.text("listen", "")
-    if listen:
-        host, sep, port = listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise m.error("listen", f"expected HOST:PORT such as \"127.0.0.1:9650\", found "
-                          f"{listen!r}")
-    m.done()
-    return MetricsSettings(listen)
 
 
 @dataclass(slots=True)
@@ -79,21 +80,6 @@ class Snapshot:
     alerts: dict[str, Any]
     cluster: dict[str, Any] | None
     heartbeats: int
-
-    @classmethod
-    def take(cls, r: Router) -> Snapshot:
-        ex = r.executor
-        return cls(
-            states=[(key, ks.state, ks.since_ns, ks.prio, ks.epoch)
-                    for key, ks in r.tracker.states.items()],
-            stats={**r.stats, "curve_refused": r.zap.refused if r.zap is not None else 0},
-            faults=dict(r.faults.counts), loops=r.supervisor.view(),
-            actions=dict(ex.counts) if ex else {}, queued=ex.queued if ex else 0,
-            running=len(ex.active) if ex else 0,
-            spool_depth=spool.depth(r.config.hook.spool_dir),
-            alerts=r.alerts.info() if r.alerts is not None else {},
-            cluster=r.cluster.view() if r.cluster is not None else None,
-            heartbeats=r.cluster.heartbeats if r.cluster is not None else 0)
 
 
 class RouterCollector:
@@ -229,7 +215,7 @@ def _cluster(view: dict[str, Any], heartbeats: int) -> Iterator[Metric]:
                     labels=["cluster"])
     for group in view["groups"]:
         label = group["label"]
-        for word in ("OK", "SPLIT_BRAIN", "NO_MASTER"):
+        for word in (CLUSTER_OK, SPLIT_BRAIN, NO_MASTER):
             condition.add_metric([label, word], 1.0 if group["condition"] == word else 0.0)
         masters.add_metric([label], len(group["masters"]))
         members.add_metric([label], len({m["host"] for m in group["members"]}))
@@ -253,11 +239,11 @@ def _cluster(view: dict[str, Any], heartbeats: int) -> Iterator[Metric]:
 class Exposition:
     """Renders the metrics text off the event loop, one rendering at a time, cached."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         from prometheus_client import CollectorRegistry
         from prometheus_client.process_collector import ProcessCollector
 
-        self.router = router
+        self.snapshot = snapshot
         self.collector = RouterCollector()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
@@ -274,7 +260,7 @@ class Exposition:
             cached = self._cache.get(ctype)
             if cached is not None and loop.time() - cached[0] < CACHE_S:
                 return cached[1], ctype
-            self.collector.snap = Snapshot.take(self.router)
+            self.collector.snap = self.snapshot()
             try:
                 body = await loop.run_in_executor(None, encoder, self.registry)
             finally:
@@ -283,9 +269,12 @@ class Exposition:
             return body, ctype
 
 
-async def listen(router: Router, settings: MetricsSettings) -> asyncio.Server:
-    """Bind the metrics port (OSError if it cannot be bound); serve with ``serve_forever``."""
-    exposition = Exposition(router)
+async def listen(snapshot: Callable[[], Snapshot], faults: Faults,
+                 settings: MetricsSettings) -> asyncio.Server:
+    """Bind the metrics port (OSError if it cannot be bound); serve with ``serve_forever``.
+
+    ``snapshot`` copies what a scrape shows (the router's, taken in its event loop)."""
+    exposition = Exposition(snapshot)
     host, port = settings.address
 
     open_connections = 0
@@ -295,14 +284,14 @@ async def listen(router: Router, settings: MetricsSettings) -> asyncio.Server:
         open_connections += 1
         try:
             if open_connections > MAX_CONNECTIONS:  # a scrape storm or a hostile peer
-                router.faults.counts["metrics_refused"] += 1
+                faults.counts["metrics_refused"] += 1
                 return
             await _answer(exposition, reader, writer)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError, ValueError):
             pass
         except Exception as exc:  # one connection's failure: counted, logged, the next served
-            router.faults.record("metrics", exc)
+            faults.record("metrics", exc)
         finally:
             open_connections -= 1
             writer.close()

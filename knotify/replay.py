@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from knotify import paths, spool
+from knotify.errors import BadFile, JournalError
 from knotify.event import Event, decode_event, loads
-from knotify.journal import JournalError
 
 #: Files read per batch (one journal transaction).
 MAX_BATCH = 2000
@@ -37,7 +37,7 @@ _OURS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO, errno.EN
 
 def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    if not isinstance(exc, (spool.BadFile, ValueError)) or isinstance(exc, RecursionError):
+    if not isinstance(exc, (BadFile, ValueError)) or isinstance(exc, RecursionError):
         text = f"{type(exc).__name__}: {text}"
     return text[:500]
 
@@ -132,7 +132,7 @@ class SpoolReplay:
                 raise
             self._bad(fd, name, f"cannot be read: {exc.strerror or exc}", where)
             return None
-        except spool.BadFile as exc:
+        except BadFile as exc:
             self._bad(fd, name, str(exc), where)
             return None
         try:
@@ -306,7 +306,7 @@ def _recover(folder: str, tmp_fd: int, new_fd: int, name: str, max_bytes: int, l
             raise
         bad(tmp_fd, name, f"cannot be read: {exc.strerror or exc}")
         return 0
-    except spool.BadFile as exc:
+    except BadFile as exc:
         bad(tmp_fd, name, str(exc))
         return 0
     if not content.strip():

@@ -19,6 +19,9 @@ import subprocess
 import time
 from typing import Any
 
+from knotify.errors import ResyncError
+from knotify.hook import boot_id
+
 JSON_FILE = "/tmp/keepalived.json"
 # vrrp.h (keepalived 2.2.7): INIT 0, BACK 1, MAST 2, FAULT 3, DELETED 97, STOP 98.
 STATES = {1: "BACKUP", 2: "MASTER", 3: "FAULT", 97: "DELETED", 98: "STOP"}
@@ -33,9 +36,6 @@ def dump_path() -> str:
 
 _signum: int | None = None
 
-
-class ResyncError(RuntimeError):
-    pass
 
 
 def json_signal() -> int:
@@ -123,8 +123,6 @@ def snapshot(pid: int, json_file: str = JSON_FILE, timeout: float = 3.0) -> list
 def wire_events(instances: list[dict[str, Any]], host: str,
                 next_seq: Any, new_id: Any) -> list[dict[str, object]]:
     """Wire events for a snapshot (``next_seq``/``new_id`` stamp them like the hook does)."""
-    from knotify.hook import boot_id
-
     now = time.time_ns()
     mono = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     events: list[dict[str, object]] = []

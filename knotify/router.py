@@ -20,6 +20,7 @@ import signal
 import sqlite3
 import stat
 import time
+from dataclasses import replace
 from typing import Any
 
 import zmq
@@ -29,16 +30,15 @@ from knotify import __version__, hook, resync, sdnotify, spool, transport
 from knotify import config as configmod
 from knotify import log as logmod
 from knotify import metrics as metricsmod
-from knotify.actions.base import Outcome
 from knotify.alerts.engine import MAX_SLEEP as ALERTS_MAX_SLEEP
 from knotify.alerts.engine import OPS as ALERT_OPS
 from knotify.alerts.engine import AlertEngine
 from knotify.cluster.monitor import TICK as CLUSTER_TICK
 from knotify.cluster.monitor import ClusterMonitor
+from knotify.errors import ConfigError, JournalError, ResyncError, RouterError, WireError
 from knotify.event import (
     ID_CHARS,
     Event,
-    WireError,
     acked,
     check_text,
     decode_event,
@@ -49,13 +49,25 @@ from knotify.event import (
 from knotify.executor import Executor, Run
 from knotify.fifo import RESYNC_DELAY, AsyncFifoReader, event_from_line
 from knotify.fifo import TURN as FIFO_TURN
-from knotify.journal import Journal, JournalError, corrupt
+from knotify.outcome import Outcome
 from knotify.replay import SpoolReplay
 from knotify.rules import fired
-from knotify.schema import ConfigError
+from knotify.store.db import Database, corrupt
+from knotify.store.events import EventStore
+from knotify.store.outbox import Outbox
 from knotify.supervisor import Faults, Supervisor
-from knotify.tracker import INVALID_CLASS, REFUSED, STALE, TRANSITION, Tracker, Transition
+from knotify.tracker import Tracker, Transition
 from knotify.trust import LOCAL, PLAIN_TCP, KeyRing, Peer, ZapHandler
+from knotify.vocab import (
+    DELETED,
+    INVALID,
+    INVALID_CLASS,
+    KINDS,
+    REFUSED,
+    SKIPPED,
+    STALE,
+    TRANSITION,
+)
 
 #: What one event-loop turn reads from a socket at most: messages, events (estimated from
 #: the payload, exact for hooks) and bytes, whichever comes first. The work of a turn
@@ -64,7 +76,7 @@ MAX_BATCH = 2000
 MAX_BATCH_EVENTS = 2000
 MAX_BATCH_BYTES = 1024 * 1024
 #: Kinds whose keys count against max_keys (the router's own CLUSTER/PEER events do not).
-KEYED_KINDS = frozenset(("INSTANCE", "GROUP", "VS", "RS"))
+KEYED_KINDS = frozenset(KINDS)
 KEYS_FULL_LOG_EVERY = 60.0
 #: How often keys DELETED for longer than [router] forget_deleted are looked for.
 FORGET_EVERY = 60.0
@@ -94,13 +106,6 @@ MALLOC_PAD = 8 * 1024 * 1024
 ZAP_DOMAIN = "knotify"
 SHED_INTERVAL = 0.05
 SUBSCRIPTIONS_EVERY = 0.1
-#: Config values a reload applies at once, and those that need a restart (and are reported).
-LIVE = ("rules", "defaults", "alerts", "receivers", "spool_interval", "drain_timeout",
-        "max_backlog", "max_clock_skew", "max_keys", "forget_deleted",
-        "keep_events", "cluster", "agent")
-RESTART_ONLY = ("runtime_dir", "state_dir", "listen", "curve", "insecure", "group", "journal",
-                "fifos", "synchronous", "max_message", "max_parallel", "metrics",
-                "handshake_timeout")
 
 
 def _fields(ev: Event, tr: Transition, fields: dict[str, Any] | None = None
@@ -163,16 +168,15 @@ def raise_nofile() -> int:
     return soft
 
 
-class RouterError(RuntimeError):
-    """The router cannot start; the message says why and what to do."""
-
 
 class Router:
     def __init__(self, config: configmod.Config, log: Any = None) -> None:
         self.config = config
         self.log = log or logmod.get()
         self.tracker = Tracker(skew_ns=self._skew_ns())
-        self.journal: Journal | None = None
+        self.database: Database | None = None
+        self.journal: EventStore | None = None
+        self.outbox: Outbox | None = None
         self.executor: Executor | None = None
         self.alerts: AlertEngine | None = None
         self.cluster: ClusterMonitor | None = None
@@ -198,7 +202,6 @@ class Router:
         self._clients_mark: tuple[int, int] | None = None
         self._clients_read = 0.0
         self._resync_lock = asyncio.Lock()
-        self._log_settings = (config.log_format, config.log_level)
         self._tasks: list[asyncio.Task[Any]] = []
         self._since_prune = 0
         self._journal_failing = False
@@ -382,8 +385,6 @@ class Router:
             rule = rules.get(rule_id)
             if loaded is None or rule is None or idx >= len(rule.actions) \
                     or rule.actions[idx].kind != kind:
-                from knotify.actions.base import SKIPPED, Outcome
-
                 with self.journal.transaction():
                     self.journal.finish_run(rowid, Outcome(
                         SKIPPED, detail="its rule or action is no longer in the config"),
@@ -442,7 +443,7 @@ class Router:
                         results.append(True)
                         continue
                     tr = self.tracker.observe(ev)
-                    if tr.state == "DELETED":
+                    if tr.state == DELETED:
                         self._maybe_deleted = True
                     self.journal.add_event(ev, tr)
                     accepted.append((ev, tr))
@@ -455,7 +456,7 @@ class Router:
                     for rule in fired(rules, ev, tr):
                         ending = rule.send_resolved and rule.ends_only(ev, tr)
                         for idx, action in enumerate(rule.actions):
-                            if ending and action.kind != "alert":
+                            if ending and not action.pages:
                                 continue  # the end of an incident is news for alerts only
                             # An instant action with nothing of its key ahead of it runs
                             # below, before the commit; its run is journaled with its
@@ -538,7 +539,7 @@ class Router:
         if not self._maybe_deleted:
             return False  # (none since the last look: a flood of new names costs nothing)
         deleted = sorted((ks.updated_ns, key) for key, ks in self.tracker.states.items()
-                         if ks.state == "DELETED")
+                         if ks.state == DELETED)
         if not deleted:
             self._maybe_deleted = False
             return False
@@ -559,7 +560,7 @@ class Router:
         assert self.journal is not None
         cutoff = time.time_ns() - int(self.config.forget_deleted * 1e9)
         old = [key for key, ks in self.tracker.states.items()
-               if ks.state == "DELETED" and ks.updated_ns < cutoff]
+               if ks.state == DELETED and ks.updated_ns < cutoff]
         if old:
             with self.journal.transaction():
                 self._forget(old, f"DELETED for longer than {self.config.forget_deleted:g}s")
@@ -660,8 +661,13 @@ class Router:
 
     def _prune(self) -> None:
         assert self.journal is not None
+        assert self.database is not None and self.outbox is not None
         try:
-            dropped = self.journal.prune(self.config.keep_events)
+            with self.database.transaction():
+                dropped = self.journal.prune(self.config.keep_events)
+                oldest = self.journal.oldest_recv_ns() if dropped is not None else None
+                if oldest is not None:
+                    self.outbox.prune(oldest)
         except JournalError as exc:
             self.log.warning("journal.prune_failed", error=str(exc))
             return
@@ -955,6 +961,8 @@ class Router:
                 page = self.journal.history(min(limit, HISTORY_PAGE), before=before,
                                             event_id=event_id, transitions=transitions,
                                             **filters)
+                assert self.outbox is not None
+                self.outbox.attach_history({event["id"]: event for event in page})
                 more = limit > HISTORY_PAGE and len(page) == HISTORY_PAGE
                 return reply(True, events=page,
                              next_before=page[-1]["rowid"] if more else None)
@@ -972,6 +980,22 @@ class Router:
         except Exception as exc:  # a bug: this request fails, the router serves on
             reason = self.faults.record("command", exc, op=op[:40])
             return reply(False, error=f"internal error: {reason}")
+
+    def metrics_snapshot(self) -> metricsmod.Snapshot:
+        """What a metrics scrape shows, copied in the event loop."""
+        ex = self.executor
+        return metricsmod.Snapshot(
+            states=[(key, ks.state, ks.since_ns, ks.prio, ks.epoch)
+                    for key, ks in self.tracker.states.items()],
+            stats={**self.stats, "curve_refused": self.zap.refused if self.zap is not None
+                   else 0},
+            faults=dict(self.faults.counts), loops=self.supervisor.view(),
+            actions=dict(ex.counts) if ex else {}, queued=ex.queued if ex else 0,
+            running=len(ex.active) if ex else 0,
+            spool_depth=spool.depth(self.config.hook.spool_dir),
+            alerts=self.alerts.info() if self.alerts is not None else {},
+            cluster=self.cluster.view() if self.cluster is not None else None,
+            heartbeats=self.cluster.heartbeats if self.cluster is not None else 0)
 
     def info(self) -> dict[str, Any]:
         ex = self.executor
@@ -1002,27 +1026,18 @@ class Router:
             self.log.error("config.reload_refused", error=str(exc),
                            detail="the running config stays in force")
             return False, f"new config refused, old one kept: {exc}"
-        fixed = [name for name in RESTART_ONLY if getattr(new, name) != getattr(self.config, name)]
-        if new.hook.spool_dir != self.config.hook.spool_dir:
-            fixed.append("hook.spool_dir")
-        if (new.log_format, new.log_level) != self._log_settings:
-            fixed.append("log")
-        for name in LIVE:
-            setattr(self.config, name, getattr(new, name))
+        fixed = configmod.restart_needed(self.config, new)
+        old, self.config = self.config, configmod.reloaded(self.config, new)
+        # Each part gets its new settings, through its own method.
         self.tracker.skew_ns = self._skew_ns()
-        self.config.hook.ack_timeout = new.hook.ack_timeout
-        self.config.hook.host = new.hook.host
-        self.config.hook.endpoints = new.hook.endpoints
-        if self.cluster is not None:
-            self.cluster.reload(self.config.cluster)
         if self.alerts is not None:
-            self.alerts.rules_loaded(self.config.rules)
-        if (self.keyring is not None and new.curve is not None and self.config.curve is not None
-                and (new.curve.secret_key, new.curve.clients)
-                == (self.config.curve.secret_key, self.config.curve.clients)):
+            self.alerts.apply(self.config.alert_engine)
+        if self.cluster is not None:
+            self.cluster.apply(self.config.cluster)
+        curve = self.config.curve
+        if self.keyring is not None and curve is not None and curve is not old.curve:
             # Roles (admins, hosts) apply at once; new keys in the folder too.
-            self.config.curve = new.curve
-            self.keyring.configure(new.curve.admins, new.curve.hosts)
+            self.keyring.configure(curve.admins, curve.hosts)
             self._watch_clients(force=True)
         detail = f"config reloaded: {len(new.rules)} rules"
         if fixed:
@@ -1105,7 +1120,7 @@ class Router:
                     events.append(decode_event(w))
                 except WireError as exc:  # (a NUL in a name): kept, as an INVALID event
                     events.append(decode_event(
-                        {**w, "kind": "INVALID", "state": "INVALID", "name": "", "vs": "",
+                        {**w, "kind": INVALID, "state": INVALID, "name": "", "vs": "",
                          "prio": None, "error": str(exc), "raw": w.get("raw")}))
             self.ingest(events)
         except Exception as exc:
@@ -1114,7 +1129,7 @@ class Router:
             # Never drop a FIFO line: it waits in the spool until the journal is back.
             if not wire:
                 wire = [{"v": 1, "id": hook.new_id(), "host": host, "source": "fifo",
-                         "kind": "INVALID", "state": "INVALID", "name": "", "ts_ns": ts,
+                         "kind": INVALID, "state": INVALID, "name": "", "ts_ns": ts,
                          "raw": line[:4096]} for line, ts, _ in lines]
             for w in wire:
                 try:
@@ -1141,7 +1156,7 @@ class Router:
                 pid = resync.read_pidfile(source.pidfile)
                 instances = await asyncio.get_running_loop().run_in_executor(
                     None, resync.snapshot, pid, source.json_file)
-            except resync.ResyncError as exc:
+            except ResyncError as exc:
                 log.warning("resync.failed", error=str(exc))
                 return
         # Lines keepalived wrote before its dump are older than the snapshot: hand
@@ -1210,12 +1225,16 @@ class Router:
         assert self.journal is not None
         self.executor = Executor(self.journal, lambda: self.tracker, self.log, self.publish,
                                  self.config.max_parallel)
-        self.alerts = AlertEngine(self.config, self.journal, lambda: self.tracker, self.log,
+        self.alerts = AlertEngine(self.config.alert_engine, self.journal, lambda: self.tracker,
+                                  self.log,
                                   self.publish)
-        self.executor.context["alerts"] = self.alerts
-        self.executor.silenced = self.alerts.silence_reason
+        self.executor.services = replace(self.executor.services, alerts=self.alerts,
+                                         silences=self.alerts)
         self.executor.watched = self.watched
-        self.cluster = ClusterMonitor(self.config, self.journal, lambda: self.tracker,
+        assert self.database is not None
+        self.cluster = ClusterMonitor(self.config.cluster,
+                                      self.config.hook.host or os.uname().nodename,
+                                      self.database, lambda: self.tracker,
                                       self.ingest, self.log)
         self._bind_signals(loop)
         try:
@@ -1297,7 +1316,9 @@ class Router:
             raise RouterError(f"cannot lock the journal {path}: {exc.strerror or exc}; "
                               "check the folder and its permissions") from None
         try:
-            self.journal = Journal(path, self.config.synchronous, mode, gid)
+            self.database = Database(path, self.config.synchronous, mode, gid)
+            self.journal = EventStore(self.database)
+            self.outbox = Outbox(self.database)
             self.tracker = Tracker(self.journal.load_states(), self._skew_ns())
         except Exception as exc:  # whatever the file holds: one line, never a traceback
             raise self._journal_refusal(exc) from None
@@ -1316,7 +1337,8 @@ class Router:
         """Bind the Prometheus port (a bind error stops the start)."""
         listen = self.config.metrics.listen
         try:
-            server = await metricsmod.listen(self, self.config.metrics)
+            server = await metricsmod.listen(self.metrics_snapshot, self.faults,
+                                             self.config.metrics)
         except OSError as exc:
             raise RouterError(f"[metrics] listen: cannot bind {listen}: {exc.strerror}") from None
         self.log.info("metrics.listening", listen=listen)
@@ -1355,8 +1377,8 @@ class Router:
             self.log.info("router.drained", were_running=running, left_pending=left)
         if self.alerts is not None:
             await self.alerts.stop(self.config.drain_timeout)
-        if self.journal is not None:
-            self.journal.close()
+        if self.database is not None:
+            self.database.close()
         if self.zap is not None:
             self.zap.close()
         self.ctx.term()

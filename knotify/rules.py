@@ -8,15 +8,21 @@ all fail. ``from = ["!INIT", "!STOP"]`` therefore means "not from start-up".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from knotify.actions.base import Action
-from knotify.event import SYNTHETIC_KINDS, Event
-from knotify.tracker import NOTICE, REPEAT, RULE_CLASSES, TRANSITION, Transition
-
-#: States whose end is news to whoever was paged for them (``send_resolved``).
-INCIDENT_STATES = frozenset({"FAULT", "DOWN", "SPLIT_BRAIN", "NO_MASTER", "PEER_SILENT"})
+from knotify.event import Event
+from knotify.tracker import Transition
+from knotify.vocab import (
+    INCIDENT_STATES,
+    NOTICE,
+    REPEAT,
+    RULE_CLASSES,
+    SYNTHETIC_KINDS,
+    TRANSITION,
+)
 
 
 @lru_cache(maxsize=4096)
@@ -81,7 +87,7 @@ class Pattern:
         return ",".join([*self.positive, *("!" + n for n in self.negative)])
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Match:
     kind: Pattern = field(default_factory=Pattern)
     name: Pattern = field(default_factory=Pattern)
@@ -94,13 +100,18 @@ class Match:
     prio_max: int | None = None
     #: No pattern and no prio range: it matches every event but knotify's own.
     matches_all: bool = field(init=False, repr=False, compare=False)
-    #: The same without state, from and prio (what :meth:`ends` checks besides the state).
+    #: The same without state, from and prio (what :meth:`ends` checks besides the state);
+    #: None without state patterns (then nothing ends).
     _where: Match | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.matches_all = not (self.kind or self.name or self.vs or self.host or self.state
-                                or self.prev or self.source or self.prio_min is not None
-                                or self.prio_max is not None)
+        everything = not (self.kind or self.name or self.vs or self.host or self.state
+                          or self.prev or self.source or self.prio_min is not None
+                          or self.prio_max is not None)
+        object.__setattr__(self, "matches_all", everything)  # (frozen: set once, here)
+        if self.state.positive:
+            object.__setattr__(self, "_where", Match(self.kind, self.name, self.vs, self.host,
+                                                     source=self.source))
 
     def __call__(self, ev: Event, tr: Transition) -> bool:
         if self.matches_all:  # checked per event per rule: the common "every event" rule
@@ -139,11 +150,8 @@ class Match:
         that the state patterns name (FAULT -> BACKUP, SPLIT_BRAIN -> SPLIT_BRAIN_RESOLVED,
         PEER_SILENT -> PEER_BACK), for a subject this matches (kind, name, vs, host, source)."""
         prev = tr.prev_state
-        if prev not in INCIDENT_STATES or not self.state.positive \
-                or not self._state(prev, prev):
+        if prev not in INCIDENT_STATES or self._where is None or not self._state(prev, prev):
             return False
-        if self._where is None:
-            self._where = Match(self.kind, self.name, self.vs, self.host, source=self.source)
         return self._where(ev, tr)
 
     def _state(self, reported: str, effective: str) -> bool:
@@ -157,12 +165,12 @@ class Match:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Rule:
     id: str
     match: Match
     on: frozenset[str] = frozenset({TRANSITION})
-    actions: list[Action] = field(default_factory=list)
+    actions: tuple[Action, ...] = ()
     delay: float = 0.0
     skip_if_superseded: bool = False
     max_age: float | None = None
@@ -205,7 +213,7 @@ def classes_from(value: list[str]) -> frozenset[str]:
     return frozenset(out)
 
 
-def fired(rules: list[Rule], ev: Event, tr: Transition) -> list[Rule]:
+def fired(rules: Sequence[Rule], ev: Event, tr: Transition) -> list[Rule]:
     return [rule for rule in rules if rule.fires(ev, tr)]
 
 

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from knotify.errors import ConfigError
 from knotify.units import parse_duration
-
-
-class ConfigError(ValueError):
-    """A config problem a user can fix: ``FILE: KEY: reason``."""
-
-    def __init__(self, path: str, key: str, reason: str) -> None:
-        self.path = path
-        self.key = key
-        self.reason = reason
-        where = f"{path}: {key}" if key else path
-        super().__init__(f"{where}: {reason}")
 
 
 def _type_name(value: object) -> str:

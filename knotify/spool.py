@@ -25,6 +25,7 @@ import stat
 import time
 
 from knotify import fastjson
+from knotify.errors import BadFile
 
 TYPE_CHECKING = False
 
@@ -39,9 +40,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Never follow a link, never block on a FIFO or a device.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
-
-class BadFile(Exception):
-    """A spool entry that is not a readable event file; the text says what it is."""
 
 
 def what_is(mode: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Callable, Mapping
 
+from knotify.errors import TemplateError
 from knotify.event import Event
 from knotify.tracker import Transition
 from knotify.units import format_duration
@@ -43,9 +44,6 @@ FIELDS = {
                 "every member)",
 }
 
-
-class TemplateError(ValueError):
-    pass
 
 
 class Template:

@@ -10,33 +10,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from knotify import keepalived
-from knotify.event import INVALID, SYNTHETIC_KINDS, Event, Key
-
-INIT = "INIT"
-#: What CLUSTER and PEER events raise; a cluster or peer event's "from" is one of these
-#: or :data:`NO_CONDITION`, never a resolution (NO_MASTER does not come from
-#: SPLIT_BRAIN_RESOLVED: it comes from no condition).
-CONDITIONS = frozenset({"SPLIT_BRAIN", "NO_MASTER", "PEER_SILENT"})
-NO_CONDITION = "OK"
+from knotify.event import Event, Key
+from knotify.vocab import (
+    BACKUP,
+    BACKUP_PRIORITY,
+    CONDITIONS,
+    GROUP,
+    INIT,
+    INVALID,
+    INVALID_CLASS,
+    MASTER,
+    MASTER_PRIORITY,
+    NO_CONDITION,
+    NOTICE,
+    REPEAT,
+    RX_LOWER_PRI,
+    STALE,
+    SYNTHETIC_KINDS,
+    TRANSITION,
+    UNKNOWN_STATE,
+)
 
 #: The state a FIFO-only report implies ({UNKNOWN} implies nothing).
 EFFECTIVE = {
-    "MASTER_PRIORITY": "MASTER",
-    "BACKUP_PRIORITY": "BACKUP",
-    "MASTER_RX_LOWER_PRI": "MASTER",
-    keepalived.UNKNOWN_STATE: None,
+    MASTER_PRIORITY: MASTER,
+    BACKUP_PRIORITY: BACKUP,
+    RX_LOWER_PRI: MASTER,
+    UNKNOWN_STATE: None,
 }
-
-TRANSITION = "transition"
-REPEAT = "repeat"
-NOTICE = "notice"
-STALE = "stale"
-INVALID_CLASS = "invalid"
-#: A new key past [router] max_keys: journaled, not tracked, fires nothing.
-REFUSED = "refused"
-RULE_CLASSES = (TRANSITION, REPEAT, NOTICE)
-
 
 @dataclass(slots=True)
 class KeyState:
@@ -163,7 +164,7 @@ class Tracker:
         if ev.mono_ns and ev.boot and not self._leaps(ev, current):
             current.mono_ns, current.boot, current.pid = ev.mono_ns, ev.boot, ev.pid
         current.updated_ns = ev.recv_ns
-        if ev.prio is not None and not (ev.kind == "GROUP" and ev.prio == 0):
+        if ev.prio is not None and not (ev.kind == GROUP and ev.prio == 0):
             current.prio = ev.prio
         if same:
             cls = REPEAT if ev.state == current.state else NOTICE

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import zmq
 import zmq.auth
 
-
-class KeyFileError(ValueError):
-    """A key file that cannot be used; the message names the file and the reason."""
+from knotify.errors import KeyFileError
 
 
 @dataclass(slots=True, frozen=True)

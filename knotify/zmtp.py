@@ -14,14 +14,13 @@ import _socket as socket
 import struct
 import time
 
+from knotify.errors import ZmtpError
+
 _SIGNATURE = b"\xff" + b"\x00" * 8 + b"\x7f"
 _GREETING = _SIGNATURE + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
 _MORE, _LONG, _COMMAND = 0x01, 0x02, 0x04
 MAX_FRAME = 64 * 1024 * 1024
 
-
-class ZmtpError(OSError):
-    """The peer is not a ZMTP 3 peer we can talk to, or the connection broke."""
 
 
 def _command(name: bytes, props: dict[bytes, bytes]) -> bytes:

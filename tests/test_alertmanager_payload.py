@@ -18,7 +18,8 @@ from knotify.alerts.alertmanager import (
     shown_url,
     url_secrets,
 )
-from knotify.schema import ConfigError, Table
+from knotify.errors import ConfigError
+from knotify.schema import Table
 
 
 def fields(**over: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ from alert_servers import PASSWORD
 
 from knotify import config as configmod
 from knotify.actions.alert import AlertAction
-from knotify.schema import ConfigError
+from knotify.errors import ConfigError
 
 RULE = """
 [[rule]]

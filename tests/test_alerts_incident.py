@@ -192,7 +192,7 @@ def test_a_split_brain_mutes_master_and_backup_of_its_cluster() -> None:
 
 def test_inhibit_rules_load_and_errors_name_the_key(tmp_path: Path) -> None:
     from knotify import config as configmod
-    from knotify.schema import ConfigError
+    from knotify.errors import ConfigError
 
     path = tmp_path / "k.toml"
     good = """

@@ -10,20 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from knotify.alerts import attempt, flap, grouping, render, repeat
-from knotify.alerts.outbox import Outbox, backoff
 from knotify.alerts.redact import scheme, scrub, secret_tokens, short_url, url_id
-from knotify.alerts.silence import (
-    Silence,
-    SilenceError,
-    first_match,
-    parse_matcher,
-    parse_matchers,
-)
+from knotify.alerts.silence import Silence, first_match, parse_matcher, parse_matchers
 from knotify.alerts.stream import Stream
+from knotify.errors import SilenceError, TemplateError
 from knotify.event import Event
-from knotify.journal import Journal
-from knotify.templates import TemplateError
+from knotify.store.db import Database
+from knotify.store.events import EventStore
+from knotify.store.outbox import backoff
 from knotify.tracker import Tracker
+from knotify.vocab import FAILED, INTERRUPTED, OK, TIMEOUT
 
 S = 1_000_000_000
 
@@ -197,7 +193,7 @@ def test_flap_control_off() -> None:
 def test_flap_counts_the_keys_transitions_in_the_window_up_to_the_event(tmp_path: Path) -> None:
     """What flap control is given: this key's transitions in the window ending with the
     event (a real journal; repeats, notices, other keys and older changes do not count)."""
-    journal = Journal(str(tmp_path / "journal.db"))
+    journal = EventStore(Database(str(tmp_path / "journal.db")))
     tracker = Tracker()
     made: list[Event] = []
 
@@ -217,13 +213,12 @@ def test_flap_counts_the_keys_transitions_in_the_window_up_to_the_event(tmp_path
     report("MASTER", 1003, name="VI_2")
     last = report("BACKUP", 1004)
     report("MASTER", 1005)  # after the event asked about
-    box = Outbox(journal)
     window = (1004 - 60) * S
-    assert box.transitions_in_window(last.id, window) == 2  # MASTER at 1000, BACKUP at 1004
-    assert box.transitions_in_window(master.id, window) == 1
-    assert box.transitions_in_window(last.id, -1) == 5  # with the three long ago
-    assert box.transitions_in_window("no-such-event", window) == 0
-    journal.close()
+    assert journal.transitions_in_window(last.id, window) == 2  # MASTER at 1000, BACKUP at 1004
+    assert journal.transitions_in_window(master.id, window) == 1
+    assert journal.transitions_in_window(last.id, -1) == 5  # with the three long ago
+    assert journal.transitions_in_window("no-such-event", window) == 0
+    journal.database.close()
 
 
 # -- repeat ---------------------------------------------------------------------------------
@@ -356,7 +351,7 @@ def test_verdict_all_reached() -> None:
                   {"t": "end"})
     assert res.pid == 7 and res.ended
     v = attempt.verdict(res, [], False)
-    assert v.status == attempt.OK and v.done == ["a", "b"] and v.error == ""
+    assert v.status == OK and v.done == ["a", "b"] and v.error == ""
 
 
 def test_verdict_partial_keeps_what_was_reached_and_names_what_failed() -> None:
@@ -364,29 +359,29 @@ def test_verdict_partial_keeps_what_was_reached_and_names_what_failed() -> None:
                   {"t": "url", "id": "b", "ok": False, "status": "FAILURE", "error": "500"},
                   {"t": "end"})
     v = attempt.verdict(res, [], False)
-    assert v.status == attempt.FAILED and v.done == ["a"] and v.error == "json://b: 500"
+    assert v.status == FAILED and v.done == ["a"] and v.error == "json://b: 500"
 
 
 def test_verdict_after_a_kill_mid_url_retries_that_url_and_skips_done_ones() -> None:
     res = results(PLAN, {"t": "send", "id": "b"})
     v = attempt.verdict(res, ["a"], True, "timed out")
-    assert v.status == attempt.TIMEOUT and v.done == ["a"]
+    assert v.status == TIMEOUT and v.done == ["a"]
     assert [u["status"] for u in v.urls] == ["UNKNOWN"]
 
 
 def test_verdict_without_a_plan() -> None:
     assert attempt.verdict(attempt.Results(), [], False, interrupted=True).status == \
-        attempt.INTERRUPTED
-    assert attempt.verdict(attempt.Results(), [], True).status == attempt.TIMEOUT
+        INTERRUPTED
+    assert attempt.verdict(attempt.Results(), [], True).status == TIMEOUT
     v = attempt.verdict(attempt.Results(), ["x"], False, "the sender exited 1: boom")
-    assert v.status == attempt.FAILED and v.error == "the sender exited 1: boom"
+    assert v.status == FAILED and v.error == "the sender exited 1: boom"
 
 
 def test_verdict_problems_count_as_failures() -> None:
     res = results({"t": "plan", "urls": [], "problems": [{"id": "p", "url": "tgram://...",
                                                           "error": "refused"}]}, {"t": "end"})
     v = attempt.verdict(res, [], False)
-    assert v.status == attempt.FAILED and v.urls[0]["status"] == "INVALID"
+    assert v.status == FAILED and v.urls[0]["status"] == "INVALID"
 
 
 # -- since when an alert rule exists (flap control counts from then) ----------------------
@@ -397,22 +392,23 @@ def test_an_alert_rule_exists_from_the_load_that_brought_its_definition(tmp_path
     from knotify.actions.log import LogAction
     from knotify.alerts.since import RuleSince
     from knotify.rules import Match, Pattern, Rule
+    from knotify.store.rule_since import RuleSinceRows
     from knotify.templates import Template
 
     def rule(rid: str = "page", name: str = "VI_1", receivers: tuple[str, ...] = ("chat",),
              on: frozenset[str] = frozenset({"transition"})) -> Rule:
         return Rule(rid, Match(name=Pattern.parse([name])), on,
-                    [LogAction(Template("x"), "info"), AlertAction(receivers, {}, None)])
+                    (LogAction(Template("x"), "info"), AlertAction(receivers, {}, None)))
 
-    journal = Journal(str(tmp_path / "j.db"))
-    since = RuleSince(journal)
+    database = Database(str(tmp_path / "j.db"))
+    since = RuleSince(RuleSinceRows(database))
     assert since.since("page#1") == 0  # not known: everything counts, as before
     assert since.loaded([rule()], 10 * S) == ["page#1"]
     assert since.since("page#1") == 10 * S and since.since("page#0") == 0
     # The same rule, or only its receivers changed: it keeps existing (also across a
     # restart, which reads the journal again).
     assert since.loaded([rule(receivers=("mail",))], 20 * S) == []
-    assert RuleSince(journal).loaded([rule()], 30 * S) == []
+    assert RuleSince(RuleSinceRows(database)).loaded([rule()], 30 * S) == []
     assert since.since("page#1") == 10 * S
     # Other matchers or classes: a new rule.
     assert since.loaded([rule(name="VI_*")], 40 * S) == ["page#1"]
@@ -423,4 +419,4 @@ def test_an_alert_rule_exists_from_the_load_that_brought_its_definition(tmp_path
     assert since.loaded([rule("other")], 60 * S) == ["other#1"]
     assert since.loaded([rule("other"), rule()], 70 * S) == ["page#1"]
     assert since.since("page#1") == 70 * S and since.since("other#1") == 60 * S
-    journal.close()
+    database.close()

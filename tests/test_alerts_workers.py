@@ -37,7 +37,8 @@ from conftest import ROOT, KEnv, RouterProcess, wait_for
 from knotify import hook
 from knotify.alerts import attempt, sender
 from knotify.alerts.pool import WorkerPool
-from knotify.schema import ConfigError
+from knotify.errors import ConfigError
+from knotify.vocab import FAILED, INTERRUPTED, OK, SENT, TIMEOUT
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def test_worker_takes_job_after_job_then_exits_when_stdin_closes(
             assert json.loads(proc.stdout.readline()) == {"id": i}
             res = attempt.read_results(path)
             assert res.pid == proc.pid and res.ended
-            assert attempt.verdict(res, [], False).status == attempt.OK
+            assert attempt.verdict(res, [], False).status == OK
         # Junk in, an answer out, and the worker goes on.
         proc.stdin.write("{not json\n")
         proc.stdin.flush()
@@ -153,7 +154,7 @@ def test_a_job_read_after_its_router_died_is_dropped_unsent(tmp_path: Path,
     assert res.planned is None and not attempt.locked(path)
     # The next router sees an attempt that never began: sent again by itself, at once.
     v = attempt.verdict(res, [], False, interrupted=True)
-    assert v.status == attempt.INTERRUPTED and v.done == []
+    assert v.status == INTERRUPTED and v.done == []
 
 
 # -- the pool, in-process, with real workers ------------------------------------------------
@@ -179,7 +180,7 @@ def test_pool_kills_an_overrunning_worker_with_its_group_and_the_next_job_goes_o
                 os.killpg(first, 0)
             res = attempt.read_results(path)
             assert res.sending is not None  # cut in the middle of its request
-            assert attempt.verdict(res, [], True).status == attempt.TIMEOUT
+            assert attempt.verdict(res, [], True).status == TIMEOUT
             # The pool (size 1) is free again: a new worker takes the next job.
             worker = await pool.acquire()
             assert worker.pid != first
@@ -292,7 +293,7 @@ def test_verdict_says_slow_down_and_the_longest_retry_after() -> None:
         {"t": "url", "id": "c", "ok": True, "status": "SUCCESS"},
         {"t": "end"}]))
     v = attempt.verdict(res, [], False)
-    assert v.status == attempt.FAILED and v.slow_down and v.retry_after == 7.5
+    assert v.status == FAILED and v.slow_down and v.retry_after == 7.5
     assert v.done == ["c"]
     plain = attempt.parse_results("\n".join(json.dumps(r) for r in [
         {"t": "plan", "urls": [{"id": "a", "url": "json://a"}], "problems": []},
@@ -590,11 +591,12 @@ def test_worker_module_keeps_apprise_out_of_the_router() -> None:
 
 
 def test_windows_offer_each_groups_oldest_message_up_to_the_limit(tmp_path: Path) -> None:
-    from knotify.alerts.outbox import SENT, Outbox
-    from knotify.journal import Journal
+    from knotify.store.db import Database
+    from knotify.store.events import EventStore
+    from knotify.store.outbox import Outbox
 
-    journal = Journal(str(tmp_path / "j.db"))
-    box = Outbox(journal)
+    journal = EventStore(Database(str(tmp_path / "j.db")))
+    box = Outbox(journal.database)
     with journal.transaction():
         ids = {}
         for name, receiver, group in [("a1", "chat", "A"), ("a2", "chat", "A"),
@@ -610,30 +612,31 @@ def test_windows_offer_each_groups_oldest_message_up_to_the_limit(tmp_path: Path
     with journal.transaction():
         box.update_message(ids["a1"], status=SENT)
     assert [m.title for m in box.windows(lambda r: 9)["chat"]] == ["a2", "b1", "c1"]
-    journal.close()
+    journal.database.close()
 
 
 def test_an_older_journal_gets_the_group_key_of_its_open_messages(tmp_path: Path) -> None:
     import sqlite3
 
-    from knotify.alerts.outbox import Outbox
-    from knotify.journal import Journal
+    from knotify.store.db import Database
+    from knotify.store.events import EventStore
+    from knotify.store.outbox import Outbox
 
     path = str(tmp_path / "old.db")
-    journal = Journal(path)
-    box = Outbox(journal)
+    journal = EventStore(Database(path))
+    box = Outbox(journal.database)
     with journal.transaction():
         message = box.add_message("chat", "firing", "t", "b", "info", ["e1"], 1)
         box.add_item(run=None, event_id="e1", receiver="chat", stream="s", alert="firing",
                      status="composed", detail=None, group_key='["chat","h1"]', fields={},
                      spec={}, created_ns=1, due_ns=1)
         journal.db.execute("UPDATE alert_items SET message = ?", (message,))
-    journal.close()
+    journal.database.close()
     db = sqlite3.connect(path)
     db.execute("ALTER TABLE alert_messages DROP COLUMN group_key")  # as knotify wrote it before
     db.commit()
     db.close()
-    journal = Journal(path)
-    [window] = Outbox(journal).windows(lambda r: 2).values()
+    journal = EventStore(Database(path))
+    [window] = Outbox(journal.database).windows(lambda r: 2).values()
     assert window[0].group_key == '["chat","h1"]'
-    journal.close()
+    journal.database.close()

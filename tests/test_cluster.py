@@ -12,22 +12,22 @@ import pytest
 from knotify import config as configmod
 from knotify import spool
 from knotify.cluster import heartbeat
-from knotify.cluster.detect import (
+from knotify.cluster.detect import Detector
+from knotify.cluster.settings import ClusterSettings, GroupSpec
+from knotify.errors import ConfigError, WireError
+from knotify.event import Event, Key
+from knotify.rules import Pattern
+from knotify.templates import iso_time
+from knotify.tracker import KeyState, Tracker
+from knotify.vocab import (
+    CLUSTER_OK,
     MASTER_BACK,
     NO_MASTER,
-    OK,
     PEER_BACK,
     PEER_SILENT,
     SPLIT_BRAIN,
     SPLIT_BRAIN_RESOLVED,
-    Detector,
 )
-from knotify.cluster.settings import ClusterSettings, GroupSpec
-from knotify.event import Event, Key, WireError
-from knotify.rules import Pattern
-from knotify.schema import ConfigError
-from knotify.templates import iso_time
-from knotify.tracker import KeyState, Tracker
 
 S = 1_000_000_000  # one second in ns
 
@@ -205,7 +205,7 @@ def test_min_members_and_deleted_instances() -> None:
     # The instance is removed from every host's config: nothing left to be master of.
     for host in ("n1", "n2", "n3"):
         w.report(host, "VI_1", "DELETED")
-    assert w.tick(0.5) == [("CLUSTER", "VI_1", OK)]
+    assert w.tick(0.5) == [("CLUSTER", "VI_1", CLUSTER_OK)]
     assert "no host reports it" in w.journal[-1].extra["detail"]
 
 
@@ -261,7 +261,7 @@ def test_forgetting_a_peer_ends_its_watch() -> None:
     w.beat("old")
     assert w.run(6) == [("PEER", "old", PEER_SILENT)]
     [ev] = w.detector.forget("old", w.now)
-    assert (ev.kind, ev.host, ev.state) == ("PEER", "old", OK)
+    assert (ev.kind, ev.host, ev.state) == ("PEER", "old", CLUSTER_OK)
     assert w.detector.forget("old", w.now) == []
     assert w.run(60) == []
 

@@ -14,9 +14,10 @@ from knotify import paths
 from knotify.actions.exec import ExecAction
 from knotify.actions.log import LogAction
 from knotify.config import EMBEDDED, FifoSource
+from knotify.errors import ConfigError
 from knotify.event import Event
-from knotify.schema import ConfigError
-from knotify.tracker import NOTICE, REPEAT, TRANSITION, Transition
+from knotify.tracker import Transition
+from knotify.vocab import NOTICE, REPEAT, TRANSITION
 
 FILE = "/etc/knotify/test.toml"
 LOG_ACTION = '[[rule.action]]\ntype = "log"\n'
@@ -43,12 +44,12 @@ def test_empty_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = configmod.parse("", FILE)
     assert cfg.path == FILE
     assert (cfg.runtime_dir, cfg.state_dir) == ("/run/kt", "/var/lib/kt")
-    assert cfg.listen == [] and cfg.fifos == [] and cfg.rules == []
+    assert cfg.listen == () and cfg.fifos == () and cfg.rules == ()
     assert cfg.journal == "/var/lib/kt/journal.db"
     assert (cfg.drain_timeout, cfg.spool_interval) == (10.0, 1.0)
     assert (cfg.synchronous, cfg.keep_events, cfg.max_message) == ("full", 1_000_000, 262144)
     assert (cfg.hook.ack_timeout, cfg.hook.spool_dir, cfg.hook.host, cfg.hook.endpoints) == (
-        0.25, "/var/lib/kt/spool", "", [])
+        0.25, "/var/lib/kt/spool", "", ())
     assert (cfg.log_format, cfg.log_level) == ("auto", "info")
     assert (cfg.defaults.exec_timeout, cfg.defaults.service_timeout,
             cfg.defaults.systemctl) == (30.0, 90.0, "systemctl")
@@ -75,7 +76,7 @@ def test_full_config_values_are_read() -> None:
         '[log]\nformat = "json"\nlevel = "debug"\n'
         '[defaults]\nexec_timeout = "5s"\nservice_timeout = "2m"\nsystemctl = "/bin/true"\n',
         FILE)
-    assert cfg.listen == ["ipc:///r/extra.sock"] and cfg.journal == "/j.db"
+    assert cfg.listen == ("ipc:///r/extra.sock",) and cfg.journal == "/j.db"
     assert (cfg.drain_timeout, cfg.spool_interval, cfg.synchronous) == (60.0, 0.25, "normal")
     assert (cfg.keep_events, cfg.max_message) == (5000, 8192)
     assert (cfg.hook.ack_timeout, cfg.hook.spool_dir, cfg.hook.host) == (2.0, "/sp", "kb9")
@@ -120,8 +121,8 @@ def test_fifos_as_strings_and_tables() -> None:
     cfg = configmod.parse(
         '[router]\nfifos = ["/run/keepalived.fifo", {path = "/run/b.fifo", host = "kb2"},'
         ' {path = "/run/c.fifo"}]\n', FILE)
-    assert cfg.fifos == [FifoSource("/run/keepalived.fifo"), FifoSource("/run/b.fifo", "kb2"),
-                         FifoSource("/run/c.fifo", "")]
+    assert cfg.fifos == (FifoSource("/run/keepalived.fifo"), FifoSource("/run/b.fifo", "kb2"),
+                         FifoSource("/run/c.fifo", ""))
 
 
 def test_exec_action_resolves_bare_names_through_safe_path() -> None:
@@ -555,3 +556,93 @@ def test_program_path_with_a_closing_brace_is_a_path_not_a_template(tmp_path: Pa
     with pytest.raises(ConfigError, match=r"the program \(argv\[0\]\) cannot contain"):
         configmod.parse(f'[[rule]]\nid = "x"\n[[rule.action]]\ntype = "exec"\n'
                         f'argv = ["{folder}/{{name}}"]\n', "/etc/knotify/t.toml")
+
+
+# --------------------------------------------------------------------------- frozen, reload
+
+RELOAD_A = """
+[paths]
+runtime_dir = "/r"
+state_dir = "/s"
+[router]
+listen = ["ipc:///r/extra.sock"]
+max_keys = 100
+spool_interval = "1s"
+[cluster]
+silent_after = "30s"
+[[rule]]
+id = "one"
+[[rule.action]]
+type = "log"
+"""
+RELOAD_B = RELOAD_A.replace('"ipc:///r/extra.sock"', '"ipc:///r/other.sock"').replace(
+    "max_keys = 100", 'max_keys = 200\njournal = "/elsewhere.db"').replace(
+    '"30s"', '"45s"').replace('id = "one"', 'id = "two"')
+
+
+def test_the_config_is_frozen() -> None:
+    import dataclasses
+
+    cfg = configmod.parse(RELOAD_A, FILE)
+    assert isinstance(cfg.rules, tuple) and isinstance(cfg.listen, tuple)
+    assert isinstance(cfg.rules[0].actions, tuple) and isinstance(cfg.hook.endpoints, tuple)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.max_keys = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.hook.host = "x"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.rules[0].match.prio_min = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.receivers["x"] = cfg.receivers.get("y")  # type: ignore[index]
+
+
+def test_a_reload_keeps_what_needs_a_restart_and_names_it() -> None:
+    old, new = configmod.parse(RELOAD_A, FILE), configmod.parse(RELOAD_B, FILE)
+    assert configmod.restart_needed(old, new) == ["listen", "journal"]
+    assert configmod.restart_needed(old, old) == []
+    live = configmod.reloaded(old, new)
+    assert (live.listen, live.journal) == (old.listen, old.journal)  # as started
+    assert [r.id for r in live.rules] == ["two"] and live.max_keys == 200
+    assert live.cluster.silent_after == 45.0
+    assert live.alert_engine.result_dir == old.alert_engine.result_dir == "/s/outbox"
+    assert old.max_keys == 100 and [r.id for r in old.rules] == ["one"]  # untouched
+
+
+def test_the_alert_features_settings_are_frozen_too() -> None:
+    """An Alertmanager receiver, [[alerts.inhibit]], fold_after, severity and send_resolved
+    are parsed into frozen values like the rest, and reach the engine in one value."""
+    import dataclasses
+
+    cfg = configmod.parse("""
+[alerts]
+fold_after = 5
+[[alerts.inhibit]]
+source_matchers = ["kind=PEER", "state=PEER_SILENT"]
+equal = ["host"]
+[receivers.am]
+type = "alertmanager"
+urls = ["http://127.0.0.1:9093"]
+labels = {env = "prod"}
+[[rule]]
+id = "page"
+state = "FAULT"
+[[rule.action]]
+type = "alert"
+receiver = "am"
+severity = "warning"
+""", FILE)
+    am = cfg.receivers["am"].alertmanager
+    assert am is not None and am.labels == (("env", "prod"),)
+    assert cfg.alerts.fold_after == 5 and isinstance(cfg.alerts.inhibit, tuple)
+    assert isinstance(cfg.alerts.inhibit[0].source, tuple)
+    assert cfg.rules[0].send_resolved and cfg.rules[0].actions[0].spec["severity"] == "warning"
+    for value, name in ((am, "repost_interval"), (cfg.alerts, "fold_after"),
+                        (cfg.alerts.inhibit[0], "equal"), (cfg.rules[0], "send_resolved")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, name, None)
+    engine = cfg.alert_engine
+    assert (engine.alerts, engine.receivers, engine.rules, engine.cluster) == (
+        cfg.alerts, cfg.receivers, cfg.rules, cfg.cluster)
+    # No alert action: nothing to page the end of an incident to.
+    quiet = configmod.parse('[[rule]]\nstate = "FAULT"\n' + LOG_ACTION, FILE)
+    assert not quiet.rules[0].send_resolved

@@ -12,17 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from knotify import fastjson, hook, keepalived
-from knotify.event import (
-    MAX_MESSAGE,
-    Event,
-    WireError,
-    acked,
-    decode_event,
-    decode_message,
-    encode,
-    reply,
-)
+from knotify.errors import ParseError, WireError
+from knotify.event import MAX_MESSAGE, Event, acked, decode_event, decode_message, encode, reply
 from knotify.fifo import event_from_line
+from knotify.vocab import SCRIPT_STATES, VRRP_KINDS, VRRP_STATES
 
 
 def wire(**changes: Any) -> dict[str, Any]:
@@ -80,8 +73,8 @@ def test_decode_rs_event_has_vs_and_label() -> None:
 
 
 @pytest.mark.parametrize(("kind", "state"), [
-    ("INSTANCE", s) for s in keepalived.VRRP_STATES
-] + [("GROUP", s) for s in (*keepalived.SCRIPT_STATES, "{UNKNOWN}")]
+    ("INSTANCE", s) for s in VRRP_STATES
+] + [("GROUP", s) for s in (*SCRIPT_STATES, "{UNKNOWN}")]
   + [("VS", "UP"), ("VS", "DOWN")])
 def test_every_valid_kind_state_pair_is_accepted(kind: str, state: str) -> None:
     assert decode_event(wire(kind=kind, state=state)).state == state
@@ -354,8 +347,8 @@ _generic = st.builds(
     lambda user, kind, name, state, prio: (
         [*user, kind, name, state, str(prio)],
         {"kind": kind, "name": name, "state": state, "prio": prio, "vs": ""}),
-    st.lists(_word, max_size=3), st.sampled_from(keepalived.VRRP_KINDS), _word,
-    st.sampled_from([*keepalived.SCRIPT_STATES, "{UNKNOWN}"]), st.integers(0, 255))
+    st.lists(_word, max_size=3), st.sampled_from(VRRP_KINDS), _word,
+    st.sampled_from([*SCRIPT_STATES, "{UNKNOWN}"]), st.integers(0, 255))
 _short_vrrp = st.builds(
     lambda prefix, verb_state, name: (
         [*prefix, verb_state[0], name],
@@ -414,7 +407,7 @@ def test_property_every_parsed_argv_is_accepted_by_the_router(words: list[str]) 
     """Arbitrary words: refused with a reason, or (rarely) parsed, and then accepted."""
     try:
         fields = keepalived.parse_argv(words)
-    except keepalived.ParseError as exc:
+    except ParseError as exc:
         assert str(exc)
         return
     ev = _decoded(fields, words)
@@ -431,14 +424,14 @@ def test_property_every_fifo_line_becomes_a_decodable_event(line: str) -> None:
 
 @given(kind=st.sampled_from(["INSTANCE", "GROUP", "VS", "RS", "instance", "group", "vs"]),
        name=st.text(min_size=1, max_size=50),
-       state=st.sampled_from([*keepalived.VRRP_STATES, "UP", "DOWN", "up", "master"]),
+       state=st.sampled_from([*VRRP_STATES, "UP", "DOWN", "up", "master"]),
        prio=st.one_of(st.none(), st.integers(0, 300).map(str)))
 def test_property_every_manual_event_is_accepted_by_the_router(
     kind: str, name: str, state: str, prio: str | None
 ) -> None:
     try:
         fields = keepalived.build_manual(kind, name, state, prio)
-    except keepalived.ParseError:
+    except ParseError:
         return
     event = hook.stamp(fields, _settings(), "send", time.time_ns())
     decode_event(json.loads(fastjson.dumps(event)))

@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 from knotify import config as configmod
 from knotify import hook, keepalived
-from knotify.event import WireError, decode_event, decode_message
-from knotify.schema import ConfigError
-from knotify.templates import FIELDS, Template, TemplateError
+from knotify.errors import ConfigError, ParseError, TemplateError, WireError
+from knotify.event import decode_event, decode_message
+from knotify.templates import FIELDS, Template
+from knotify.vocab import SCRIPT_STATES, UNKNOWN_STATE, VRRP_KINDS, VRRP_STATES
 
 FUZZ = settings(max_examples=400, deadline=2000,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -54,7 +55,7 @@ def _check_fields(fields: dict[str, object]) -> None:
 def test_argv_parser_accepts_or_explains(argv: list[str]) -> None:
     try:
         fields = keepalived.parse_argv(argv)
-    except keepalived.ParseError as exc:
+    except ParseError as exc:
         assert str(exc)
         return
     _check_fields(fields)
@@ -74,8 +75,8 @@ named_text = st.lists(
 
 @FUZZ
 @given(st.lists(keepalived_words | argv_text, max_size=6),
-       st.sampled_from(keepalived.VRRP_KINDS), named_text,
-       st.sampled_from(keepalived.SCRIPT_STATES), st.integers(0, 255))
+       st.sampled_from(VRRP_KINDS), named_text,
+       st.sampled_from(SCRIPT_STATES), st.integers(0, 255))
 def test_generic_notify_is_read_from_the_end_whatever_comes_first(
     user: list[str], kind: str, name: tuple[str, str], state: str, prio: int
 ) -> None:
@@ -94,12 +95,12 @@ def test_a_name_that_is_not_utf8_is_shown_with_its_bytes_escaped() -> None:
 @FUZZ
 @given(st.text(max_size=200) | st.builds(
     lambda k, n, s, p: f'{k} "{n}" {s} {p}', st.sampled_from(["INSTANCE", "GROUP", "VS", "RS"]),
-    argv_text, st.sampled_from(keepalived.VRRP_STATES + ("UP", "DOWN", "X")),
+    argv_text, st.sampled_from(VRRP_STATES + ("UP", "DOWN", "X")),
     st.integers(-5, 300)))
 def test_fifo_line_parser_accepts_or_explains(line: str) -> None:
     try:
         fields = keepalived.parse_fifo_line(line)
-    except keepalived.ParseError as exc:
+    except ParseError as exc:
         assert str(exc)
         return
     _check_fields(fields)
@@ -118,7 +119,7 @@ event_like = st.fixed_dictionaries(
      "host": st.text(max_size=300),
      "kind": st.sampled_from(["INSTANCE", "GROUP", "VS", "RS", "INVALID", "CLUSTER", "x"]),
      "name": argv_text,
-     "state": st.sampled_from(list(keepalived.VRRP_STATES) + ["UP", "DOWN", "INVALID", "?"]),
+     "state": st.sampled_from(list(VRRP_STATES) + ["UP", "DOWN", "INVALID", "?"]),
      "source": st.sampled_from(["hook", "fifo", "send", "spool", "evil"])},
     optional={"prio": json_values, "vs": argv_text, "seq": json_values, "ts_ns": json_values,
               "argv": json_values, "raw": json_values, "error": json_values,
@@ -136,8 +137,8 @@ _name = st.characters(blacklist_categories=("Cs",), blacklist_characters="\0")
 def valid_events(draw: st.DrawFn) -> dict[str, Any]:
     """A wire event the router must accept: every field within its documented range."""
     kind = draw(st.sampled_from(["INSTANCE", "GROUP", "VS", "RS", "INVALID"]))
-    states = {"INSTANCE": keepalived.VRRP_STATES,
-              "GROUP": (*keepalived.SCRIPT_STATES, keepalived.UNKNOWN_STATE),
+    states = {"INSTANCE": VRRP_STATES,
+              "GROUP": (*SCRIPT_STATES, UNKNOWN_STATE),
               "VS": ("UP", "DOWN"), "RS": ("UP", "DOWN"), "INVALID": ("INVALID",)}[kind]
     data: dict[str, Any] = {
         "v": 1,
@@ -331,7 +332,7 @@ def test_config_loader_accepts_or_names_file_key_and_reason(text: str) -> None:
         assert str(exc).startswith("/etc/knotify/fuzz.toml")
         assert exc.reason
         return
-    assert isinstance(config.rules, list)
+    assert isinstance(config.rules, tuple)
 
 
 @pytest.fixture

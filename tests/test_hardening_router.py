@@ -24,12 +24,15 @@ from conftest import KEnv, RouterProcess, wait_for
 
 from knotify import config as configmod
 from knotify import log as logmod
-from knotify.actions.base import OK, RUNNING, Outcome
 from knotify.actions.exec import run_process
+from knotify.errors import JournalError
 from knotify.event import Event
 from knotify.executor import Executor, Run
-from knotify.journal import Journal, JournalError
+from knotify.outcome import Outcome
+from knotify.store.db import Database
+from knotify.store.events import EventStore
 from knotify.tracker import Tracker, Transition
+from knotify.vocab import OK, RUNNING
 
 LOG_RULE = """
 [[rule]]
@@ -85,7 +88,7 @@ def _status(path: Path, rowid: int) -> str:
         db.close()
 
 
-def _setup(tmp_path: Path, argv: str) -> tuple[Journal, Executor, Run]:
+def _setup(tmp_path: Path, argv: str) -> tuple[EventStore, Executor, Run]:
     config = configmod.parse(f"""
 [paths]
 runtime_dir = "{tmp_path}/run"
@@ -96,7 +99,7 @@ id = "act"
 type = "exec"
 argv = {argv}
 """, "test.toml")
-    journal = Journal(str(tmp_path / "journal.db"))
+    journal = EventStore(Database(str(tmp_path / "journal.db")))
     tracker = Tracker()
     executor = Executor(journal, lambda: tracker, logmod.get(), lambda *_: None)
     ev = Event(id="event-00000001", host="h1", kind="INSTANCE", name="VI_1", state="MASTER",
@@ -131,7 +134,7 @@ def test_an_outcome_survives_a_failed_group_commit(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert _status(tmp_path / "journal.db", run.rowid) == OK
-    journal.close()
+    journal.database.close()
 
 
 def test_an_outcome_flushed_inside_a_batch_that_fails_is_kept(tmp_path: Path) -> None:
@@ -152,7 +155,7 @@ def test_an_outcome_flushed_inside_a_batch_that_fails_is_kept(tmp_path: Path) ->
     assert _status(tmp_path / "journal.db", run.rowid) == RUNNING
     executor.flush()
     assert _status(tmp_path / "journal.db", run.rowid) == OK
-    journal.close()
+    journal.database.close()
 
 
 # --------------------------------------------------------------------------- finding 10

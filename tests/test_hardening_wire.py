@@ -695,8 +695,9 @@ def test_a_batch_that_fails_for_an_unknown_reason_costs_only_the_event_at_fault(
 
     from knotify import config as configmod
     from knotify.executor import Executor
-    from knotify.journal import Journal
     from knotify.router import Router
+    from knotify.store.db import Database
+    from knotify.store.events import EventStore
 
     class Buggy(Router):
         def ingest(self, events: list[Any]) -> list[bool]:
@@ -709,7 +710,7 @@ def test_a_batch_that_fails_for_an_unknown_reason_costs_only_the_event_at_fault(
     router = Buggy(configmod.load(str(kenv.config)), structlog.get_logger("test"))
 
     async def main() -> list[dict[str, Any]]:
-        router.journal = Journal(str(kenv.journal))
+        router.journal = EventStore(Database(str(kenv.journal)))
         router.executor = Executor(router.journal, lambda: router.tracker, router.log,
                                    router.publish, 4)
         ctx = zmq.Context()
@@ -751,7 +752,7 @@ def test_a_batch_that_fails_for_an_unknown_reason_costs_only_the_event_at_fault(
         assert names == ["VI_GOOD1", "VI_GOOD2", "VI_GOOD3"]
     finally:
         if router.journal is not None:
-            router.journal.close()
+            router.journal.database.close()
 
 
 def test_a_fifo_line_the_decoder_refuses_is_kept_as_invalid(

@@ -9,6 +9,7 @@ root, must not quietly take over a production journal.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import subprocess
@@ -102,7 +103,7 @@ def test_first_command_as_root_does_not_take_a_production_journal(
         tmp_path: Path, euid: int, env: dict[str, str], exists: bool, refused: bool) -> None:
     config = configmod.load(None)
     assert config.path == configmod.EMBEDDED
-    config.journal = str(tmp_path / "journal.db")
+    config = dataclasses.replace(config, journal=str(tmp_path / "journal.db"))
     if exists:
         Path(config.journal).write_bytes(b"")
     reason = production_journal(config, euid=euid, env=env)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from knotify.errors import JournalError
 from knotify.event import Event
-from knotify.journal import SCHEMA_VERSION, Journal, JournalError
+from knotify.store.db import Database
+from knotify.store.events import SCHEMA_VERSION, EventStore
 from knotify.tracker import Transition
 
 # The events table and its index as schema 1 (knotify 0.1.0 before key numbers) made them.
@@ -35,7 +37,7 @@ def event(n: int, host: str = "h1", name: str = "VI_1", kind: str = "INSTANCE") 
 TR = Transition("transition", "MASTER", "BACKUP", None, 1)
 
 
-def add(journal: Journal, *events: Event) -> None:
+def add(journal: EventStore, *events: Event) -> None:
     with journal.transaction():
         for ev in events:
             journal.add_event(ev, TR)
@@ -51,7 +53,7 @@ def key_numbers(path: Path) -> dict[tuple[str, ...], int]:
 
 def test_events_of_one_key_share_a_number_and_filters_use_it(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
-    journal = Journal(str(path))
+    journal = EventStore(Database(str(path)))
     add(journal, event(1), event(2, host="h2"), event(3), event(4, name="VI_2"))
     add(journal, event(5, host="h2"), event(6, kind="GROUP", name="G"))
     assert key_numbers(path) == {("h1", "INSTANCE", "VI_1", ""): 1,
@@ -65,18 +67,18 @@ def test_events_of_one_key_share_a_number_and_filters_use_it(tmp_path: Path) -> 
     assert ids(kind="GROUP") == ["6"]
     assert ids(host="nope") == []
     assert ids() == ["6", "5", "4", "3", "2", "1"]
-    journal.close()
+    journal.database.close()
     # Numbers survive a restart; a new key gets the next one.
-    journal = Journal(str(path))
+    journal = EventStore(Database(str(path)))
     add(journal, event(7, host="h3"), event(8))
     assert key_numbers(path)[("h3", "INSTANCE", "VI_1", "")] == 5
     assert [e["id"][-1] for e in journal.history(100, name="VI_1", host="h1")] == ["8", "3", "1"]
-    journal.close()
+    journal.database.close()
 
 
 def test_a_failed_batch_numbers_no_key(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
-    journal = Journal(str(path))
+    journal = EventStore(Database(str(path)))
     add(journal, event(1))
     with pytest.raises(RuntimeError), journal.transaction():
         journal.add_event(event(2, host="lost"), TR)
@@ -86,7 +88,7 @@ def test_a_failed_batch_numbers_no_key(tmp_path: Path) -> None:
                                  ("later", "INSTANCE", "VI_1", ""): 2,
                                  ("lost", "INSTANCE", "VI_1", ""): 3}
     assert [e["id"][-1] for e in journal.history(10, host="lost")] == ["4"]
-    journal.close()
+    journal.database.close()
 
 
 def test_schema_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
@@ -101,7 +103,7 @@ def test_schema_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
     db.commit()
     db.close()
 
-    journal = Journal(str(path))
+    journal = EventStore(Database(str(path)))
     assert key_numbers(path) == {("a", "INSTANCE", "VI_1", ""): 1,
                                  ("b", "INSTANCE", "VI_1", ""): 2,
                                  ("a", "INSTANCE", "VI_2", ""): 3}
@@ -109,7 +111,7 @@ def test_schema_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
         "old-00000003", "old-00000001"]
     add(journal, event(9, host="b"), event(10, host="c"))
     assert [e["id"] for e in journal.history(10, host="b")] == ["event-00000009", "old-00000002"]
-    journal.close()
+    journal.database.close()
     db = sqlite3.connect(path)
     indexes = {row[1] for row in db.execute("PRAGMA index_list(events)")}
     assert "events_kid" in indexes and "events_key" not in indexes
@@ -121,10 +123,10 @@ def test_schema_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
 
 def test_a_newer_journal_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
-    Journal(str(path)).close()
+    EventStore(Database(str(path))).database.close()
     db = sqlite3.connect(path)
     db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION + 1),))
     db.commit()
     db.close()
     with pytest.raises(JournalError, match="newer than this knotify"):
-        Journal(str(path))
+        EventStore(Database(str(path)))

@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from knotify import keepalived as ka
-from knotify.keepalived import ParseError, build_manual, parse_argv, parse_fifo_line, safe_text
+from knotify.errors import ParseError
+from knotify.keepalived import build_manual, parse_argv, parse_fifo_line, safe_text
 
 
 def fields(kind: str, name: str, state: str, prio: int | None, vs: str = "",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from knotify import resync
+from knotify.errors import ResyncError
 from knotify.event import decode_event
 
 # Trimmed from a real keepalived 2.2.7 dump (SIGJSON, /tmp/keepalived.json).
@@ -27,7 +28,7 @@ def test_dump_states_map_to_keepalived_words() -> None:
 
 
 def test_dump_that_is_not_a_list_is_refused() -> None:
-    with pytest.raises(resync.ResyncError, match="not a list"):
+    with pytest.raises(ResyncError, match="not a list"):
         resync.parse_dump({"iname": "VI_1"})
 
 
@@ -45,5 +46,5 @@ def test_snapshot_events_are_valid_wire_events_marked_resync() -> None:
 def test_snapshot_refuses_a_pid_that_is_not_keepalived() -> None:
     import os
 
-    with pytest.raises(resync.ResyncError, match="is not keepalived"):
+    with pytest.raises(ResyncError, match="is not keepalived"):
         resync.snapshot(os.getpid())

@@ -9,7 +9,8 @@ from knotify.actions.log import LogAction
 from knotify.event import Event
 from knotify.rules import Match, Pattern, Rule, _glob_match, classes_from, fired
 from knotify.templates import Template
-from knotify.tracker import INIT, NOTICE, REPEAT, STALE, TRANSITION, Tracker, Transition
+from knotify.tracker import Tracker, Transition
+from knotify.vocab import INIT, NOTICE, REPEAT, STALE, TRANSITION
 
 
 def ev(state: str = "MASTER", *, kind: str = "INSTANCE", name: str = "VI_1", vs: str = "",
@@ -269,6 +270,15 @@ def test_config_rule_with_lowercase_state_words_and_single_strings() -> None:
     assert not r.fires(ev(), tr(prev=INIT))
     assert not r.fires(ev(kind="GROUP", prio=0), tr())
     assert not r.fires(ev(prio=50), tr())
+
+
+def test_config_rule_with_only_a_prio_range_fires_only_inside_it() -> None:
+    """(A rule whose only matcher was ``prio`` fired for every priority: the range was
+    set on the match after it had decided it matched everything.)"""
+    [r] = _rules('[[rule]]\nid = "p"\nprio = [200, 255]\n[[rule.action]]\ntype = "log"\n')
+    assert r.fires(ev(prio=250), tr())
+    assert not r.fires(ev(prio=100), tr())
+    assert not r.fires(ev(prio=None), tr())
 
 
 def test_config_rule_on_every_and_notice() -> None:

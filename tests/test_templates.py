@@ -7,9 +7,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from knotify.errors import TemplateError
 from knotify.event import Event
-from knotify.templates import FIELDS, Template, TemplateError, event_fields
-from knotify.tracker import INIT, NOTICE, REPEAT, TRANSITION, Transition
+from knotify.templates import FIELDS, Template, event_fields
+from knotify.tracker import Transition
+from knotify.vocab import INIT, NOTICE, REPEAT, TRANSITION
 
 S = 1_000_000_000
 

@@ -7,17 +7,8 @@ import itertools
 import pytest
 
 from knotify.event import Event
-from knotify.tracker import (
-    INIT,
-    INVALID_CLASS,
-    NOTICE,
-    REPEAT,
-    STALE,
-    TRANSITION,
-    KeyState,
-    Tracker,
-    Transition,
-)
+from knotify.tracker import KeyState, Tracker, Transition
+from knotify.vocab import INIT, INVALID_CLASS, NOTICE, REPEAT, STALE, TRANSITION
 
 _ids = itertools.count()
 S = 1_000_000_000  # one second in ns

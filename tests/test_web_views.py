@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from knotify.errors import WindowError
 from knotify.web import views
 from knotify.web.data import Band, Lane, Mark, Timeline
 
@@ -64,7 +65,7 @@ def test_windows() -> None:
     assert (custom.since_ns, custom.until_ns, custom.live) == (T0, T0 + 60 * S, False)
     for bad in (("soon", None, None), ("0s", None, None), ("400d", None, None),
                 (None, "yesterday", None), (None, "1800000060", "1800000000")):
-        with pytest.raises(views.WindowError):
+        with pytest.raises(WindowError):
             views.window(*bad, now_ns=now)
 
 

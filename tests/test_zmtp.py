@@ -14,7 +14,8 @@ import zmq
 from conftest import need
 
 from knotify import zmtp
-from knotify.zmtp import Dealer, ZmtpError, parse_endpoint, request
+from knotify.errors import ZmtpError
+from knotify.zmtp import Dealer, parse_endpoint, request
 
 Handler = Callable[[list[bytes]], list[bytes] | None]
 

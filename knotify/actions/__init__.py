@@ -1,17 +1,19 @@
-"""Action kinds. A new kind is one module here plus one line in :data:`KINDS`."""
+"""Action kinds: one module each, registered by name (:mod:`.registry`).
+
+A new kind is one module here (its class decorated with ``@register``) plus its
+import line below.
+"""
 
 from __future__ import annotations
 
-from knotify.actions.alert import AlertAction
-from knotify.actions.base import Action, ActionContext, Outcome
-from knotify.actions.exec import ExecAction, ServiceAction
-from knotify.actions.log import LogAction
+# Each kind's module registers it; in this order, which is the order the config's
+# "expected one of ..." lists them in.
+# isort: off
+import knotify.actions.exec
+import knotify.actions.log
+import knotify.actions.alert  # noqa: F401
+# isort: on
+from knotify.actions.base import Action, ActionContext, Services
+from knotify.actions.registry import KINDS
 
-KINDS: dict[str, type[Action]] = {
-    "exec": ExecAction,
-    "service": ServiceAction,
-    "log": LogAction,
-    "alert": AlertAction,
-}
-
-__all__ = ["KINDS", "Action", "ActionContext", "Outcome"]
+__all__ = ["KINDS", "Action", "ActionContext", "Services"]

@@ -13,33 +13,54 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from knotify.actions.base import ERROR, Action, ActionContext, Outcome
+from knotify.actions.base import Action, ActionContext, ActionSettings
+from knotify.actions.registry import register
 from knotify.alerts import render
-from knotify.templates import TemplateError
+from knotify.errors import JournalError, TemplateError
+from knotify.outcome import Outcome
 from knotify.units import format_duration
+from knotify.vocab import ERROR
 
 if TYPE_CHECKING:
-    from knotify.config import Config
     from knotify.schema import Table
 
 
+@register
 class AlertAction(Action):
     kind = "alert"
     durable_start = False
+    #: The engine applies every silence to alerts itself, whatever the rule says.
+    skipped_when_silenced = False
+    pages = True
+    #: Alerts never wait behind the key's execs, nor for a slot: queueing forks nothing.
+    lane = "alert"
+    takes_slot = False
 
     def __init__(self, receivers: tuple[str, ...], spec: dict[str, str],
                  repeat_s: float | None) -> None:
-        self.receivers = receivers
-        self.spec = spec
-        self.repeat_s = repeat_s
+        self._receivers = receivers
+        self._spec = spec
+        self._repeat_s = repeat_s
+
+    @property
+    def receivers(self) -> tuple[str, ...]:
+        return self._receivers
+
+    @property
+    def spec(self) -> dict[str, str]:
+        return self._spec
+
+    @property
+    def repeat_s(self) -> float | None:
+        return self._repeat_s
 
     @classmethod
-    def from_config(cls, table: Table, config: Config) -> AlertAction:
+    def from_config(cls, table: Table, settings: ActionSettings) -> AlertAction:
         key = "receivers" if table.has("receivers") or not table.has("receiver") else "receiver"
         names = table.strings(key, None, allow_str=True)
         if not names:
             raise table.error(key, "name at least one receiver")
-        known = config.receivers
+        known = settings.receivers
         for i, name in enumerate(names):
             if name not in known:
                 raise table.error(f"{key}[{i}]" if key == "receivers" else key,
@@ -65,9 +86,7 @@ class AlertAction(Action):
         return cls(tuple(dict.fromkeys(names)), spec, repeat_s)
 
     async def run(self, ctx: ActionContext) -> Outcome:
-        from knotify.journal import JournalError  # not at import: journal imports actions
-
-        engine = ctx.extra.get("alerts")
+        engine = ctx.services.alerts
         if engine is None:
             return Outcome(ERROR, detail="no alert engine in this process")
         while True:

@@ -19,12 +19,15 @@ import signal
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from knotify.actions.base import ERROR, FAILED, OK, TIMEOUT, Action, ActionContext, Outcome
+from knotify.actions.base import Action, ActionContext, ActionSettings
+from knotify.actions.registry import register
+from knotify.errors import TemplateError
+from knotify.outcome import Outcome
 from knotify.security import must_be_root_only
-from knotify.templates import Template, TemplateError
+from knotify.templates import Template
+from knotify.vocab import ERROR, FAILED, OK, TIMEOUT
 
 if TYPE_CHECKING:
-    from knotify.config import Config
     from knotify.schema import Table
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -250,6 +253,7 @@ def _run_as(table: Table) -> tuple[str | None, str | None]:
     return user, group
 
 
+@register
 class ExecAction(Action):
     kind = "exec"
 
@@ -264,7 +268,7 @@ class ExecAction(Action):
         self.group = group
 
     @classmethod
-    def from_config(cls, table: Table, config: Config) -> ExecAction:
+    def from_config(cls, table: Table, settings: ActionSettings) -> ExecAction:
         words = table.strings("argv")
         if not words:
             raise table.error("argv", "must name at least the program to run")
@@ -283,7 +287,7 @@ class ExecAction(Action):
         for name in list(env_table.data):
             env[name] = _template(env_table, name, env_table.text(name))
         env_table.done()
-        timeout = table.duration("timeout", config.defaults.exec_timeout)
+        timeout = table.duration("timeout", settings.defaults.exec_timeout)
         kill_grace = table.duration("kill_grace", "2s")
         cwd = table.text("cwd", "/")
         user, group = _run_as(table)
@@ -308,6 +312,7 @@ class ExecAction(Action):
 SERVICE_COMMANDS = ("restart", "start", "stop", "reload", "try-restart", "reload-or-restart")
 
 
+@register
 class ServiceAction(Action):
     """``systemctl COMMAND -- UNIT``: the common case of exec, written short."""
 
@@ -322,19 +327,19 @@ class ServiceAction(Action):
         self.kill_grace = kill_grace
 
     @classmethod
-    def from_config(cls, table: Table, config: Config) -> ServiceAction:
+    def from_config(cls, table: Table, settings: ActionSettings) -> ServiceAction:
         command = table.text("command", "restart", choices=SERVICE_COMMANDS)
         unit = _template(table, "unit", table.text("unit"))
         if not unit.text.strip():
             raise table.error("unit", "is empty")
-        systemctl = table.text("systemctl", config.defaults.systemctl)
+        systemctl = table.text("systemctl", settings.defaults.systemctl)
         if not os.path.isabs(systemctl) and "/" in systemctl:
             raise table.error("systemctl", "must be an absolute path or a bare name")
         resolved = resolve_program(systemctl)
         refusal = must_be_root_only(resolved) if resolved else None
         if refusal:
             raise table.error("systemctl", refusal)
-        timeout = table.duration("timeout", config.defaults.service_timeout)
+        timeout = table.duration("timeout", settings.defaults.service_timeout)
         kill_grace = table.duration("kill_grace", "2s")
         return cls(command, unit, systemctl, timeout, kill_grace)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from knotify import log as logmod
-from knotify.actions.base import OK, Action, ActionContext, Outcome
-from knotify.templates import Template, TemplateError, event_fields
+from knotify.actions.base import Action, ActionContext, ActionSettings
+from knotify.actions.registry import register
+from knotify.errors import TemplateError
+from knotify.outcome import Outcome
+from knotify.templates import Template, event_fields
+from knotify.vocab import OK
 
 if TYPE_CHECKING:
-    from knotify.config import Config
     from knotify.event import Event
     from knotify.schema import Table
     from knotify.tracker import Transition
@@ -18,15 +21,18 @@ DEFAULT_MESSAGE = "{kind} {subject} on {host}: {prev_state} -> {state}"
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+@register
 class LogAction(Action):
     kind = "log"
+    #: Its own line says it all: "action.done" only at debug.
+    done_level = "debug"
 
     def __init__(self, message: Template, level: str) -> None:
         self.message = message
         self.level = level
 
     @classmethod
-    def from_config(cls, table: Table, config: Config) -> LogAction:
+    def from_config(cls, table: Table, settings: ActionSettings) -> LogAction:
         text = table.text("message", DEFAULT_MESSAGE)
         try:
             message = Template(text)

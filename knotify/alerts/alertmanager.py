@@ -43,6 +43,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from knotify.alerts.redact import MASK, scrub, url_id
 from knotify.alerts.render import BAD_STATES
+from knotify.alerts.sender import Result, parse_retry_after, start_ticks
 from knotify.schema import Table
 
 KIND = "alertmanager"
@@ -323,8 +324,6 @@ def _request(raw: str, body: bytes, token: str | None) -> urllib.request.Request
 def post(raw: str, body: bytes, token: str | None, timeout: float,
          secrets: set[str]) -> tuple[bool, str, str, dict[str, Any]]:
     """One POST: (ok, status, error, {"http": code, "retry_after": s} on failure)."""
-    from knotify.alerts.sender import parse_retry_after
-
     try:
         request = _request(raw, body, token)
         with urllib.request.urlopen(request, timeout=max(0.1, timeout)) as response:
@@ -355,11 +354,10 @@ def post(raw: str, body: bytes, token: str | None, timeout: float,
         return False, "ERROR", scrub(f"{type(exc).__name__}: {exc}", secrets)[:MAX_ERROR], {}
 
 
-def deliver(job: dict[str, Any], out: Any) -> bool:
+def deliver(job: dict[str, Any], out: Result) -> bool:
     """Post the job's alerts to each Alertmanager URL not reached yet, recording each step
-    in ``out`` (a :class:`knotify.alerts.sender.Result`) as apprise deliveries do."""
-    from knotify.alerts.sender import start_ticks
-
+    in ``out`` as apprise deliveries do (:func:`knotify.alerts.sender.deliver`; the worker
+    calls this one for a job of ``kind`` alertmanager)."""
     out.write({"t": "start", "pid": os.getpid(), "ticks": start_ticks(), "ns": time.time_ns()})
     timeout = float(job.get("timeout", 30.0))
     deadline = time.monotonic() + timeout

@@ -25,48 +25,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from knotify.alerts import render
 from knotify.alerts.alertmanager import fingerprint, labels_for
-from knotify.cluster import MASTER_BACK, OK, PEER_BACK, SPLIT_BRAIN_RESOLVED
 from knotify.event import Key
+from knotify.store.alertmanager import AlertmanagerStore, AMAlert
 from knotify.tracker import KeyState
+from knotify.vocab import CLUSTER, ENDING_STATES, INIT
 
 if TYPE_CHECKING:
-    from knotify.alerts.outbox import ItemRow, Outbox
     from knotify.alerts.receivers import Receiver
+    from knotify.store.outbox import ItemRow, Outbox
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS am_alerts (
-    receiver TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    annotations TEXT NOT NULL,
-    host TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    vs TEXT NOT NULL,
-    state TEXT NOT NULL,
-    starts_ns INTEGER NOT NULL,
-    ends_ns INTEGER,
-    event_ids TEXT NOT NULL,
-    PRIMARY KEY (receiver, fingerprint)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS am_alerts_active ON am_alerts (receiver) WHERE ends_ns IS NULL;
-CREATE TABLE IF NOT EXISTS am_posts (
-    message INTEGER NOT NULL,
-    receiver TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    PRIMARY KEY (message, fingerprint)
-) WITHOUT ROWID;
-"""
-
-#: States that end an incident: their event resolves the condition it ended.
-ENDING_STATES = frozenset({SPLIT_BRAIN_RESOLVED, MASTER_BACK, PEER_BACK, OK})
 #: Event ids an alert's annotation keeps (the newest).
 MAX_IDS = 10
 #: Resolved alerts are forgotten this long after they ended (their posts long done).
@@ -77,39 +49,6 @@ PRUNE_EVERY_NS = 3600 * 10**9
 def group_key(receiver: str) -> str:
     """Every post to one Alertmanager receiver is in one group: they go out in order."""
     return json.dumps(["alertmanager", receiver], separators=(",", ":"))
-
-
-@dataclass(slots=True)
-class AMAlert:
-    receiver: str
-    fingerprint: str
-    labels: dict[str, str]
-    annotations: dict[str, str]
-    key: Key
-    state: str
-    starts_ns: int
-    ends_ns: int | None
-    event_ids: list[str]
-
-    def post(self) -> dict[str, Any]:
-        return {"labels": self.labels, "annotations": self.annotations,
-                "starts_ns": self.starts_ns, "ends_ns": self.ends_ns}
-
-    def describe(self) -> str:
-        what = (self.labels.get("instance") or self.labels.get("cluster")
-                or self.labels.get("real_server") or self.labels.get("virtual_server")
-                or self.key[2])
-        where = self.labels.get("host")
-        return f"{what} {self.state}" + (f" on {where}" if where and where != what else "")
-
-
-_COLUMNS = ("receiver, fingerprint, labels, annotations, host, kind, name, vs, state, "
-            "starts_ns, ends_ns, event_ids")
-
-
-def _row(r: Sequence[Any]) -> AMAlert:
-    return AMAlert(r[0], r[1], json.loads(r[2]), json.loads(r[3]), (r[4], r[5], r[6], r[7]),
-                   r[8], r[9], r[10], json.loads(r[11]))
 
 
 def _ns(text: str | None, default: int) -> int:
@@ -126,8 +65,9 @@ def _clock(ns: int) -> str:
 class Desk:
     """Alertmanager alerts in the journal; the caller holds the transaction where noted."""
 
-    def __init__(self, journal: Any, outbox: Outbox, log: Any) -> None:
-        self.journal = journal
+    def __init__(self, rows: AlertmanagerStore, outbox: Outbox, log: Any) -> None:
+        self.rows = rows
+        self.database = rows.database
         self.outbox = outbox
         self.log = log
         #: When each receiver's active alerts were last re-posted (ns), or since when it has
@@ -136,43 +76,15 @@ class Desk:
         self._first = True
         self._pruned = 0
 
-    @property
-    def db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection = self.journal.db
-        return db
-
-    # -- rows ---------------------------------------------------------------------------------
-
     def get(self, receiver: str, fp: str) -> AMAlert | None:
-        r = self.db.execute(f"SELECT {_COLUMNS} FROM am_alerts WHERE receiver = ? AND "
-                            "fingerprint = ?", (receiver, fp)).fetchone()
-        return _row(r) if r else None
+        return self.rows.get(receiver, fp)
 
     def active(self, receiver: str | None = None) -> list[AMAlert]:
-        if receiver is None:
-            rows = self.db.execute(f"SELECT {_COLUMNS} FROM am_alerts WHERE ends_ns IS NULL "
-                                   "ORDER BY starts_ns").fetchall()
-        else:
-            rows = self.db.execute(f"SELECT {_COLUMNS} FROM am_alerts WHERE ends_ns IS NULL "
-                                   "AND receiver = ? ORDER BY starts_ns", (receiver,)).fetchall()
-        return [_row(r) for r in rows]
-
-    def _put(self, a: AMAlert) -> None:
-        self.db.execute(
-            f"INSERT OR REPLACE INTO am_alerts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?, ?)",
-            (a.receiver, a.fingerprint, json.dumps(a.labels, ensure_ascii=True),
-             json.dumps(a.annotations, ensure_ascii=True), *a.key, a.state, a.starts_ns,
-             a.ends_ns, json.dumps(a.event_ids)))
+        return self.rows.active(receiver)
 
     def _resolve(self, a: AMAlert, ends_ns: int) -> None:
         a.ends_ns = max(a.starts_ns, ends_ns)
-        self.db.execute("UPDATE am_alerts SET ends_ns = ? WHERE receiver = ? AND "
-                        "fingerprint = ?", (a.ends_ns, a.receiver, a.fingerprint))
-
-    def _link(self, message: int, receiver: str, fps: Sequence[str]) -> None:
-        self.db.executemany("INSERT OR IGNORE INTO am_posts (message, receiver, fingerprint) "
-                            "VALUES (?, ?, ?)", [(message, receiver, fp) for fp in fps])
+        self.rows.set_ended(a)
 
     # -- a message composed for the receiver (inside the engine's transaction) ----------------
 
@@ -188,7 +100,7 @@ class Desk:
             ts = _ns(f.get("ts_ns"), now)
             state = f.get("state", "")
             ended = False
-            for old in self._active_of(receiver.name, key):
+            for old in self.rows.active_of(receiver.name, key):
                 if old.state != state:  # the subject left the paged state: that alert ends
                     self._resolve(old, ts)
                     touched[old.fingerprint] = None
@@ -196,16 +108,16 @@ class Desk:
             severity = item.spec.get("severity") or None
             if state in ENDING_STATES:
                 prev = f.get("prev_state", "")
-                if not ended and prev and prev != "INIT" and prev not in ENDING_STATES:
+                if not ended and prev and prev != INIT and prev not in ENDING_STATES:
                     # Nothing of ours to end (paged elsewhere, or by the other router):
                     # say it ended all the same; Alertmanager merges it with the firing one.
                     labels = labels_for({**f, "state": prev}, severity, dict(am.labels),
                                         group_by)
                     fp = fingerprint(labels)
                     if self.get(receiver.name, fp) is None:
-                        self._put(AMAlert(receiver.name, fp, labels,
-                                          self._annotations(receiver, item), key, prev, ts,
-                                          ts, [item.event_id]))
+                        self.rows.put(AMAlert(receiver.name, fp, labels,
+                                              self._annotations(receiver, item), key, prev,
+                                              ts, ts, [item.event_id]))
                         touched[fp] = None
                 continue
             labels = labels_for(f, severity, dict(am.labels), group_by)
@@ -217,19 +129,12 @@ class Desk:
                 starts, ids = ts, [item.event_id]
             ids = list(dict.fromkeys(ids))[-MAX_IDS:]
             annotations = self._annotations(receiver, item, ids)
-            self._put(AMAlert(receiver.name, fp, labels, annotations, key, state, starts, None,
-                              ids))
+            self.rows.put(AMAlert(receiver.name, fp, labels, annotations, key, state, starts,
+                                  None, ids))
             touched[fp] = None
-        self._link(message, receiver.name, list(touched))
-        self.db.execute("UPDATE alert_messages SET group_key = ? WHERE rowid = ?",
-                        (group_key(receiver.name), message))
+        self.rows.link(message, receiver.name, list(touched))
+        self.outbox.set_group_key(message, group_key(receiver.name))
         return list(touched)
-
-    def _active_of(self, receiver: str, key: Key) -> list[AMAlert]:
-        rows = self.db.execute(
-            f"SELECT {_COLUMNS} FROM am_alerts WHERE ends_ns IS NULL AND receiver = ? AND "
-            "host = ? AND kind = ? AND name = ? AND vs = ?", (receiver, *key)).fetchall()
-        return [_row(r) for r in rows]
 
     @staticmethod
     def _annotations(receiver: Receiver, item: ItemRow,
@@ -240,7 +145,7 @@ class Desk:
                "event_ids": ", ".join(ids or [item.event_id])}
         if item.fields.get("rule"):
             out["rule"] = item.fields["rule"]
-        if item.fields.get("kind") == "CLUSTER" and item.fields.get("host"):
+        if item.fields.get("kind") == CLUSTER and item.fields.get("host"):
             out["detected_by"] = item.fields["host"]
         if item.fields.get("detail"):
             out["detail"] = item.fields["detail"]
@@ -264,7 +169,7 @@ class Desk:
             if current is None or current.state != a.state:
                 ended.setdefault(a.receiver, []).append(a)
         if ended:
-            with self.journal.transaction():
+            with self.database.transaction():
                 for name, alerts in ended.items():
                     for a in alerts:
                         current = states.get(a.key)
@@ -289,7 +194,7 @@ class Desk:
                 if self.outbox.open_messages(name):
                     due = now + 10**9  # a post is still on its way: it says as much
                 else:
-                    with self.journal.transaction():
+                    with self.database.transaction():
                         self._message(name, "repost", mine, now)
                     added += 1
                     self._reposted[name] = now
@@ -298,7 +203,7 @@ class Desk:
         self._first = False
         if now - self._pruned >= PRUNE_EVERY_NS:
             self._pruned = now
-            with self.journal.transaction():
+            with self.database.transaction():
                 self.prune(now)
         return nxt, added
 
@@ -317,14 +222,11 @@ class Desk:
         message = self.outbox.add_message(receiver, what, f"[Alertmanager] {head}",
                                           "\n".join(lines), kind, ids, now,
                                           group_key=group_key(receiver))
-        self._link(message, receiver, [a.fingerprint for a in alerts])
+        self.rows.link(message, receiver, [a.fingerprint for a in alerts])
         return message
 
     def prune(self, now: int) -> None:
-        self.db.execute("DELETE FROM am_posts WHERE message NOT IN "
-                        "(SELECT rowid FROM alert_messages WHERE status IN ('pending', 'sending'))")
-        self.db.execute("DELETE FROM am_alerts WHERE ends_ns IS NOT NULL AND ends_ns < ?",
-                        (now - KEEP_RESOLVED_NS,))
+        self.rows.prune(now - KEEP_RESOLVED_NS)
 
     # -- an attempt starts: what it posts ------------------------------------------------------
 
@@ -334,12 +236,9 @@ class Desk:
         A message with none linked (one escalated here from another receiver) carries
         its events' alerts as firing ones, not remembered.
         """
-        rows = self.db.execute(
-            f"SELECT {', '.join('a.' + c.strip() for c in _COLUMNS.split(','))} FROM am_posts p "
-            "JOIN am_alerts a ON a.receiver = p.receiver AND a.fingerprint = p.fingerprint "
-            "WHERE p.message = ? ORDER BY a.starts_ns", (message,)).fetchall()
-        if rows:
-            return [_row(r).post() for r in rows]
+        posted = self.rows.posted(message)
+        if posted:
+            return [a.post() for a in posted]
         row = self.outbox.message(message)
         am = receiver.alertmanager
         if row is None or am is None:

@@ -25,15 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from knotify.alerts.sender import GRACE, start_ticks
+from knotify.vocab import FAILED, INTERRUPTED, OK, TIMEOUT
 
 __all__ = ["GRACE", "SENDER_MODULE", "Results", "Verdict", "locked", "read_results", "verdict"]
 
 SENDER_MODULE = "knotify.alerts.sender"
-
-OK = "ok"
-FAILED = "failed"
-TIMEOUT = "timeout"
-INTERRUPTED = "interrupted"
 
 
 @dataclass(slots=True)

@@ -30,11 +30,11 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from knotify.actions.base import OK, SILENCED, SKIPPED, ActionContext, Outcome
+from knotify.actions.base import ActionContext, AlertRequest
 from knotify.alerts import (
     alertmanager_desk,
     attempt,
@@ -42,28 +42,47 @@ from knotify.alerts import (
     grouping,
     incident,
     inhibit,
-    outbox,
     render,
     repeat,
 )
-from knotify.alerts.outbox import Outbox, StreamRow
-from knotify.alerts.pool import PoolError, Worker, WorkerPool
-from knotify.alerts.receivers import AlertSettings, Receiver
+from knotify.alerts.pool import Worker, WorkerPool
+from knotify.alerts.receivers import AlertSettings, EngineSettings, Receiver
 from knotify.alerts.redact import scrub
-from knotify.alerts.silence import Silence, SilenceError, SilenceStore
+from knotify.alerts.silence import Silence, SilenceStore
 from knotify.alerts.since import RuleSince
 from knotify.alerts.stream import Stream
-from knotify.event import Event, WireError
-from knotify.journal import JournalError
+from knotify.errors import JournalError, PoolError, SilenceError, WireError
+from knotify.event import Event
+from knotify.outcome import Outcome
+from knotify.store import outbox
+from knotify.store.alertmanager import AlertmanagerStore
+from knotify.store.outbox import Outbox, StreamRow
+from knotify.store.rule_since import RuleSinceRows
+from knotify.store.silences import SilenceRows
 from knotify.templates import event_fields, iso_time
-from knotify.tracker import NOTICE, TRANSITION, KeyState, Tracker, Transition
+from knotify.tracker import KeyState, Tracker, Transition
 from knotify.units import format_duration
+from knotify.vocab import (
+    COMPOSED,
+    DROPPED,
+    EXPIRED,
+    INHIBITED,
+    INTERRUPTED,
+    NOTICE,
+    OK,
+    PENDING,
+    SENDING,
+    SENT,
+    SILENCED,
+    SKIPPED,
+    SUPPRESSED,
+    TRANSITION,
+    WAITING,
+)
 
 if TYPE_CHECKING:
-    from knotify.actions.alert import AlertAction
-    from knotify.config import Config
-    from knotify.journal import Journal
     from knotify.rules import Rule
+    from knotify.store.events import EventStore
 
 #: Router ops this engine answers.
 OPS = ("silence_add", "silence_list", "silence_expire", "alerts")
@@ -95,20 +114,20 @@ class _Settled:
 
 
 class AlertEngine:
-    def __init__(self, config: Config, journal: Journal, tracker: Callable[[], Tracker],
-                 log: Any, publish: Callable[[str, dict[str, Any]], None]) -> None:
-        self.config = config
+    def __init__(self, settings: EngineSettings, journal: EventStore,
+                 tracker: Callable[[], Tracker], log: Any,
+                 publish: Callable[[str, dict[str, Any]], None]) -> None:
+        self._settings = settings
         self.journal = journal
         self._tracker = tracker
         self.log = log
         self.publish = publish
-        self.outbox = Outbox(journal)
-        self.silences = SilenceStore(journal)
-        self.am = alertmanager_desk.Desk(journal, self.outbox, log)
+        self.outbox = Outbox(journal.database)
+        self.silences = SilenceStore(SilenceRows(journal.database))
+        self.am = alertmanager_desk.Desk(AlertmanagerStore(journal.database), self.outbox, log)
         #: Since when each alert rule exists: flap control counts only from then.
-        self.rule_since = RuleSince(journal)
-        self.result_dir = os.path.join(os.path.dirname(os.path.abspath(config.journal)),
-                                       "outbox")
+        self.rule_since = RuleSince(RuleSinceRows(journal.database))
+        self.result_dir = settings.result_dir
         #: Attempts (and watches of adopted ones) by message, until their outcome is journaled.
         self.inflight: dict[int, asyncio.Task[None]] = {}
         #: Messages at a worker (or waiting for one), by message: their receiver.
@@ -141,9 +160,9 @@ class AlertEngine:
         #: The cluster labels and hosts of this turn (built on first use; see _index).
         self._turn_index: incident.ClusterIndex | None = None
         self._turn_active: inhibit.Active | None = None
-        self.rules_loaded(config.rules)
+        self.rules_loaded(settings.rules)
 
-    def rules_loaded(self, rules: list[Rule]) -> None:
+    def rules_loaded(self, rules: Sequence[Rule]) -> None:
         """At start and after each reload: note which alert rules are new or changed."""
         try:
             with self.journal.transaction():
@@ -154,7 +173,18 @@ class AlertEngine:
 
     @property
     def settings(self) -> AlertSettings:
-        return self.config.alerts
+        return self._settings.alerts
+
+    @property
+    def receivers(self) -> Mapping[str, Receiver]:
+        return self._settings.receivers
+
+    def apply(self, settings: EngineSettings) -> None:
+        """A reload's new ``[alerts]``, receivers, rules and ``[cluster]``, from the next
+        decision on (the result folder stays where it is until a restart); alert rules
+        new or changed are noted (:meth:`rules_loaded`)."""
+        self._settings = replace(settings, result_dir=self._settings.result_dir)
+        self.rules_loaded(settings.rules)
 
     def wake(self) -> None:
         if self._wake is not None:
@@ -165,7 +195,7 @@ class AlertEngine:
 
     # -- intake: the alert action --------------------------------------------------------
 
-    async def enqueue(self, ctx: ActionContext, action: AlertAction) -> Outcome:
+    async def enqueue(self, ctx: ActionContext, action: AlertRequest) -> Outcome:
         """Queue the alert for one event (called by the action, in the key's order).
 
         Its rows join the engine's next group commit: the alerts of a mass failover,
@@ -176,14 +206,14 @@ class AlertEngine:
             functools.partial(self._enqueue_rows, ctx, action, now))
         return self._queued(ctx, action, outcome, alert, now)
 
-    def _queued(self, ctx: ActionContext, action: AlertAction, outcome: Outcome,
+    def _queued(self, ctx: ActionContext, action: AlertRequest, outcome: Outcome,
                 alert: str | None, now: int) -> Outcome:
         """After the commit: count, log, warm workers up, wake the loop."""
         self._count(outcome.status)
         if outcome.status == OK and alert is not None:
             self._warm(now, len(action.receivers))
         ctx.log.info("alert.queued", alert=alert, status=outcome.status,
-                     stream=f"{ctx.rule}#{ctx.extra.get('index', 0)}",
+                     stream=f"{ctx.rule}#{ctx.index}",
                      receivers=list(action.receivers), detail=outcome.detail)
         # Its group is due in group_wait: wake the loop only if it would sleep past that
         # (a mass failover queues hundreds of alerts; a tick for each loop turn is waste).
@@ -191,12 +221,12 @@ class AlertEngine:
             self.wake()
         return outcome
 
-    def _enqueue_rows(self, ctx: ActionContext, action: AlertAction,
+    def _enqueue_rows(self, ctx: ActionContext, action: AlertRequest,
                       now: int) -> tuple[Outcome, str | None]:
         """The outbox rows of one alert (inside the caller's transaction)."""
         ev, tr = ctx.event, ctx.transition
-        run = ctx.extra.get("run")
-        stream_id = f"{ctx.rule}#{ctx.extra.get('index', 0)}"
+        run = ctx.run
+        stream_id = f"{ctx.rule}#{ctx.index}"
         s = self.settings
         fields = dict(ctx.fields)
         if run is not None and self.outbox.has_run(run):
@@ -218,7 +248,7 @@ class AlertEngine:
         said = tr.state if tr.cls != NOTICE else f"{tr.state}/{ev.state}/{ev.prio}"
         count = 0
         if s.flap.enabled and is_transition and not stream.flapping:
-            count = self.outbox.transitions_in_window(
+            count = self.journal.transitions_in_window(
                 ev.id, max(ev.ts_ns - int(s.flap.window_s * 1e9),
                            self.rule_since.since(stream_id)))
         decision = flap.on_event(stream, is_transition, count, s.flap)
@@ -254,7 +284,7 @@ class AlertEngine:
                 fields["change"] = render.change_text(alert, fields)
         if alert is None:
             for receiver in row.receivers:
-                self._add_item(row, run, ev.id, receiver, render.FIRING, outbox.SUPPRESSED,
+                self._add_item(row, run, ev.id, receiver, render.FIRING, SUPPRESSED,
                                reason, fields, now)
             self.outbox.put_stream(row)
             outcome = Outcome(SKIPPED, detail=reason)
@@ -269,7 +299,7 @@ class AlertEngine:
 
     def _ends_only(self, ctx: ActionContext) -> bool:
         """The rule fired for this event only because it ends an incident (send_resolved)."""
-        rule = next((r for r in self.config.rules if r.id == ctx.rule), None)
+        rule = next((r for r in self._settings.rules if r.id == ctx.rule), None)
         return rule is not None and rule.send_resolved and rule.ends_only(ctx.event,
                                                                           ctx.transition)
 
@@ -314,7 +344,7 @@ class AlertEngine:
         states do not change within one: :meth:`tick` and :meth:`_commit_ops` reset it)."""
         if self._turn_index is None:
             self._turn_index = incident.ClusterIndex(self._tracker().states,
-                                                     self.config.cluster)
+                                                     self._settings.cluster)
         return self._turn_index
 
     def _mark_incident(self, fields: dict[str, str]) -> None:
@@ -357,15 +387,15 @@ class AlertEngine:
             match = self.silences.match({**fields, "receiver": receiver}, now)
             if match is not None:
                 silenced.append((receiver, match))
-                self._add_item(row, run, event_id, receiver, alert, outbox.SILENCED,
+                self._add_item(row, run, event_id, receiver, alert, SILENCED,
                                match.describe(), fields, now)
             elif muted is not None:
                 inhibited.append((receiver, muted))
-                self._add_item(row, run, event_id, receiver, alert, outbox.INHIBITED,
+                self._add_item(row, run, event_id, receiver, alert, INHIBITED,
                                muted.describe(), fields, now)
             else:
                 queued.append(receiver)
-                self._add_item(row, run, event_id, receiver, alert, outbox.WAITING, None,
+                self._add_item(row, run, event_id, receiver, alert, WAITING, None,
                                fields, now)
         if muted is not None:
             self.log.info("alert.inhibited", event_id=event_id, receivers=row.receivers,
@@ -507,7 +537,7 @@ class AlertEngine:
     def _alertmanager(self, now: int) -> int | None:
         """Alertmanager receivers: resolve what ended, re-post what lasts."""
         try:
-            nxt, added = self.am.tick(now, self._tracker().states, self.config.receivers)
+            nxt, added = self.am.tick(now, self._tracker().states, self.receivers)
         except (JournalError, sqlite3.Error):
             raise
         except Exception:  # a bug here must not stop composing and delivering
@@ -536,10 +566,10 @@ class AlertEngine:
         if not items:
             return
         name = items[0].receiver
-        receiver = self.config.receivers.get(name)
+        receiver = self.receivers.get(name)
         event_ids = list(dict.fromkeys(i.event_id for i in items))
         if receiver is None:
-            self.outbox.set_items(rowids, outbox.DROPPED,
+            self.outbox.set_items(rowids, DROPPED,
                                   f"receiver {name!r} is no longer in the config")
             self.log.error("alert.dropped", event_ids=event_ids, receiver=name,
                            reason="the receiver is no longer in the config")
@@ -549,11 +579,11 @@ class AlertEngine:
             match = self.silences.match({**item.fields, "receiver": name}, now)
             muted = self._inhibition(item.fields) if match is None else None
             if match is not None:
-                self.outbox.set_items([item.rowid], outbox.SILENCED, match.describe())
+                self.outbox.set_items([item.rowid], SILENCED, match.describe())
                 self.log.info("alert.silenced", event_id=item.event_id, receiver=name,
                               silence=match.id)
             elif muted is not None:
-                self.outbox.set_items([item.rowid], outbox.INHIBITED, muted.describe())
+                self.outbox.set_items([item.rowid], INHIBITED, muted.describe())
                 self.log.info("alert.inhibited", event_id=item.event_id, receivers=[name],
                               by=muted.event_id, rule=muted.rule, state=muted.state)
             else:
@@ -569,7 +599,7 @@ class AlertEngine:
         message = self.outbox.add_message(name, alert, rendered.title, rendered.body,
                                           rendered.notify_type, ids, now,
                                           group_key=keep[0].group_key)
-        self.outbox.set_items([i.rowid for i in keep], outbox.COMPOSED, message=message)
+        self.outbox.set_items([i.rowid for i in keep], COMPOSED, message=message)
         if receiver.alertmanager is not None:
             try:
                 self.am.composed(message, receiver, keep, self.settings.group_by, now)
@@ -604,16 +634,16 @@ class AlertEngine:
         per = s.max_parallel_per_receiver
         for name, window in self.outbox.windows(
                 lambda receiver: AHEAD * per + settling.get(receiver, 0)).items():
-            failing = any(m.attempts > (1 if m.status == outbox.SENDING else 0)
+            failing = any(m.attempts > (1 if m.status == SENDING else 0)
                           for m in window)
-            receiver = self.config.receivers.get(name)
+            receiver = self.receivers.get(name)
             for message in list(window):
-                if message.rowid in self.inflight or message.status == outbox.SENDING:
+                if message.rowid in self.inflight or message.status == SENDING:
                     continue
                 if receiver is None:
                     with self.journal.transaction():
                         self.outbox.update_message(
-                            message.rowid, status=outbox.DROPPED, ended_ns=now,
+                            message.rowid, status=DROPPED, ended_ns=now,
                             detail="the receiver is no longer in the config")
                     self.log.error("alert.dropped", event_ids=message.event_ids,
                                    message=message.rowid, receiver=name,
@@ -639,7 +669,7 @@ class AlertEngine:
             # worker is, and no commit is in its way.
             limit = 1 if failing else AHEAD * per
             for message in window[:1] if failing else window:
-                if message.rowid in self.inflight or message.status == outbox.SENDING:
+                if message.rowid in self.inflight or message.status == SENDING:
                     continue
                 if message.next_ns > now:
                     nxt = message.next_ns if nxt is None else min(nxt, message.next_ns)
@@ -683,7 +713,7 @@ class AlertEngine:
         detail = (f"gave up after {message.attempts} attempt(s): older than max_age "
                   f"{format_duration(self.settings.max_age)}"
                   + (f"; last error: {message.detail}" if message.detail else ""))
-        self.outbox.update_message(message.rowid, status=outbox.EXPIRED, ended_ns=now,
+        self.outbox.update_message(message.rowid, status=EXPIRED, ended_ns=now,
                                    detail=detail)
         self._count("expired")
         self.log.error("alert.expired", event_ids=message.event_ids, message=message.rowid,
@@ -693,7 +723,7 @@ class AlertEngine:
 
     def _escalate(self, message: outbox.MessageRow, receiver: Receiver, now: int) -> None:
         assert receiver.fallback is not None
-        fallback = self.config.receivers.get(receiver.fallback)
+        fallback = self.receivers.get(receiver.fallback)
         if fallback is None:
             return
         items = self.outbox.message_items(message.origin)
@@ -953,7 +983,7 @@ class AlertEngine:
         message = self.outbox.message(message_id)
         if message is None:
             return None
-        receiver = self.config.receivers.get(receiver_name)
+        receiver = self.receivers.get(receiver_name)
         secrets = receiver.secrets if receiver is not None else frozenset()
         res = attempt.read_results(path)
         v = attempt.verdict(res, message.done, timed_out, note, interrupted)
@@ -963,12 +993,12 @@ class AlertEngine:
         delay = 0.0
         hold_ns = 0
         self.outbox.finish_attempt(attempt_id, v.status, urls, error, now)
-        if v.status == attempt.OK:
-            self.outbox.update_message(message_id, status=outbox.SENT, done=v.done,
+        if v.status == OK:
+            self.outbox.update_message(message_id, status=SENT, done=v.done,
                                        ended_ns=now,
                                        detail=f"delivered on attempt {message.attempts}")
         else:
-            if v.status == attempt.INTERRUPTED and res.planned is None:
+            if v.status == INTERRUPTED and res.planned is None:
                 delay = 0.0
             else:
                 delay = outbox.backoff(message.attempts, self.settings.retry_initial,
@@ -981,7 +1011,7 @@ class AlertEngine:
                 delay = min(delay, self.settings.max_age)
                 hold_ns = now + int(delay * 1e9)
                 self.outbox.hold(receiver_name, hold_ns)
-            self.outbox.update_message(message_id, status=outbox.PENDING,
+            self.outbox.update_message(message_id, status=PENDING,
                                        next_ns=now + int(delay * 1e9), done=v.done,
                                        detail=error)
         return _Settled(message, receiver_name, v, urls, error, delay, hold_ns)
@@ -997,7 +1027,7 @@ class AlertEngine:
         self._count(f"attempt_{v.status}")
         fields = {"event_ids": message.event_ids, "message": message.rowid,
                   "receiver": s.receiver, "attempt": message.attempts, "urls": shown}
-        if v.status == attempt.OK:
+        if v.status == OK:
             self.log.info("alert.delivered", **fields)
         else:
             self.log.warning("alert.attempt_failed", status=v.status, error=s.error,
@@ -1008,7 +1038,7 @@ class AlertEngine:
             self.log.warning("alert.slow_down", receiver=s.receiver, message=message.rowid,
                              retry_after=v.retry_after, hold_s=round(s.delay, 3))
         self.publish("alert", {**fields, "status": v.status, "title": message.title})
-        if v.status == attempt.OK:
+        if v.status == OK:
             self._kick()
         else:
             self.wake()  # a retry time to sleep towards, perhaps a fallback
@@ -1021,7 +1051,7 @@ class AlertEngine:
         its outcome is read. Otherwise the file already says all that was done.
         """
         for row in self.outbox.running_attempts():
-            receiver = self.config.receivers.get(row.receiver)
+            receiver = self.receivers.get(row.receiver)
             timeout = receiver.timeout if receiver is not None else self.settings.timeout
             deadline = row.started_ns + int((timeout + attempt.GRACE) * 1e9)
             path = row.result_path

@@ -25,20 +25,19 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from knotify.alerts.render import HOSTS_FIELD
-from knotify.event import SYNTHETIC_KINDS, Key
+from knotify.event import Key
+from knotify.vocab import CLUSTER, DELETED, SYNTHETIC_KINDS, VRRP_KINDS
 
-if TYPE_CHECKING:  # knotify.cluster imports the rules, which import the alert action
+if TYPE_CHECKING:
     from knotify.cluster.settings import ClusterSettings
     from knotify.tracker import KeyState
 
-__all__ = ["CLUSTER_VIEW", "GROUPABLE", "HOSTS_FIELD", "INCIDENT", "ClusterIndex"]
+__all__ = ["CLUSTER_VIEW", "HOSTS_FIELD", "INCIDENT", "ClusterIndex"]
 
 #: The group_by field that means "by incident" (and the default).
 INCIDENT = "incident"
 #: The incident of everything the cluster view raises.
 CLUSTER_VIEW = "cluster view"
-#: Kinds that belong to clusters (knotify.cluster.settings.GROUPABLE).
-GROUPABLE = ("INSTANCE", "GROUP")
 
 
 class ClusterIndex:
@@ -53,7 +52,7 @@ class ClusterIndex:
         self._labels: dict[tuple[str, str], str | None] = {}
         self.hosts: dict[str, set[str]] = {}
         for (host, kind, name, _vs), ks in states.items():
-            if kind not in GROUPABLE or ks.state == "DELETED":
+            if kind not in VRRP_KINDS or ks.state == DELETED:
                 continue
             label = self.label(host, name)
             if label is not None:
@@ -72,20 +71,20 @@ class ClusterIndex:
 
     def cluster_of(self, host: str, kind: str, name: str) -> str:
         """The ``cluster`` field of a key: its label ("" for what is in no cluster)."""
-        if kind == SYNTHETIC_KINDS[0]:  # CLUSTER: its name is the label
+        if kind == CLUSTER:  # its name is the label
             return name
-        if kind in GROUPABLE:
+        if kind in VRRP_KINDS:
             return self.label(host, name) or ""
         return ""
 
     def incident(self, host: str, kind: str, name: str) -> tuple[str, str]:
         """(incident, hosts involved) of an alert for ``kind name`` on ``host``."""
         if kind in SYNTHETIC_KINDS:
-            if kind == SYNTHETIC_KINDS[0]:
+            if kind == CLUSTER:
                 members = self.hosts.get(name)
                 return CLUSTER_VIEW, ",".join(sorted(members)) if members else host
             return CLUSTER_VIEW, host
-        if kind in GROUPABLE:
+        if kind in VRRP_KINDS:
             label = self.label(host, name)
             if label is not None:
                 members = self.hosts.setdefault(label, set())

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from knotify.alerts.incident import ClusterIndex
-from knotify.alerts.silence import MATCH_FIELDS, Matcher, SilenceError, parse_matcher
+from knotify.alerts.silence import MATCH_FIELDS, Matcher, parse_matcher
+from knotify.errors import SilenceError
 from knotify.event import Key
 from knotify.schema import Table
+from knotify.vocab import CLUSTER
 
 if TYPE_CHECKING:
     from knotify.tracker import KeyState
@@ -76,7 +78,7 @@ class Inhibition:
         host, kind, name, vs = self.key
         since = dt.datetime.fromtimestamp(self.since_ns / 1e9).astimezone()
         what = f"{kind} {name}{f' in {vs}' if vs else ''}" + (
-            f" on {host}" if kind != "CLUSTER" and host != name else "")
+            f" on {host}" if kind != CLUSTER and host != name else "")
         return (f"inhibited by {what} {self.state} since {since.strftime('%Y-%m-%d %H:%M:%S')}"
                 f" (event {self.event_id}, inhibit rule {self.rule})")
 

@@ -28,15 +28,13 @@ from collections.abc import Callable
 from typing import Any
 
 from knotify.alerts.sender import GRACE
+from knotify.errors import PoolError
 
 WORKER_MODULE = "knotify.alerts.worker"
 #: Seconds a new worker may take to import apprise and say it is ready.
 READY_TIMEOUT = 60.0
 ERR_TAIL = 2000
 
-
-class PoolError(RuntimeError):
-    """No worker could be had (it would not start, or the pool is closed)."""
 
 
 class Worker:

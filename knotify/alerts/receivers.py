@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +23,10 @@ from knotify.alerts.grouping import GROUP_FIELDS
 from knotify.alerts.inhibit import InhibitRule, parse_rules
 from knotify.alerts.redact import scrub
 from knotify.alerts.repeat import RepeatPolicy
-from knotify.schema import ConfigError, Table
-from knotify.templates import TemplateError
+from knotify.cluster.settings import ClusterSettings
+from knotify.errors import ConfigError, TemplateError
+from knotify.rules import Rule
+from knotify.schema import Table
 from knotify.units import format_duration
 
 CHECK_TIMEOUT = 60.0
@@ -95,6 +98,20 @@ class AlertSettings:
     worker_idle: float = 60.0
     #: ``[[alerts.inhibit]]``: conditions that mute the alerts they explain.
     inhibit: tuple[InhibitRule, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class EngineSettings:
+    """What the alert engine runs on: ``[alerts]``, the receivers, and the folder of its
+    attempts' result files (next to the journal; fixed while the router runs); the rules
+    (which alert rules are new or changed, which fire only to end an incident) and
+    ``[cluster]`` (which hosts an incident involves)."""
+
+    alerts: AlertSettings
+    receivers: Mapping[str, Receiver]
+    result_dir: str
+    rules: tuple[Rule, ...] = ()
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
 def _templates(t: Table, base: render.Templates) -> render.Templates:

@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from knotify.event import SYNTHETIC_KINDS
-from knotify.templates import FIELDS, Template, TemplateError, iso_time
-from knotify.tracker import INIT, NO_CONDITION
+from knotify.errors import TemplateError
+from knotify.templates import FIELDS, Template, iso_time
+from knotify.vocab import INIT, NO_CONDITION, SYNTHETIC_KINDS
 
 FIRING = "firing"
 REPEAT = "repeat"

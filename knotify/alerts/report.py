@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from knotify.vocab import COMPOSED, OK, PENDING, SENDING, SENT
+
 INDENT = "    "
 
 
@@ -23,7 +25,7 @@ def _attempt(att: dict[str, Any]) -> str:
         text += f"; reached {', '.join(reached)}"
     if failed:
         text += f"; failed {'; '.join(failed)}"
-    elif att.get("error") and att["status"] != "ok":
+    elif att.get("error") and att["status"] != OK:
         text += f" - {att['error']}"
     return text
 
@@ -34,7 +36,7 @@ def _message(msg: dict[str, Any], depth: int) -> list[str]:
              f"{len(msg['events'])} event(s): {msg['title']}"]
     for att in msg.get("attempts", []):
         lines.append(f"{pad}  {_attempt(att)}")
-    if msg["status"] not in ("sent", "sending", "pending") and msg.get("detail"):
+    if msg["status"] not in (SENT, SENDING, PENDING) and msg.get("detail"):
         lines.append(f"{pad}  {msg['detail']}")
     escalation = msg.get("escalation")
     if escalation:
@@ -48,7 +50,7 @@ def alert_lines(alerts: list[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     for item in alerts:
         head = f"{INDENT}=> alert {item['receiver']} ({item['alert']}): {item['status']}"
-        if item.get("detail") and item["status"] != "composed":
+        if item.get("detail") and item["status"] != COMPOSED:
             head += f" - {item['detail']}"
         lines.append(head)
         if item.get("message"):

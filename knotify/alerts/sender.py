@@ -311,10 +311,6 @@ def deliver(job: dict[str, Any], out: Result) -> bool:
     Returns whether apprise gave up waiting on a URL (status TIMEOUT): its thread may
     still be running, so a warm worker must not take another job after this one.
     """
-    if job.get("kind") == "alertmanager":
-        from knotify.alerts import alertmanager
-
-        return alertmanager.deliver(job, out)
     out.write({"t": "start", "pid": os.getpid(), "ticks": start_ticks(), "ns": time.time_ns()})
     timeout = float(job.get("timeout", 30.0))
     deadline = time.monotonic() + timeout

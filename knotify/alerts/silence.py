@@ -4,18 +4,20 @@ A silence is a list of matchers that must all hold, e.g. ``host=node1 name=VI_*
 state!=BACKUP``. Values are globs as in rules (``*``, ``?``; ``[`` is literal)
 and a comma separates alternatives (``state=FAULT,STOP``). ``kind`` and
 ``state`` ignore case. Silences live in the journal (table ``silences``) and are
-created, listed and expired through the router (``knotify silence ...``).
+created, listed and expired through the router (``knotify silence ...``); their
+rows are :mod:`knotify.store.silences`'.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from knotify.errors import SilenceError
 from knotify.rules import Pattern
+from knotify.store.silences import SilenceRow, SilenceRows
 
 #: What a matcher can name (``from`` is the previous state; ``receiver`` only ever
 #: matches alerts, so a silence naming it never mutes an exec action).
@@ -24,9 +26,6 @@ MATCH_FIELDS = ("host", "kind", "name", "vs", "subject", "state", "from", "rule"
 _UPPER = frozenset({"kind", "state", "from"})
 MAX_MATCHERS = 32
 
-
-class SilenceError(ValueError):
-    """A matcher or silence request that cannot be used; the text says why."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -139,41 +138,23 @@ def first_match(silences: Sequence[Silence], values: Mapping[str, str],
     return None
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS silences (
-    id INTEGER PRIMARY KEY,
-    matchers TEXT NOT NULL,
-    starts_ns INTEGER NOT NULL,
-    ends_ns INTEGER NOT NULL,
-    created_ns INTEGER NOT NULL,
-    created_by TEXT NOT NULL DEFAULT '',
-    reason TEXT NOT NULL DEFAULT '',
-    expired_ns INTEGER
-);
-"""
-
-
-def _row(row: Sequence[Any]) -> Silence:
-    return Silence(int(row[0]), parse_matchers(json.loads(row[1])), int(row[2]), int(row[3]),
-                   int(row[4]), str(row[5]), str(row[6]),
-                   None if row[7] is None else int(row[7]))
+def _silence(row: SilenceRow) -> Silence:
+    return Silence(row.id, parse_matchers(row.matchers), row.starts_ns, row.ends_ns,
+                   row.created_ns, row.by, row.reason, row.expired_ns)
 
 
 class SilenceStore:
-    """Silences in the journal, with the open ones cached for matching on the hot path."""
+    """Silences (:class:`~knotify.store.silences.SilenceRows`), with the open ones cached
+    for matching on the hot path."""
 
-    def __init__(self, journal: Any) -> None:
-        self.journal = journal
+    def __init__(self, rows: SilenceRows) -> None:
+        self.rows = rows
+        self.database = rows.database
         self._open: list[Silence] = []
         self.refresh()
 
     def refresh(self) -> None:
-        now = time.time_ns()
-        rows = self.journal.db.execute(
-            "SELECT id, matchers, starts_ns, ends_ns, created_ns, created_by, reason, "
-            "expired_ns FROM silences WHERE expired_ns IS NULL AND ends_ns > ? ORDER BY id",
-            (now,)).fetchall()
-        self._open = [_row(r) for r in rows]
+        self._open = [_silence(r) for r in self.rows.open(time.time_ns())]
 
     def match(self, values: Mapping[str, str], now_ns: int | None = None) -> Silence | None:
         if not self._open:
@@ -191,37 +172,25 @@ class SilenceStore:
         start = now if starts_ns is None else starts_ns
         end = start + int(duration_s * 1e9)
         texts = [m.text for m in parsed]
-        with self.journal.transaction():
-            cur = self.journal.db.execute(
-                "INSERT INTO silences (matchers, starts_ns, ends_ns, created_ns, created_by, "
-                "reason) VALUES (?, ?, ?, ?, ?, ?)",
-                (json.dumps(texts), start, end, now, by[:200], reason.strip()[:1000]))
+        with self.database.transaction():
+            rowid = self.rows.add(texts, start, end, now, by[:200], reason.strip()[:1000])
         self.refresh()
-        assert cur.lastrowid is not None
-        return Silence(cur.lastrowid, parsed, start, end, now, by[:200], reason.strip()[:1000])
+        return Silence(rowid, parsed, start, end, now, by[:200], reason.strip()[:1000])
 
     def expire(self, silence_id: int) -> Silence:
         now = time.time_ns()
-        with self.journal.transaction():
-            row = self.journal.db.execute(
-                "SELECT id, matchers, starts_ns, ends_ns, created_ns, created_by, reason, "
-                "expired_ns FROM silences WHERE id = ?", (silence_id,)).fetchone()
+        with self.database.transaction():
+            row = self.rows.get(silence_id)
             if row is None:
                 raise SilenceError(f"no silence {silence_id}")
-            silence = _row(row)
+            silence = _silence(row)
             if silence.expired_ns is not None:
                 raise SilenceError(f"silence {silence_id} is already expired")
-            self.journal.db.execute("UPDATE silences SET expired_ns = ? WHERE id = ?",
-                                    (now, silence_id))
+            self.rows.set_expired(silence_id, now)
         self.refresh()
         silence.expired_ns = now
         return silence
 
     def list(self, include_old: bool = False) -> list[Silence]:
-        now = time.time_ns()
-        clause = "" if include_old else "WHERE expired_ns IS NULL AND ends_ns > ?"
-        args: tuple[int, ...] = () if include_old else (now,)
-        rows = self.journal.db.execute(
-            "SELECT id, matchers, starts_ns, ends_ns, created_ns, created_by, reason, "
-            f"expired_ns FROM silences {clause} ORDER BY id", args).fetchall()
-        return [_row(r) for r in rows]
+        rows = self.rows.every() if include_old else self.rows.open(time.time_ns())
+        return [_silence(r) for r in rows]

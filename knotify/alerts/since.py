@@ -13,7 +13,7 @@ alerts on (its matchers, ``on`` classes and ``send_resolved``). Hence:
   reload, and a flap of the old definition no longer holds its alerts back;
 - a rule absent from a loaded config stops existing; put back later, it is new.
 
-Kept in the journal (table ``alert_rule_since``, one row per alert stream
+Kept in the journal (:mod:`knotify.store.rule_since`, one row per alert stream
 ``RULE#INDEX``), so restarts keep it.
 """
 
@@ -23,17 +23,10 @@ import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from knotify.journal import Journal
-    from knotify.rules import Rule
+from knotify.store.rule_since import RuleSinceRows
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS alert_rule_since (
-    stream TEXT PRIMARY KEY,
-    definition TEXT NOT NULL,
-    since_ns INTEGER NOT NULL
-);
-"""
+if TYPE_CHECKING:
+    from knotify.rules import Rule
 
 
 def definition(rule: Rule) -> str:
@@ -48,17 +41,16 @@ def streams(rules: Iterable[Rule]) -> dict[str, str]:
     for rule in rules:
         digest = definition(rule)
         for index, action in enumerate(rule.actions):
-            if action.kind == "alert":
+            if action.pages:
                 out[f"{rule.id}#{index}"] = digest
     return out
 
 
 class RuleSince:
-    """The ``alert_rule_since`` table and its copy in memory."""
+    """The ``alert_rule_since`` rows and their copy in memory."""
 
-    def __init__(self, journal: Journal) -> None:
-        self.journal = journal
-        journal.db.executescript(SCHEMA)
+    def __init__(self, rows: RuleSinceRows) -> None:
+        self.rows = rows
         self._since: dict[str, int] = {}
 
     def loaded(self, rules: Iterable[Rule], now_ns: int) -> list[str]:
@@ -69,16 +61,11 @@ class RuleSince:
         journal cannot take it.
         """
         want = streams(rules)
-        with self.journal.transaction():
-            db = self.journal.db
-            known = {row[0]: (row[1], int(row[2])) for row in
-                     db.execute("SELECT stream, definition, since_ns FROM alert_rule_since")}
-            gone = [s for s in known if s not in want]
+        with self.rows.database.transaction():
+            known = self.rows.known()
             changed = [s for s, d in want.items() if known.get(s, ("", 0))[0] != d]
-            db.executemany("DELETE FROM alert_rule_since WHERE stream = ?",
-                           [(s,) for s in gone])
-            db.executemany("INSERT OR REPLACE INTO alert_rule_since VALUES (?, ?, ?)",
-                           [(s, want[s], now_ns) for s in changed])
+            self.rows.forget(s for s in known if s not in want)
+            self.rows.put({s: want[s] for s in changed}, now_ns)
         self._since = {s: known[s][1] for s in want if s not in changed}
         self._since.update({s: now_ns for s in changed})
         return changed

@@ -2,7 +2,7 @@
 
 A stream is one alert action (``rule#index``); its key is the event's
 (host, kind, name, vs). The flap and repeat stages read and update this plain
-record; :mod:`knotify.alerts.outbox` keeps it in the journal.
+record; :mod:`knotify.store.outbox` keeps it in the journal.
 """
 
 from __future__ import annotations

@@ -8,22 +8,7 @@
 
 from __future__ import annotations
 
-from knotify.cluster.detect import (
-    CLUSTER,
-    MASTER_BACK,
-    NO_MASTER,
-    OK,
-    PEER,
-    PEER_BACK,
-    PEER_SILENT,
-    SPLIT_BRAIN,
-    SPLIT_BRAIN_RESOLVED,
-    Detector,
-)
+from knotify.cluster.detect import Detector
 from knotify.cluster.settings import AgentSettings, ClusterSettings, GroupSpec
 
-__all__ = [
-    "CLUSTER", "MASTER_BACK", "NO_MASTER", "OK", "PEER", "PEER_BACK", "PEER_SILENT",
-    "SPLIT_BRAIN", "SPLIT_BRAIN_RESOLVED", "AgentSettings", "ClusterSettings", "Detector",
-    "GroupSpec",
-]
+__all__ = ["AgentSettings", "ClusterSettings", "Detector", "GroupSpec"]

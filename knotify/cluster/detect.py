@@ -33,25 +33,30 @@ from typing import Any
 
 from knotify.cluster.heartbeat import Heartbeat
 from knotify.cluster.settings import ClusterSettings, GroupSpec
-from knotify.event import SYNTHETIC_KINDS, Event, Key
+from knotify.event import Event, Key
 from knotify.templates import iso_time
 from knotify.tracker import KeyState, Transition
 from knotify.units import format_duration
+from knotify.vocab import (
+    BACKUP,
+    CLUSTER,
+    CLUSTER_OK,
+    FAULT,
+    MASTER,
+    MASTER_BACK,
+    NO_MASTER,
+    PEER,
+    PEER_BACK,
+    PEER_SILENT,
+    RX_LOWER_PRI,
+    SPLIT_BRAIN,
+    SPLIT_BRAIN_RESOLVED,
+    STOP,
+    SYNTHETIC_KINDS,
+)
 
-CLUSTER, PEER = SYNTHETIC_KINDS
 SOURCE = "cluster"
-SPLIT_BRAIN = "SPLIT_BRAIN"
-SPLIT_BRAIN_RESOLVED = "SPLIT_BRAIN_RESOLVED"
-NO_MASTER = "NO_MASTER"
-MASTER_BACK = "MASTER_BACK"
-PEER_SILENT = "PEER_SILENT"
-PEER_BACK = "PEER_BACK"
-#: A condition ended for a reason other than its own resolution (the cluster is gone,
-#: a peer was forgotten).
-OK = "OK"
 RAISED = (SPLIT_BRAIN, NO_MASTER)
-RX_LOWER_PRI = "MASTER_RX_LOWER_PRI"
-MASTER = "MASTER"
 
 
 def _new_id() -> str:
@@ -173,7 +178,7 @@ class Detector:
         peer = self.peers.pop(host, None)
         if peer is None or not peer.watched:
             return []
-        return [self._event(host, PEER, host, OK, now_ns, {
+        return [self._event(host, PEER, host, CLUSTER_OK, now_ns, {
             "detail": f"{host}: no longer watched (forgotten by an operator)"})]
 
     def reconfigure(self, settings: ClusterSettings, now_ns: int) -> None:
@@ -321,7 +326,7 @@ class Detector:
                              f"{'is' if len(masters) == 1 else 'are'} MASTER"
                              f"{_others(members, exclude=set(masters))}")
             if not members:
-                return event(OK, f"{group.label}: no host reports it any more")
+                return event(CLUSTER_OK, f"{group.label}: no host reports it any more")
             return None
         if split and group.split_ns is not None \
                 and now_ns - group.split_ns >= settings.split_brain_grace * 1e9:
@@ -376,7 +381,7 @@ class Detector:
                 elif group.no_master_ns is not None:
                     pending, pending_ns = NO_MASTER, group.no_master_ns
             groups.append({
-                "label": label, "condition": group.announced or OK,
+                "label": label, "condition": group.announced or CLUSTER_OK,
                 "since_ns": group.announced_ns or None,
                 "pending": pending, "pending_since_ns": pending_ns,
                 "vrid": spec.vrid if spec else None,
@@ -396,7 +401,7 @@ class Detector:
                              "silent_after": s.silent_after, "min_members": s.min_members}}
 
 
-_RANK = {MASTER: 0, "BACKUP": 1, "FAULT": 2, "STOP": 3}
+_RANK = {MASTER: 0, BACKUP: 1, FAULT: 2, STOP: 3}
 
 
 def _order(m: Member) -> tuple[int, str, str]:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from knotify import keepalived
-from knotify.event import WIRE_VERSION, WireError
+from knotify.errors import WireError
+from knotify.event import WIRE_VERSION
 
 OP = "heartbeat"
 

@@ -1,14 +1,13 @@
 """The cluster view inside the router: feeds the :class:`Detector`, journals what it makes.
 
 Heartbeats only touch memory. The hosts that heartbeat are remembered in the journal
-(table ``cluster_peers``, written when a new one appears), so that after a restart
+(:mod:`knotify.store.peers`, written when a new one appears), so that after a restart
 the router still expects them: their silence clock starts at the router's start.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -16,36 +15,34 @@ from typing import TYPE_CHECKING, Any
 
 from knotify.cluster import heartbeat
 from knotify.cluster.detect import Detector
-from knotify.event import Event, WireError, reply
-from knotify.journal import Journal, JournalError
+from knotify.errors import JournalError, WireError
+from knotify.event import Event, reply
+from knotify.store.db import Database
+from knotify.store.peers import PeerStore
 from knotify.tracker import Tracker, Transition
 
 if TYPE_CHECKING:
     from knotify.cluster.settings import ClusterSettings
-    from knotify.config import Config
 
 TICK = 0.5
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS cluster_peers (host TEXT PRIMARY KEY, first_ns INTEGER NOT NULL);
-"""
 
 
 class ClusterMonitor:
-    def __init__(self, config: Config, journal: Journal, tracker: Callable[[], Tracker],
+    def __init__(self, settings: ClusterSettings, origin: str, database: Database,
+                 tracker: Callable[[], Tracker],
                  ingest: Callable[[list[Event]], list[bool]], log: Any) -> None:
-        self.journal = journal
+        self.peers: PeerStore | None = None
         self._tracker = tracker
         self._ingest = ingest
         self.log = log
         self.heartbeats = 0
         try:
-            journal.db.executescript(SCHEMA)
-            known = [row[0] for row in journal.db.execute("SELECT host FROM cluster_peers")]
+            self.peers = PeerStore(database)
+            known = self.peers.hosts()
         except sqlite3.Error as exc:  # the watch list is a convenience: start without it
             log.warning("cluster.peers_unavailable", error=str(exc))
             known = []
-        origin = config.hook.host or os.uname().nodename
-        self.detector = Detector(config.cluster, origin, time.time_ns(), tracker().states,
+        self.detector = Detector(settings, origin, time.time_ns(), tracker().states,
                                  known)
         self._failing = False
 
@@ -71,8 +68,8 @@ class ClusterMonitor:
             raise WireError("peer_forget needs 'host' (a string)")
         events = self.detector.forget(host, time.time_ns())
         try:
-            with self.journal.transaction():
-                self.journal.db.execute("DELETE FROM cluster_peers WHERE host = ?", (host,))
+            if self.peers is not None:
+                self.peers.forget(host)
             if events:
                 self._ingest(events)
         except JournalError as exc:
@@ -82,7 +79,8 @@ class ClusterMonitor:
         self.log.info("cluster.peer_forgotten", host=host)
         return reply(True, host=host)
 
-    def reload(self, settings: ClusterSettings) -> None:
+    def apply(self, settings: ClusterSettings) -> None:
+        """A reload's new ``[cluster]``."""
         self.detector.reconfigure(settings, time.time_ns())
 
     def tick(self) -> list[Event]:
@@ -91,10 +89,9 @@ class ClusterMonitor:
         if detector.new_watched:
             hosts, detector.new_watched = detector.new_watched, []
             try:
-                with self.journal.transaction():
-                    self.journal.db.executemany(
-                        "INSERT OR IGNORE INTO cluster_peers VALUES (?, ?)",
-                        [(h, time.time_ns()) for h in hosts])
+                if self.peers is None:
+                    raise JournalError("the cluster_peers table is unavailable")
+                self.peers.add(hosts, time.time_ns())
             except (JournalError, sqlite3.Error):
                 detector.new_watched[:0] = hosts  # again on the next tick
             else:

@@ -7,7 +7,7 @@ import sys
 
 from knotify import config as configmod
 from knotify import hook, paths
-from knotify.schema import ConfigError
+from knotify.errors import ConfigError
 
 
 def load_config(args: argparse.Namespace) -> configmod.Config:

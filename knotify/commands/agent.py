@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from knotify import log as logmod
-from knotify.agent import Agent, AgentBusy
+from knotify.agent import Agent
 from knotify.commands import fail, load_config
+from knotify.errors import AgentBusy
 
 HELP = ("on a keepalived host: heartbeat to every router in [hook] endpoints (so a silent "
         "host is noticed) and deliver the events the hooks spooled")

@@ -9,7 +9,7 @@ import sys
 from knotify import config as configmod
 from knotify import paths, spool
 from knotify.cluster.settings import ClusterSettings
-from knotify.schema import ConfigError
+from knotify.errors import ConfigError
 from knotify.units import format_duration
 
 HELP = "check a config file: exit 0 if valid, else print file, key and reason and exit 1"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from knotify.client import RouterRefused, RouterUnavailable, request
+from knotify.client import request
 from knotify.commands import client_settings, fail
+from knotify.errors import RouterRefused, RouterUnavailable
 
 HELP = ("stop watching a decommissioned host: no more PEER_SILENT for it (it is watched "
         "again if it heartbeats)")

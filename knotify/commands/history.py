@@ -8,9 +8,10 @@ from typing import Any
 
 from knotify.alerts.render import arrow, detail_text
 from knotify.alerts.report import alert_lines
-from knotify.client import RouterRefused, RouterUnavailable, request
+from knotify.client import request
 from knotify.commands import client_settings, fail
 from knotify.commands.table import clean
+from knotify.errors import RouterRefused, RouterUnavailable
 from knotify.event import ID_CHARS
 from knotify.templates import iso_time
 from knotify.units import format_duration

@@ -7,6 +7,7 @@ import os
 
 from knotify import transport
 from knotify.commands import fail
+from knotify.errors import KeyFileError
 
 HELP = "make a CURVE key pair (NAME.key public, NAME.key_secret 0600) for TCP between hosts"
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     directory = args.dir or default_dir()
     try:
         public, secret = transport.make_keys(directory, args.name)
-    except transport.KeyFileError as exc:
+    except KeyFileError as exc:
         return fail(str(exc))
     print(f"public key: {public}")
     print(f"secret key: {secret} (mode 0600: keep it on this host only)")

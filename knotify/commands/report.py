@@ -7,6 +7,7 @@ import os
 import time
 
 from knotify.commands import fail, load_config
+from knotify.errors import JournalUnavailable
 from knotify.units import parse_duration
 
 HELP = ("write the timeline and every incident of a window as one self-contained HTML file "
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     now = time.time_ns()
     try:
         db = data.connect(journal)
-    except data.JournalUnavailable as exc:
+    except JournalUnavailable as exc:
         return fail(str(exc))
     try:
         html = report.build(db, now - int(since_s * 1e9), now - int(until_s * 1e9),

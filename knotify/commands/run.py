@@ -10,7 +10,8 @@ from knotify import config as configmod
 from knotify import log as logmod
 from knotify import paths
 from knotify.commands import fail, load_config
-from knotify.router import Router, RouterError
+from knotify.errors import RouterError
+from knotify.router import Router
 
 HELP = "run the router (knotifyd) in the foreground"
 

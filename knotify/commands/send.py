@@ -7,6 +7,7 @@ import time
 
 from knotify import hook, keepalived
 from knotify.commands import client_settings, fail
+from knotify.errors import ParseError
 
 HELP = "send an event by hand: KIND NAME STATE [PRIO] (e.g. INSTANCE VI_1 MASTER 100)"
 
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     ts_ns = time.time_ns()
     try:
         fields = keepalived.build_manual(args.kind, args.name, args.state, args.prio)
-    except keepalived.ParseError as exc:
+    except ParseError as exc:
         return fail(str(exc), 2)
     settings = client_settings(args)
     settings.ack_timeout = max(settings.ack_timeout, args.timeout)

@@ -9,9 +9,10 @@ import os
 import time
 from typing import Any
 
-from knotify.client import RouterRefused, RouterUnavailable, request
+from knotify.client import request
 from knotify.commands import client_settings, fail
 from knotify.commands.table import clean, fmt_time, render
+from knotify.errors import RouterRefused, RouterUnavailable
 from knotify.units import format_duration, parse_duration
 
 HELP = ("silences: `add MATCHER... --for 2h --reason TEXT`, `list`, `expire ID` "

@@ -7,9 +7,10 @@ import json
 import time
 from typing import Any
 
-from knotify.client import RouterRefused, RouterUnavailable, request
+from knotify.client import request
 from knotify.commands import client_settings, fail
 from knotify.commands.table import fmt_time, render
+from knotify.errors import RouterRefused, RouterUnavailable
 from knotify.units import format_duration
 
 HELP = ("show the current state per host, kind and name, and per cluster who is MASTER, "

@@ -16,6 +16,7 @@ import time
 from knotify.alerts import attempt
 from knotify.commands import fail, load_config
 from knotify.commands.table import clean
+from knotify.vocab import OK
 
 HELP = "send a test message to RECEIVER (from the config) and print what happened per URL"
 
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             print(clean(f"  ok      {url['url']}{elapsed}"))
         else:
             print(clean(f"  FAILED  {url['url']}{elapsed}: {receiver.scrub(url['error'])}"))
-    if verdict.status == attempt.OK:
+    if verdict.status == OK:
         print(f"sent to all {len(verdict.urls)} URL(s)")
         return 0
     if not verdict.urls:

@@ -46,7 +46,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from knotify.web.auth import Auth, AuthFileError, load_token, load_users, loopback_host
+    from knotify.errors import AuthFileError
+    from knotify.web.auth import Auth, load_token, load_users, loopback_host
     from knotify.web.server import WebSettings, serve
 
     config = load_config(args)

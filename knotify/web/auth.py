@@ -16,13 +16,12 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from knotify.errors import AuthFileError
+
 COOKIE = "knotify_web"
 MIN_TOKEN = 16
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
-
-class AuthFileError(ValueError):
-    """A token or users file that cannot be used; the text names the file and why."""
 
 
 def _read_private(path: str) -> str:

@@ -28,10 +28,29 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from knotify.errors import JournalUnavailable
 from knotify.sqlglob import glob_clause, id_clause
+from knotify.vocab import (
+    BACKUP,
+    DROPPED,
+    ERROR,
+    EXPIRED,
+    FAILED,
+    FAULT,
+    INHIBITED,
+    MASTER,
+    NO_MASTER,
+    OK,
+    RUNNING,
+    SENT,
+    SILENCED,
+    SPLIT_BRAIN,
+    STOP,
+    SUPPRESSED,
+    TIMEOUT,
+    VRRP_KINDS,
+)
 
-#: Kinds whose states form a failover picture (one lane per host).
-VRRP_KINDS = ("INSTANCE", "GROUP")
 #: Transitions closer than this (on any lane of a cluster) belong to one incident.
 INCIDENT_GAP_NS = 30 * 10**9
 #: At most this many events are told in one incident.
@@ -44,9 +63,6 @@ _CHUNK = 500
 EVENT_COLUMNS = ("rowid, id, host, kind, name, vs, state, effective, prio, seq, ts_ns, "
                  "recv_ns, source, form, class, prev_state, prev_since_ns, error, data")
 
-
-class JournalUnavailable(RuntimeError):
-    """The journal cannot be read (not created yet, no permission); the text says why."""
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -204,29 +220,29 @@ def _chain(messages: dict[int, dict[str, Any]], rowid: int | None,
 
 def alert_outcome(item_status: str, message: dict[str, Any] | None) -> str:
     """One word for a timeline mark: sent, failed, silenced, inhibited or pending."""
-    if item_status == "silenced":
+    if item_status == SILENCED:
         return "silenced"
-    if item_status in ("suppressed", "dropped", "inhibited"):
+    if item_status in (SUPPRESSED, DROPPED, INHIBITED):
         return "inhibited"
     if message is None:
         return "pending"
     status = message["status"]
-    if status == "sent":
+    if status == SENT:
         return "sent"
-    if status in ("expired", "dropped"):
+    if status in (EXPIRED, DROPPED):
         return "failed"
-    if any(a["status"] not in ("ok", "running") for a in message["attempts"]):
+    if any(a["status"] not in (OK, RUNNING) for a in message["attempts"]):
         return "failed"
     return "pending"
 
 
 def action_outcome(status: str) -> str:
     """One word for a timeline mark: ok, failed, timeout or other."""
-    if status in ("ok", "silenced"):
-        return "ok" if status == "ok" else "other"
-    if status in ("failed", "error"):
+    if status in (OK, SILENCED):
+        return "ok" if status == OK else "other"
+    if status in (FAILED, ERROR):
         return "failed"
-    if status == "timeout":
+    if status == TIMEOUT:
         return "timeout"
     return "other"
 
@@ -275,18 +291,18 @@ class Cluster:
 
     @property
     def masters(self) -> list[Member]:
-        return [m for m in self.members if m.state == "MASTER"]
+        return [m for m in self.members if m.state == MASTER]
 
     @property
     def backups(self) -> list[Member]:
-        return [m for m in self.members if m.state == "BACKUP"]
+        return [m for m in self.members if m.state == BACKUP]
 
     @property
     def others(self) -> list[Member]:
-        return [m for m in self.members if m.state not in ("MASTER", "BACKUP")]
+        return [m for m in self.members if m.state not in (MASTER, BACKUP)]
 
 
-_RANK = {"MASTER": 0, "BACKUP": 1, "FAULT": 2, "STOP": 3}
+_RANK = {MASTER: 0, BACKUP: 1, FAULT: 2, STOP: 3}
 
 
 def clusters(db: sqlite3.Connection) -> list[Cluster]:
@@ -305,7 +321,7 @@ def clusters(db: sqlite3.Connection) -> list[Cluster]:
         cl = out.get(r[0])
         if cl is None:
             continue
-        if r[1] in ("SPLIT_BRAIN", "NO_MASTER"):
+        if r[1] in (SPLIT_BRAIN, NO_MASTER):
             cl.condition, cl.condition_since_ns = r[1], r[2]
             row = db.execute("SELECT data FROM events WHERE id = ?", (r[3],)).fetchone()
             if row and row[0]:
@@ -662,7 +678,7 @@ def incidents(db: sqlite3.Connection, since_ns: int, until_ns: int,
     def close() -> None:
         if not current:
             return
-        first = next((r for r in current if r[4] == "MASTER"), current[0])
+        first = next((r for r in current if r[4] == MASTER), current[0])
         out.append(Incident(
             int(current[0][6]), int(current[-1][6]), str(first[0]),
             sorted({str(r[3]) for r in current}), sorted({str(r[1]) for r in current}),

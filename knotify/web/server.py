@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from knotify import client, hook
+from knotify.errors import JournalUnavailable, RouterRefused, RouterUnavailable, WindowError
 from knotify.event import ID_CHARS
 from knotify.units import format_duration
 from knotify.web import data, views
@@ -105,7 +106,7 @@ class RouterStatus:
                     self.answer = await asyncio.to_thread(
                         client.request, self.settings, "status", STATUS_TIMEOUT)
                     self.error = ""
-                except (client.RouterUnavailable, client.RouterRefused, OSError,
+                except (RouterUnavailable, RouterRefused, OSError,
                         ValueError) as exc:
                     self.answer, self.error = None, str(exc)[:200]
                 self.at = time.monotonic()
@@ -214,10 +215,10 @@ class Web:
         except BadRequest as exc:
             response = self._page("error.html", request, status=400, heading="Bad request",
                                   message=str(exc))
-        except views.WindowError as exc:
+        except WindowError as exc:
             response = self._page("error.html", request, status=400, heading="Bad window",
                                   message=str(exc))
-        except data.JournalUnavailable as exc:
+        except JournalUnavailable as exc:
             response = self._page("error.html", request, status=503,
                                   heading="The journal cannot be read", message=str(exc))
         except sqlite3.Error as exc:

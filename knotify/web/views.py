@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from knotify.errors import WindowError
 from knotify.units import format_duration, parse_duration
 from knotify.web.data import Band, Lane, Mark, Timeline
 
@@ -37,9 +38,6 @@ MARK_LINES = 5
 _STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
           43200, 86400, 172800, 604800)
 
-
-class WindowError(ValueError):
-    """A window the user asked for that cannot be used; the text says why."""
 
 
 @dataclass(slots=True, frozen=True)

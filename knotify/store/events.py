@@ -1,35 +1,36 @@
-"""The journal: SQLite (WAL) holding every event, the state table and every action run.
+"""The events store: every event, the key numbers, the state table and every action run.
 
 An event is acked only after the transaction that holds it commits. The router
-is the only writer; the CLI reads through the router, never this file.
+is the only writer; the CLI reads through the router, never this file. Its rows
+are collected during a transaction and written just before the COMMIT.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import orjson
 
-from knotify.actions.base import INTERRUPTED, PENDING, RUNNING, Outcome
-from knotify.alerts import outbox as alert_outbox
 from knotify.event import Event, Key
+from knotify.outcome import Outcome
 from knotify.sqlglob import glob_clause, id_clause
+from knotify.store.db import Database
 from knotify.tracker import KeyState, Transition
+from knotify.vocab import INTERRUPTED, PENDING, RUNNING
 
 #: 2: events carry ``kid`` (their key's number in ``keys``), indexed instead of the four
 #: key columns: a small integer index costs a third as much to keep up at full intake.
 SCHEMA_VERSION = 2
+#: Its version in the meta table (the name knotify has always used).
+VERSION_KEY = "schema"
 #: Key numbers held in memory at most (see Journal._kids).
 KIDS_CACHED = 50_000
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     rowid INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -109,74 +110,14 @@ def _dumps(data: dict[str, Any]) -> str:
         return json.dumps(data, ensure_ascii=True)
 
 
-class JournalError(RuntimeError):
-    """The journal could not be written (disk full, locked, I/O error)."""
 
-
-#: SQLite's primary result codes for a damaged file.
-_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
-
-
-def corrupt(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) says the journal file is damaged."""
-    while exc is not None:
-        code = getattr(exc, "sqlite_errorcode", None)
-        if isinstance(code, int) and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
-            return True
-        if isinstance(exc, sqlite3.DatabaseError) and (
-                "malformed" in str(exc) or "not a database" in str(exc)):
-            return True
-        exc = exc.__cause__  # type: ignore[assignment]
-    return False
-
-
-def set_mode(path: str, mode: int, gid: int = -1) -> None:
-    """Give the journal (made now if missing) and its -wal/-shm files ``mode`` and group
-    ``gid``, whatever the umask: SQLite gives new -wal/-shm files the journal's mode."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        _own(fd, mode, gid)
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm", "-journal"):
-        try:
-            fd = os.open(path + suffix, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            _own(fd, mode, gid)
-        finally:
-            os.close(fd)
-
-
-def _own(fd: int, mode: int, gid: int) -> None:
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid():
-        return
-    if gid >= 0 and st.st_gid != gid:
-        os.fchown(fd, -1, gid)
-    if st.st_mode & 0o7777 != mode:
-        os.fchmod(fd, mode)
-
-
-class Journal:
-    def __init__(self, path: str, synchronous: str = "full", mode: int | None = None,
-                 gid: int = -1) -> None:
-        """Open (or make) the journal at ``path``; with ``mode``, it and its -wal/-shm
-        files get that mode (and group ``gid``) whatever the umask."""
-        self.path = path
-        directory = os.path.dirname(path) or "."
-        os.makedirs(directory, mode=0o750, exist_ok=True)
-        if mode is not None:
-            set_mode(path, mode, gid)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        # Short: the router's loop waits on it; a locked journal means "no ack, spool".
-        self.db.execute("PRAGMA busy_timeout = 500")
-        mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise JournalError(f"{path}: cannot switch SQLite to WAL mode (got {mode})")
-        self.db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        self.db.executescript(SCHEMA + alert_outbox.SCHEMA)
+class EventStore:
+    def __init__(self, database: Database) -> None:
+        """The events tables in ``database``, made or brought up to this schema."""
+        self.database = database
+        self.path = database.path
+        self.db = database.db
+        self.db.executescript(SCHEMA)
         self._migrate()
         self._events: list[tuple[Any, ...]] = []
         self._event_ids: set[str] = set()
@@ -194,14 +135,22 @@ class Journal:
         self._next_kid = (last_kid or 0) + 1
         last = self.db.execute("SELECT max(rowid) FROM runs").fetchone()[0]
         self._next_run = (last or 0) + 1
-        self._in_tx = False
-        self._undo: list[Callable[[], None]] = []
+        database.batch(self)
+
+    @property
+    def _in_tx(self) -> bool:
+        return self.database.in_transaction
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """The database's transaction (:meth:`Database.transaction`)."""
+        return self.database.transaction()
+
+    def on_rollback(self, undo: Callable[[], None]) -> None:
+        self.database.on_rollback(undo)
 
     def _migrate(self) -> None:
         """Refuse a newer journal; bring an older one up to this schema."""
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is not None and int(row[0]) > SCHEMA_VERSION:
-            raise JournalError(f"{self.path}: journal schema {row[0]} is newer than this knotify")
+        self.database.check_version(VERSION_KEY, SCHEMA_VERSION)
         have = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
         if "kid" not in have:  # schema 1: number the keys, index the numbers
             self.db.execute("BEGIN IMMEDIATE")
@@ -216,62 +165,24 @@ class Journal:
                 self.db.execute("DROP INDEX IF EXISTS events_key")
                 self.db.execute("COMMIT")
             except BaseException:
-                self._rollback()
+                self.database.rollback()
                 raise
         self.db.execute("CREATE INDEX IF NOT EXISTS events_kid ON events (kid)")
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        self.database.set_version(VERSION_KEY, SCHEMA_VERSION)
         have = {row[1] for row in self.db.execute("PRAGMA table_info(state)")}
         for column, decl in (("mono_ns", "INTEGER NOT NULL DEFAULT 0"),
                              ("boot", "TEXT NOT NULL DEFAULT ''"),
                              ("pid", "INTEGER NOT NULL DEFAULT 0")):
             if column not in have:
                 self.db.execute(f"ALTER TABLE state ADD COLUMN {column} {decl}")
-        alert_outbox.upgrade(self.db)
-
-    def close(self) -> None:
-        self.db.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE .. COMMIT; any SQLite error rolls back and becomes JournalError."""
-        if self._in_tx:
-            yield
-            return
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: {exc}") from exc
-        self._in_tx = True
-        try:
-            yield
-            self._write_batch()
-            self.db.execute("COMMIT")
-            self._new_keys.clear()  # numbered for good
-            self._undo.clear()
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise JournalError(f"{self.path}: {exc}") from exc
-        except BaseException:
-            self._rollback()
-            raise
-        finally:
-            self._in_tx = False
-            self._clear_batch()
-
-    def on_rollback(self, undo: Callable[[], None]) -> None:
-        """Call ``undo`` if the transaction under way (the outermost) does not commit.
-
-        What a caller took out of its own memory to write in a nested transaction must
-        go back there when the outer one fails (:meth:`Executor.flush`).
-        """
-        assert self._in_tx
-        self._undo.append(undo)
 
     # Rows of one transaction are collected and written with executemany just before
     # COMMIT: much cheaper per event than one execute each. Reads in the same
     # transaction see the collected events through seen() only.
 
-    def _clear_batch(self) -> None:
+    def end_batch(self, committed: bool) -> None:
+        if committed:
+            self._new_keys.clear()  # numbered for good
         if self._new_keys:  # still here: not committed, so not numbered
             for key_row in self._new_keys:
                 self._kids.pop(key_row[1:], None)
@@ -285,7 +196,7 @@ class Journal:
             self._kids.clear()
             self._kids_all = False
 
-    def _write_batch(self) -> None:
+    def write_batch(self) -> None:
         if self._new_keys:
             self.db.executemany("INSERT INTO keys VALUES (?, ?, ?, ?, ?)", self._new_keys)
         if self._events:
@@ -301,15 +212,6 @@ class Journal:
             self.db.executemany(
                 "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self._states.values())
-
-    def _rollback(self) -> None:
-        try:
-            self.db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        undo, self._undo = self._undo, []
-        for call in reversed(undo):
-            call()
 
     # -- events and state -------------------------------------------------------------
 
@@ -375,11 +277,13 @@ class Journal:
             out[(row[0], row[1], row[2], row[3])] = KeyState(*row[4:])
         return out
 
-    def prune(self, keep: int) -> int:
-        """Drop the oldest events (and their runs) beyond ``keep``; open runs are kept."""
+    def prune(self, keep: int) -> int | None:
+        """Drop the oldest events (and their runs) beyond ``keep``; open runs are kept.
+
+        How many were dropped; None when there are not more than ``keep``."""
         row = self.db.execute("SELECT max(rowid) FROM events").fetchone()
         if not row or row[0] is None or row[0] <= keep:
-            return 0
+            return None
         cutoff = row[0] - keep
         with self.transaction():
             self.db.execute(
@@ -388,8 +292,23 @@ class Journal:
             cur = self.db.execute(
                 "DELETE FROM events WHERE rowid <= ? AND id NOT IN "
                 "(SELECT event_id FROM runs WHERE status IN ('pending', 'running'))", (cutoff,))
-            alert_outbox.prune(self.db)
         return cur.rowcount
+
+    def transitions_in_window(self, event_id: str, since_ns: int, limit: int = 1000) -> int:
+        """Transitions of the event's key newer than ``since_ns``, up to and including it."""
+        row = self.db.execute("SELECT rowid, kid FROM events WHERE id = ?",
+                              (event_id,)).fetchone()
+        if row is None:
+            return 0
+        return int(self.db.execute(
+            "SELECT count(*) FROM (SELECT ts_ns FROM events WHERE kid = ? AND "
+            "class = 'transition' AND rowid <= ? ORDER BY rowid DESC "
+            "LIMIT ?) WHERE ts_ns > ?", (row[1], row[0], limit, since_ns)).fetchone()[0])
+
+    def oldest_recv_ns(self) -> int | None:
+        """When the oldest event kept arrived (None: no event)."""
+        row = self.db.execute("SELECT recv_ns FROM events ORDER BY rowid LIMIT 1").fetchone()
+        return None if row is None else int(row[0])
 
     # -- action runs --------------------------------------------------------------------
 
@@ -527,7 +446,6 @@ class Journal:
                 "ended_ns": run[8], "exit_code": run[9], "output": run[10],
                 "detail": run[11],
             })
-        alert_outbox.attach_history(self.db, by_id)
         return out
 
 

@@ -15,8 +15,8 @@ nothing that was queued:
   URLs, scrubbed errors) and its result file while it runs.
 - ``alert_streams``: what flap control and repeat suppression remember.
 
-The table of silences is :mod:`knotify.alerts.silence`'s. This module only
-reads and writes rows; deciding is done by the pure stages and the engine.
+Silences have their own store (:mod:`.silences`). This module only reads and
+writes rows; deciding is done by the pure stages and the engine.
 """
 
 from __future__ import annotations
@@ -27,26 +27,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from knotify.alerts import alertmanager_desk, silence
 from knotify.alerts.grouping import Waiting
 from knotify.alerts.stream import Stream
 from knotify.event import Key
+from knotify.store.db import Database
 
-WAITING = "waiting"
-COMPOSED = "composed"
-SILENCED = "silenced"
-INHIBITED = "inhibited"
-SUPPRESSED = "suppressed"
-DROPPED = "dropped"
-
-PENDING = "pending"
-SENDING = "sending"
-SENT = "sent"
-EXPIRED = "expired"
-
-RUNNING = "running"
-
-SCHEMA = silence.SCHEMA + alertmanager_desk.SCHEMA + """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_items (
     rowid INTEGER PRIMARY KEY,
     run INTEGER,
@@ -181,7 +167,7 @@ def _message(row: Sequence[Any]) -> MessageRow:
                       row[14] if row[14] is not None else row[0], row[15], row[16])
 
 
-def upgrade(db: sqlite3.Connection) -> None:
+def _upgrade(db: sqlite3.Connection) -> None:
     """Bring an older journal's outbox up to this schema (messages got their group key)."""
     have = {row[1] for row in db.execute("PRAGMA table_info(alert_messages)")}
     if "group_key" not in have:
@@ -216,13 +202,12 @@ class AttemptRow:
 class Outbox:
     """Rows of the outbox tables; the caller holds the transaction."""
 
-    def __init__(self, journal: Any) -> None:
-        self.journal = journal
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection = self.journal.db
-        return db
+    def __init__(self, database: Database) -> None:
+        """The outbox tables in ``database``, made or brought up to this schema."""
+        self.database = database
+        self.db = database.db
+        self.db.executescript(SCHEMA)
+        _upgrade(self.db)
 
     # -- items ----------------------------------------------------------------------------
 
@@ -316,17 +301,6 @@ class Outbox:
         self.db.executemany("UPDATE alert_streams SET flapping = 0, flap_since_ns = NULL, "
                             "suppressed = 0 WHERE stream = ?", [(s,) for s in streams])
 
-    def transitions_in_window(self, event_id: str, since_ns: int, limit: int = 1000) -> int:
-        """Transitions of the event's key newer than ``since_ns``, up to and including it."""
-        row = self.db.execute("SELECT rowid, kid FROM events WHERE id = ?",
-                              (event_id,)).fetchone()
-        if row is None:
-            return 0
-        return int(self.db.execute(
-            "SELECT count(*) FROM (SELECT ts_ns FROM events WHERE kid = ? AND "
-            "class = 'transition' AND rowid <= ? ORDER BY rowid DESC "
-            "LIMIT ?) WHERE ts_ns > ?", (row[1], row[0], limit, since_ns)).fetchone()[0])
-
     # -- messages -------------------------------------------------------------------------
 
     def add_message(self, receiver: str, alert: str, title: str, body: str, notify_type: str,
@@ -404,6 +378,11 @@ class Outbox:
     def set_escalated(self, rowid: int, to: int) -> None:
         self.db.execute("UPDATE alert_messages SET escalated_to = ? WHERE rowid = ?", (to, rowid))
 
+    def set_group_key(self, rowid: int, group_key: str) -> None:
+        """Put message ``rowid`` in another group (its group's messages go out in order)."""
+        self.db.execute("UPDATE alert_messages SET group_key = ? WHERE rowid = ?",
+                        (group_key, rowid))
+
     # -- attempts -------------------------------------------------------------------------
 
     def start_attempt(self, message: MessageRow, result_path: str, now_ns: int) -> int:
@@ -428,6 +407,15 @@ class Outbox:
         return [AttemptRow(*r) for r in self.db.execute(
             "SELECT rowid, message, receiver, attempt, started_ns, result_path FROM "
             "alert_attempts WHERE status = 'running' ORDER BY rowid")]
+
+    def attach_history(self, by_id: dict[str, dict[str, Any]]) -> None:
+        """Add ``alerts`` to each event of a history answer (:func:`attach_history`)."""
+        attach_history(self.db, by_id)
+
+    def prune(self, before_ns: int) -> None:
+        """Forget finished rows made before ``before_ns`` (when the oldest event kept
+        arrived): :func:`prune`."""
+        prune(self.db, before_ns)
 
     def counts(self) -> dict[str, int]:
         out = {f"items_{k}": int(v) for k, v in self.db.execute(
@@ -497,12 +485,8 @@ def attach_history(db: sqlite3.Connection, by_id: dict[str, dict[str, Any]]) -> 
         })
 
 
-def prune(db: sqlite3.Connection) -> None:
-    """Forget finished alert rows older than the oldest event still kept."""
-    row = db.execute("SELECT recv_ns FROM events ORDER BY rowid LIMIT 1").fetchone()
-    if row is None:
-        return
-    cutoff = row[0]
+def prune(db: sqlite3.Connection, cutoff: int) -> None:
+    """Forget finished alert rows made before ``cutoff`` (ns)."""
     db.execute("DELETE FROM alert_items WHERE status != 'waiting' AND created_ns < ?", (cutoff,))
     db.execute("DELETE FROM alert_messages WHERE status NOT IN ('pending', 'sending') AND "
                "created_ns < ?", (cutoff,))
