@@ -35,7 +35,7 @@ from alert_servers import (
 from conftest import ROOT, KEnv, RouterProcess, wait_for
 
 from knotify import hook
-from knotify.alerts import attempt, sender
+from knotify.alerts import attempt, record, sender
 from knotify.alerts.pool import WorkerPool
 from knotify.errors import ConfigError
 from knotify.vocab import FAILED, INTERRUPTED, OK, SENT, TIMEOUT
@@ -266,14 +266,14 @@ def test_idle_workers_exit_after_worker_idle_and_come_back_on_demand(
 
 
 def test_retry_after_is_read_as_seconds_or_an_http_date_and_junk_is_ignored() -> None:
-    assert sender.parse_retry_after("120") == 120.0
-    assert sender.parse_retry_after(" 0 ") == 0.0
+    assert record.parse_retry_after("120") == 120.0
+    assert record.parse_retry_after(" 0 ") == 0.0
     now = 1_700_000_000.0
-    assert sender.parse_retry_after("Tue, 14 Nov 2023 22:13:27 GMT", now) == 7.0
-    assert sender.parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now) == 0.0  # past
-    assert sender.parse_retry_after("99999999999") == sender.MAX_RETRY_AFTER
+    assert record.parse_retry_after("Tue, 14 Nov 2023 22:13:27 GMT", now) == 7.0
+    assert record.parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now) == 0.0  # past
+    assert record.parse_retry_after("99999999999") == record.MAX_RETRY_AFTER
     for junk in (None, "", "-5", "1.5", "soon", "Tue, 99 Nov 2023"):
-        assert sender.parse_retry_after(junk) is None
+        assert record.parse_retry_after(junk) is None
     assert sender.slow_down([(200, None)]) == {}
     assert sender.slow_down([(429, "30")]) == {"http": 429, "retry_after": 30.0}
     assert sender.slow_down([(429, None)]) == {"http": 429}

@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from knotify.alerts.record import Result, parse_retry_after, start_ticks
 from knotify.alerts.redact import MASK, scrub, url_id
 from knotify.alerts.render import BAD_STATES
-from knotify.alerts.sender import Result, parse_retry_after, start_ticks
 from knotify.schema import Table
 
 KIND = "alertmanager"
@@ -356,7 +356,7 @@ def post(raw: str, body: bytes, token: str | None, timeout: float,
 
 def deliver(job: dict[str, Any], out: Result) -> bool:
     """Post the job's alerts to each Alertmanager URL not reached yet, recording each step
-    in ``out`` as apprise deliveries do (:func:`knotify.alerts.sender.deliver`; the worker
+    in ``out`` as apprise deliveries do (:func:`knotify.alerts.sender.deliver`, which
     calls this one for a job of ``kind`` alertmanager)."""
     out.write({"t": "start", "pid": os.getpid(), "ticks": start_ticks(), "ns": time.time_ns()})
     timeout = float(job.get("timeout", 30.0))

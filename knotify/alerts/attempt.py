@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from knotify.alerts.sender import GRACE, start_ticks
+from knotify.alerts.record import start_ticks
+from knotify.alerts.sender import GRACE
 from knotify.vocab import FAILED, INTERRUPTED, OK, TIMEOUT
 
 __all__ = ["GRACE", "SENDER_MODULE", "Results", "Verdict", "locked", "read_results", "verdict"]

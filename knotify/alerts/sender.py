@@ -36,7 +36,6 @@ per-URL verdicts and privacy forms out on stdout.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import math
@@ -49,56 +48,12 @@ from collections import OrderedDict
 from typing import Any
 
 from knotify.alerts.failure import explain
+from knotify.alerts.record import Result, parse_retry_after, start_ticks
 from knotify.alerts.redact import scheme, scrub, secret_tokens, short_url, url_id
 
 MAX_ERROR = 1000
-#: Longest Retry-After taken literally (a week); longer values are cut to this.
-MAX_RETRY_AFTER = 7 * 86400.0
 #: Seconds the router allows beyond a job's timeout before it kills the process group.
 GRACE = 2.0
-
-
-class Result:
-    """The result file of one attempt, appended line by line."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    @classmethod
-    def create(cls, path: str) -> Result:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     0o600)
-        os.fchmod(fd, 0o600)  # whatever the umask: it names receivers and errors
-        return cls(fd)
-
-    def write(self, record: dict[str, Any]) -> None:
-        os.write(self.fd, (json.dumps(record, ensure_ascii=True) + "\n").encode())
-
-
-def start_ticks(pid: int | str = "self") -> int | None:
-    """When process ``pid`` started (clock ticks since boot): with the pid, who it is."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or None."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return min(float(text), MAX_RETRY_AFTER)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    now = time.time() if now is None else now
-    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
 
 
 class _Responses:
@@ -311,6 +266,11 @@ def deliver(job: dict[str, Any], out: Result) -> bool:
     Returns whether apprise gave up waiting on a URL (status TIMEOUT): its thread may
     still be running, so a warm worker must not take another job after this one.
     """
+    if job.get("kind") == "alertmanager":
+        # knotify's own sender; imported only for such a job (apprise workers need none of it)
+        from knotify.alerts import alertmanager
+
+        return alertmanager.deliver(job, out)
     out.write({"t": "start", "pid": os.getpid(), "ticks": start_ticks(), "ns": time.time_ns()})
     timeout = float(job.get("timeout", 30.0))
     deadline = time.monotonic() + timeout

@@ -41,7 +41,8 @@ import signal
 import sys
 from typing import Any, TextIO
 
-from knotify.alerts import alertmanager, sender
+from knotify.alerts import sender
+from knotify.alerts.record import Result
 from knotify.alerts.redact import scrub, secret_tokens
 
 
@@ -63,10 +64,7 @@ def run_job(request: dict[str, Any], router: int) -> dict[str, Any]:
                     "error": "the router that sent this job is gone: not sent"}
         signal.alarm(sender.alarm_for(float(job.get("timeout", 30.0))))
         try:
-            # Alertmanager receivers are knotify's own sender; every other one is apprise.
-            deliver = (alertmanager.deliver if job.get("kind") == alertmanager.KIND
-                       else sender.deliver)
-            abandoned = deliver(job, sender.Result(fd))
+            abandoned = sender.deliver(job, Result(fd))
         finally:
             signal.alarm(0)
     except Exception as exc:  # a bug or a broken plugin: say so, and start afresh
