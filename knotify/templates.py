@@ -14,6 +14,7 @@ from knotify.errors import TemplateError
 from knotify.event import Event
 from knotify.tracker import Transition
 from knotify.units import format_duration
+from knotify.vocab import CLUSTER, SPLIT_BRAIN
 
 FIELDS = {
     "id": "the event's unique id",
@@ -111,10 +112,10 @@ def iso_time(ns: int, timespec: str = "seconds") -> str:
 
 def involved(ev: Event) -> str:
     """The hosts an event is about (see FIELDS["involved"])."""
-    if ev.kind != "CLUSTER":
+    if ev.kind != CLUSTER:
         return ev.host
     hosts: list[str] = []
-    if ev.state == "SPLIT_BRAIN":
+    if ev.state == SPLIT_BRAIN:
         for field in ("masters", "evidence"):
             value = ev.extra.get(field)
             if isinstance(value, list):

@@ -45,6 +45,7 @@ from knotify.alerts.record import Result, parse_retry_after, start_ticks
 from knotify.alerts.redact import MASK, scrub, url_id
 from knotify.alerts.render import BAD_STATES
 from knotify.schema import Table
+from knotify.vocab import CLUSTER, DELETED, GROUP, INSTANCE, LVS_KINDS, PEER, RS, STOP, VS
 
 KIND = "alertmanager"
 API_PATH = "/api/v2/alerts"
@@ -53,8 +54,8 @@ API_PATH = "/api/v2/alerts"
 VALID_REPOSTS = 4
 DEFAULT_REPOST = 60.0
 MAX_ERROR = 1000
-ALERTNAMES = {"INSTANCE": "KnotifyVRRP", "GROUP": "KnotifyVRRP", "VS": "KnotifyLVS",
-              "RS": "KnotifyLVS", "CLUSTER": "KnotifyCluster", "PEER": "KnotifyPeer"}
+ALERTNAMES = {INSTANCE: "KnotifyVRRP", GROUP: "KnotifyVRRP", VS: "KnotifyLVS",
+              RS: "KnotifyLVS", CLUSTER: "KnotifyCluster", PEER: "KnotifyPeer"}
 #: Labels knotify sets itself: a receiver's ``labels`` may not name them.
 OWN_LABELS = frozenset({"alertname", "kind", "host", "instance", "virtual_server",
                         "real_server", "cluster", "state", "severity", "rule"})
@@ -230,7 +231,7 @@ def rfc3339(ns: int) -> str:
 def default_severity(state: str) -> str:
     if state in BAD_STATES:
         return "critical"
-    if state in ("STOP", "DELETED"):
+    if state in (STOP, DELETED):
         return "warning"
     return "info"
 
@@ -244,14 +245,14 @@ def labels_for(fields: Mapping[str, str], severity: str | None = None,
     host = fields.get("host", "")
     state = fields.get("state", "")
     labels = {"alertname": ALERTNAMES.get(kind, "Knotify" + kind.capitalize()), "kind": kind}
-    if kind == "CLUSTER":
+    if kind == CLUSTER:
         labels["cluster"] = name  # its host is the router that noticed: not the alert's
-    elif kind == "PEER":
+    elif kind == PEER:
         labels["host"] = name
-    elif kind in ("VS", "RS"):
+    elif kind in LVS_KINDS:
         labels["host"] = host
         labels["virtual_server"] = fields.get("vs", "") or name
-        if kind == "RS":
+        if kind == RS:
             labels["real_server"] = name
     else:
         labels["host"] = host

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from knotify.errors import TemplateError
 from knotify.templates import FIELDS, Template, iso_time
-from knotify.vocab import INIT, NO_CONDITION, SYNTHETIC_KINDS
+from knotify.vocab import CLUSTER, GROUP, INIT, INSTANCE, NO_CONDITION, PEER, SYNTHETIC_KINDS
 
 FIRING = "firing"
 REPEAT = "repeat"
@@ -277,9 +277,9 @@ def _fields(item: Item, receiver: str) -> dict[str, str]:
 # -- one incident: many hosts, many instances --------------------------------------------
 
 #: What a message of many subjects calls them, by their kinds.
-_NOUNS = {frozenset({"INSTANCE"}): "instances", frozenset({"GROUP"}): "sync groups",
-          frozenset({"INSTANCE", "GROUP"}): "instances and sync groups",
-          frozenset({"CLUSTER"}): "clusters", frozenset({"PEER"}): "hosts"}
+_NOUNS = {frozenset({INSTANCE}): "instances", frozenset({GROUP}): "sync groups",
+          frozenset({INSTANCE, GROUP}): "instances and sync groups",
+          frozenset({CLUSTER}): "clusters", frozenset({PEER}): "hosts"}
 
 
 def _noun(items: Sequence[Item]) -> str:
@@ -293,7 +293,7 @@ def incident_headline(items: Sequence[Item]) -> str:
     moves: dict[str, int] = {}
     for item in items:
         what = _short(item)
-        if item.fields.get("kind") != "CLUSTER":  # a CLUSTER event's host is the router
+        if item.fields.get("kind") != CLUSTER:  # a CLUSTER event's host is the router
             what = f"{item.fields.get('host', '')} {what}"
         moves[what] = moves.get(what, 0) + 1
     shown = [f"{what} ({n})" if len(subjects) > 1 and n > 1 else what
@@ -328,7 +328,7 @@ def _compose_incident(items: Sequence[Item], templates: Templates, receiver: str
     ids = list(dict.fromkeys(i.fields.get("id", "") for i in items))
     hosts: list[str] = []
     for item in items:
-        if item.fields.get("kind") in ("CLUSTER", "PEER") and item.fields.get("involved"):
+        if item.fields.get("kind") in SYNTHETIC_KINDS and item.fields.get("involved"):
             # A condition names the hosts it is about (a split brain: its MASTERs),
             # not every host of the cluster nor the router that noticed it.
             named: Sequence[str] = _involved(item.fields)
@@ -336,7 +336,7 @@ def _compose_incident(items: Sequence[Item], templates: Templates, receiver: str
             named = (item.fields.get("host", ""), *item.fields.get(HOSTS_FIELD, "").split(","))
         for host in named:
             if host and host not in hosts and not (host == item.fields.get("host")
-                                                   and item.fields.get("kind") == "CLUSTER"):
+                                                   and item.fields.get("kind") == CLUSTER):
                 hosts.append(host)
     if not hosts:
         hosts = list(dict.fromkeys(i.fields.get("host", "") for i in items))
