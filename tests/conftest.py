@@ -300,3 +300,27 @@ def cluster(kenv: KEnv, router: RouterProcess) -> Iterator[Any]:
         forced = made.destroy()
         assert not made.namespaces, \
             f"network namespaces left behind: {made.namespaces} ({forced})"
+
+
+@pytest.fixture
+def http() -> Iterator[Any]:
+    """A local HTTP receiver for webhook alerts (alert_servers.HttpSink), stopped after."""
+    from alert_servers import HttpSink
+
+    sink = HttpSink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[Any]:
+    """A real SMTP server (aiosmtpd) for e-mail alerts (alert_servers.SmtpSink)."""
+    from alert_servers import SmtpSink
+
+    sink = SmtpSink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()

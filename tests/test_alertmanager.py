@@ -40,15 +40,6 @@ def am(kenv: KEnv) -> Iterator[Alertmanager]:
         server.stop()
 
 
-@pytest.fixture
-def http() -> Iterator[HttpSink]:
-    sink = HttpSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
-
-
 RULE = """
 [[rule]]
 id = "page"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 
 import pytest
 from alert_servers import (
@@ -23,24 +22,6 @@ from alert_servers import (
     settled,
 )
 from conftest import KEnv, RouterProcess, wait_for
-
-
-@pytest.fixture
-def http() -> Iterator[HttpSink]:
-    sink = HttpSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
 
 
 def write(kenv: KEnv, receivers: str, rule: str = "", alerts: str = FAST_BY_HOST) -> None:

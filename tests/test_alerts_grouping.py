@@ -11,7 +11,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from alert_servers import HttpSink, SmtpSink, alert_items, settled
@@ -43,24 +42,6 @@ from = "!INIT"
 type = "alert"
 receivers = {receivers}
 """
-
-
-@pytest.fixture
-def http() -> Iterator[HttpSink]:
-    sink = HttpSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
 
 
 _SEQ = itertools.count(1)

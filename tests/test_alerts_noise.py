@@ -9,20 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 
-import pytest
 from alert_servers import FAST_ALERTS, HttpSink, alert_items, settled
 from conftest import KEnv, RouterProcess, wait_for
-
-
-@pytest.fixture
-def http() -> Iterator[HttpSink]:
-    sink = HttpSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
 
 
 def write(kenv: KEnv, http: HttpSink, rule: str, alerts: str = FAST_ALERTS) -> None:

@@ -10,30 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from alert_servers import FAST_ALERTS, HttpSink, SmtpSink, alert_items
 from conftest import KEnv, RouterProcess, wait_for
-
-
-@pytest.fixture
-def http() -> Iterator[HttpSink]:
-    sink = HttpSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
 
 
 def write(kenv: KEnv, http: HttpSink, rules: str, alerts: str = FAST_ALERTS) -> None:

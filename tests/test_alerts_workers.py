@@ -18,7 +18,6 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +38,6 @@ from knotify.alerts import attempt, record, sender
 from knotify.alerts.pool import WorkerPool
 from knotify.errors import ConfigError
 from knotify.vocab import FAILED, INTERRUPTED, OK, SENT, TIMEOUT
-
-
-@pytest.fixture
-def http() -> Iterator[HttpSink]:
-    sink = HttpSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
 
 
 class Log:
