@@ -1,16 +1,29 @@
-"""knotify: the command line. Each command lives in knotify/commands/<name>.py."""
+"""knotify: the command line.
+
+A command is either an op of the router (its CLI side lives with its daemon side in
+knotify/ops/<name>.py) or a command of its own (knotify/commands/<name>.py); both are
+modules with ``HELP``, ``register(parser)`` and ``run(args) -> exit code``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from importlib import import_module
+from types import ModuleType
 
-from knotify import __version__
+from knotify import __version__, ops
+from knotify.ops.base import CommandModule
 
-COMMANDS = ("run", "send", "status", "history", "check_config", "fifo", "reload", "keygen",
-            "silence", "test_alert", "watch", "agent", "forget_peer", "web", "report",
-            "install_hooks")
+#: In the order ``knotify --help`` lists them.
+COMMANDS = ("run", "send", "status", "history", "check-config", "fifo", "reload", "keygen",
+            "silence", "test-alert", "watch", "agent", "forget-peer", "web", "report",
+            "install-hooks")
+
+
+def command_module(name: str) -> CommandModule | ModuleType:
+    """The module that holds command ``name``: an op's, or one of knotify/commands/."""
+    return ops.COMMANDS.get(name) or import_module(f"knotify.commands.{name.replace('-', '_')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="config file (default: $KNOTIFY_CONFIG, then the search path)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        module = import_module(f"knotify.commands.{name}")
-        command = sub.add_parser(name.replace("_", "-"), parents=[common],
-                                 help=module.HELP, description=module.HELP)
+        module = command_module(name)
+        command = sub.add_parser(name, parents=[common], help=module.HELP,
+                                 description=module.HELP)
         module.register(command)
         command.set_defaults(func=module.run)
     return parser

@@ -26,18 +26,16 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from knotify import __version__, hook, resync, sdnotify, spool, transport
+from knotify import __version__, hook, ops, resync, sdnotify, spool, transport
 from knotify import config as configmod
 from knotify import log as logmod
 from knotify import metrics as metricsmod
 from knotify.alerts.engine import MAX_SLEEP as ALERTS_MAX_SLEEP
-from knotify.alerts.engine import OPS as ALERT_OPS
 from knotify.alerts.engine import AlertEngine
 from knotify.cluster.monitor import TICK as CLUSTER_TICK
 from knotify.cluster.monitor import ClusterMonitor
 from knotify.errors import ConfigError, JournalError, ResyncError, RouterError, WireError
 from knotify.event import (
-    ID_CHARS,
     Event,
     acked,
     check_text,
@@ -80,9 +78,6 @@ KEYED_KINDS = frozenset(KINDS)
 KEYS_FULL_LOG_EVERY = 60.0
 #: How often keys DELETED for longer than [router] forget_deleted are looked for.
 FORGET_EVERY = 60.0
-#: States and events in one status or history reply at most (the CLI pages on).
-STATUS_PAGE = 1000
-HISTORY_PAGE = 1000
 #: How often the clients folder is looked at, and re-read even if it looks the same.
 CLIENTS_CHECK = 1.0
 CLIENTS_REREAD = 10.0
@@ -917,69 +912,9 @@ class Router:
     # -- commands (the CLI's surface) ----------------------------------------------------
 
     def _command(self, msg: dict[str, Any]) -> bytes:
-        assert self.journal is not None
-        op = msg["op"]
-        try:
-            if op == "ping":
-                return reply(True, version=__version__, pid=os.getpid(),
-                             uptime_s=round(time.time() - self.started, 3))
-            if op == "status":
-                offset = msg.get("offset", 0)
-                if type(offset) is not int or not 0 <= offset < 2**62:
-                    raise WireError("status 'offset' must be an integer of 0 or more")
-                total = len(self.tracker.states)
-                nxt = offset + STATUS_PAGE if offset + STATUS_PAGE < total else None
-                return reply(True, states=self.journal.status(offset, STATUS_PAGE),
-                             states_total=total, next=nxt, router=self.info(),
-                             cluster=self.cluster.view() if self.cluster and not offset
-                             else {})
-            if op == "heartbeat" and self.cluster is not None:
-                return self.cluster.heartbeat(msg)
-            if op == "peer_forget" and self.cluster is not None:
-                return self.cluster.forget(msg)
-            if op == "history":
-                limit = msg.get("limit", 50)
-                if type(limit) is not int or not 1 <= limit <= 100_000:
-                    raise WireError("history 'limit' must be an integer 1..100000")
-                filters = {k: msg.get(k) for k in ("host", "kind", "name")}
-                for k, v in filters.items():
-                    if v is not None and (not isinstance(v, str) or len(v) > 255):
-                        raise WireError(f"history {k!r} must be a string (a pattern)")
-                event_id = msg.get("id")
-                if event_id is not None and (not isinstance(event_id, str) or not
-                                             1 <= len(event_id) <= 64 or any(
-                                                 c not in ID_CHARS for c in event_id)):
-                    raise WireError("history 'id' must be an event id (letters, digits, _ "
-                                    "and -) or its first characters")
-                transitions = msg.get("transitions", False)
-                if type(transitions) is not bool:
-                    raise WireError("history 'transitions' must be true or false")
-                before = msg.get("before")
-                if before is not None and (type(before) is not int or not 0 < before < 2**62):
-                    raise WireError("history 'before' must be an event number (rowid)")
-                # One reply holds a page at most; "next_before" asks for the rest.
-                page = self.journal.history(min(limit, HISTORY_PAGE), before=before,
-                                            event_id=event_id, transitions=transitions,
-                                            **filters)
-                assert self.outbox is not None
-                self.outbox.attach_history({event["id"]: event for event in page})
-                more = limit > HISTORY_PAGE and len(page) == HISTORY_PAGE
-                return reply(True, events=page,
-                             next_before=page[-1]["rowid"] if more else None)
-            if op == "stats":
-                return reply(True, router=self.info())
-            if op == "reload":
-                ok, detail = self.reload()
-                return reply(ok, detail=detail) if ok else reply(False, error=detail)
-            if op in ALERT_OPS and self.alerts is not None:
-                return reply(True, **self.alerts.command(op, msg))
-            raise WireError(f"unknown op {op[:40]!r}")
-        except WireError as exc:
-            self._rejected(str(exc), [])
-            return reply(False, error=str(exc))
-        except Exception as exc:  # a bug: this request fails, the router serves on
-            reason = self.faults.record("command", exc, op=op[:40])
-            return reply(False, error=f"internal error: {reason}")
+        """Answer an op (knotify/ops/): a refused request is counted as rejected, a fault
+        under ``command``; either way the sender gets an answer and the router serves on."""
+        return ops.dispatch(self, msg, lambda reason: self._rejected(reason, []))
 
     def metrics_snapshot(self) -> metricsmod.Snapshot:
         """What a metrics scrape shows, copied in the event loop."""

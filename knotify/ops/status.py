@@ -1,4 +1,8 @@
-"""knotify status: the current state of every host/kind/name, and the cluster view."""
+"""knotify status: the current state of every host/kind/name, and the cluster view.
+
+The ``status`` op: the router answers a page of the state table (:data:`PAGE` keys) with
+its own figures and the cluster view; the CLI asks for the next pages and prints them.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ from typing import Any
 from knotify.client import request
 from knotify.commands import client_settings, fail
 from knotify.commands.table import fmt_time, render
-from knotify.errors import RouterRefused, RouterUnavailable
+from knotify.errors import RouterRefused, RouterUnavailable, WireError
+from knotify.ops.base import Answer, Op, OpContext, journal_of
 from knotify.units import format_duration
 
+COMMAND = "status"
 HELP = ("show the current state per host, kind and name, and per cluster who is MASTER, "
         "who is BACKUP and since when (split brain, no master and silent hosts flagged)")
 
@@ -146,3 +152,24 @@ def peers_table(peers: list[dict[str, Any]], now: int) -> str:
                      "" if p["interval_s"] is None else format_duration(p["interval_s"]),
                      "" if p["spool"] is None else str(p["spool"])])
     return render(["HOST", "WATCHED", "LAST HEARD", "VIA", "HEARTBEAT", "SPOOLED"], rows)
+
+
+# -- the daemon side ----------------------------------------------------------------------
+
+#: States in one reply at most (the CLI asks on with ``offset``).
+PAGE = 1000
+
+
+def execute(ctx: OpContext, msg: dict[str, Any]) -> Answer:
+    offset = msg.get("offset", 0)
+    if type(offset) is not int or not 0 <= offset < 2**62:
+        raise WireError("status 'offset' must be an integer of 0 or more")
+    journal = journal_of(ctx)
+    total = len(ctx.tracker.states)
+    nxt = offset + PAGE if offset + PAGE < total else None
+    return {"states": journal.status(offset, PAGE), "states_total": total, "next": nxt,
+            "router": ctx.info(),
+            "cluster": ctx.cluster.view() if ctx.cluster and not offset else {}}
+
+
+OPS = (Op("status", execute),)

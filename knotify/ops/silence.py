@@ -1,4 +1,8 @@
-"""knotify silence: mute alerts (and exec actions of rules that honour silences) for a while."""
+"""knotify silence: mute alerts (and exec actions of rules that honour silences) for a while.
+
+Its wire ops, ``silence_add``, ``silence_list`` and ``silence_expire``, are answered by
+the alert engine (which owns the silences).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from knotify.client import request
 from knotify.commands import client_settings, fail
 from knotify.commands.table import clean, fmt_time, render
 from knotify.errors import RouterRefused, RouterUnavailable
+from knotify.ops.base import Answer, Op, OpContext, unknown
 from knotify.units import format_duration, parse_duration
 
+COMMAND = "silence"
 HELP = ("silences: `add MATCHER... --for 2h --reason TEXT`, `list`, `expire ID` "
         "(matchers: name=VI_1 host=node* state!=BACKUP)")
 
@@ -127,3 +133,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except (RouterUnavailable, RouterRefused) as exc:
         return fail(str(exc))
+
+
+# -- the daemon side ----------------------------------------------------------------------
+
+def execute(ctx: OpContext, msg: dict[str, Any]) -> Answer:
+    if ctx.alerts is None:
+        raise unknown(msg["op"])
+    return ctx.alerts.command(msg["op"], msg)
+
+
+OPS = (Op("silence_add", execute), Op("silence_list", execute), Op("silence_expire", execute))

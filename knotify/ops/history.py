@@ -1,4 +1,8 @@
-"""knotify history: events newest first, with the outcome of the actions each triggered."""
+"""knotify history: events newest first, with the outcome of the actions each triggered.
+
+The ``history`` op: the router answers a page (:data:`PAGE` events at most) with each
+event's runs and alerts, and where the next page starts; the CLI asks on and prints.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,13 @@ from knotify.alerts.report import alert_lines
 from knotify.client import request
 from knotify.commands import client_settings, fail
 from knotify.commands.table import clean
-from knotify.errors import RouterRefused, RouterUnavailable
+from knotify.errors import RouterRefused, RouterUnavailable, WireError
 from knotify.event import ID_CHARS
+from knotify.ops.base import Answer, Op, OpContext, journal_of, outbox_of
 from knotify.templates import iso_time
 from knotify.units import format_duration
 
+COMMAND = "history"
 HELP = "show events newest first, with the actions each one triggered and how they ended"
 
 
@@ -120,3 +126,41 @@ def _action(act: dict[str, Any]) -> str:
     if act.get("detail"):
         text += f" - {act['detail']}"
     return text
+
+
+# -- the daemon side ----------------------------------------------------------------------
+
+#: Events in one reply at most (``next_before`` asks for the rest).
+PAGE = 1000
+
+
+def execute(ctx: OpContext, msg: dict[str, Any]) -> Answer:
+    limit = msg.get("limit", 50)
+    if type(limit) is not int or not 1 <= limit <= 100_000:
+        raise WireError("history 'limit' must be an integer 1..100000")
+    filters: dict[str, str | None] = {}
+    for k in ("host", "kind", "name"):
+        v = msg.get(k)
+        if v is not None and (not isinstance(v, str) or len(v) > 255):
+            raise WireError(f"history {k!r} must be a string (a pattern)")
+        filters[k] = v
+    event_id = msg.get("id")
+    if event_id is not None and (not isinstance(event_id, str) or not 1 <= len(event_id) <= 64
+                                 or any(c not in ID_CHARS for c in event_id)):
+        raise WireError("history 'id' must be an event id (letters, digits, _ and -) or its "
+                        "first characters")
+    transitions = msg.get("transitions", False)
+    if type(transitions) is not bool:
+        raise WireError("history 'transitions' must be true or false")
+    before = msg.get("before")
+    if before is not None and (type(before) is not int or not 0 < before < 2**62):
+        raise WireError("history 'before' must be an event number (rowid)")
+    page = journal_of(ctx).history(min(limit, PAGE), before=before, event_id=event_id,
+                                   transitions=transitions, host=filters["host"],
+                                   kind=filters["kind"], name=filters["name"])
+    outbox_of(ctx).attach_history({event["id"]: event for event in page})
+    more = limit > PAGE and len(page) == PAGE
+    return {"events": page, "next_before": page[-1]["rowid"] if more else None}
+
+
+OPS = (Op("history", execute),)
