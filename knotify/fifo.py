@@ -21,6 +21,7 @@ import select
 import signal
 import stat
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,8 @@ TERM_GRACE = 0.8
 #: After a (re)open, read what waited in the FIFO first, then ask keepalived for its states.
 RESYNC_DELAY = 0.5
 REOPEN_INTERVAL = 0.1
+#: Lines the router's reader remembers (for a resync to know what it read meanwhile).
+RECENT_LINES = 4096
 #: The router's reader turns at least this often while it waits (for its watchdog).
 TURN = 1.0
 
@@ -110,13 +113,39 @@ class AsyncFifoReader:
         self.log = log.bind(fifo=path)
         self.beat = beat or (lambda: None)
         self._read_now: Callable[[], None] | None = None
+        #: Counts the opens: a resync compares it to know the FIFO stayed the same.
+        self.generation = 0
+        self._count = 0
+        self._recent: deque[tuple[int, int, str]] = deque(maxlen=RECENT_LINES)
+
+    def _remember(self, lines: list[str]) -> None:
+        for line in lines:
+            self._count += 1
+            self._recent.append((self.generation, self._count, line))
+
+    def mark(self) -> tuple[int, int] | None:
+        """Where the reader is now: None if no FIFO is open."""
+        return (self.generation, self._count) if self._read_now is not None else None
+
+    def lines_since(self, mark: tuple[int, int] | None) -> list[str] | None:
+        """Lines read from the same open FIFO since ``mark``; None if it was closed or
+        reopened since (or too many came to remember)."""
+        if mark is None or self._read_now is None or self.generation != mark[0]:
+            return None
+        lines = [line for gen, n, line in self._recent if gen == mark[0] and n > mark[1]]
+        return lines if len(lines) == self._count - mark[1] else None
+
+    def lines_this_open(self) -> list[str]:
+        """The lines read since the FIFO now open was opened (as many as remembered)."""
+        return [line for gen, _, line in self._recent if gen == self.generation]
 
     def drain(self) -> None:
         """Hand on every line already waiting in the open FIFO, now, in order.
 
-        A resync calls this after keepalived's state dump is written: every line
-        keepalived wrote before the dump is in the pipe by then, so it is stamped (and
-        ordered) before the snapshot's events, however late the loop would read it.
+        A resync calls this before it asks keepalived for its state dump (every line
+        read by then is older than the dump) and again after the dump: the lines of
+        that window may be older or newer than the dump (:meth:`lines_since`), so the
+        FIFO's word wins for their instances.
         """
         if self._read_now is not None:
             self._read_now()
@@ -177,6 +206,7 @@ class AsyncFifoReader:
                 ts, mono = time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
                 lines = buf.feed(data)
                 if lines:
+                    self._remember(lines)
                     self.on_lines([(line, ts, mono) for line in lines])
                 return True
 
@@ -185,6 +215,7 @@ class AsyncFifoReader:
                     pass
 
             loop.add_reader(fd, readable)
+            self.generation += 1
             self._read_now = read_now
             if self.on_open is not None:
                 self.on_open()

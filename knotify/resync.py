@@ -19,8 +19,10 @@ import subprocess
 import time
 from typing import Any
 
-from knotify.errors import ResyncError
+from knotify import keepalived
+from knotify.errors import ParseError, ResyncError
 from knotify.hook import boot_id
+from knotify.vocab import DELETED, STOP
 
 JSON_FILE = "/tmp/keepalived.json"
 # vrrp.h (keepalived 2.2.7): INIT 0, BACK 1, MAST 2, FAULT 3, DELETED 97, STOP 98.
@@ -118,6 +120,28 @@ def snapshot(pid: int, json_file: str = JSON_FILE, timeout: float = 3.0) -> list
             raise ResyncError(f"cannot read {json_file}: {exc.strerror}") from None
     raise ResyncError(f"keepalived (pid {pid}) wrote no JSON dump to {json_file} "
                       f"within {timeout:g}s (is it built with --enable-json?)")
+
+
+def overtaken(window: list[str], this_open: list[str]) -> set[str]:
+    """Instance names a snapshot must not report: the FIFO has the truer word on them.
+
+    ``window`` holds the FIFO lines read while the dump was asked for and read: each
+    may have been written before the dump or after it, so the FIFO's own, ordered,
+    lines win for those instances. ``this_open`` holds every line read since the FIFO
+    was opened: an instance that said STOP (or DELETED) there is going away, and a dump
+    keepalived writes while it shuts down can still call it MASTER.
+    """
+    names: set[str] = set()
+    for line, gone_only in [(ln, False) for ln in window] + [(ln, True) for ln in this_open]:
+        try:
+            fields = keepalived.parse_fifo_line(line)
+        except ParseError:
+            continue
+        if fields.get("kind") != "INSTANCE":
+            continue
+        if not gone_only or fields.get("state") in (STOP, DELETED):
+            names.add(str(fields["name"]))
+    return names
 
 
 def wire_events(instances: list[dict[str, Any]], host: str,

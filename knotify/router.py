@@ -1086,7 +1086,13 @@ class Router:
         """After a FIFO (re)opens: read what waited in it, then ask keepalived for its states."""
         await asyncio.sleep(RESYNC_DELAY)
         log = self.log.bind(fifo=source.path)
+        reader = next((r for r in self.fifo_readers if r.path == source.path), None)
         async with self._resync_lock:  # one JSON dump file per host: one request at a time
+            # Lines keepalived wrote before its dump are older than the snapshot: hand
+            # them on first, or a late read would be ordered after (and undo) it.
+            if reader is not None:
+                reader.drain()
+            mark = reader.mark() if reader is not None else None
             try:
                 pid = resync.read_pidfile(source.pidfile)
                 instances = await asyncio.get_running_loop().run_in_executor(
@@ -1094,11 +1100,17 @@ class Router:
             except ResyncError as exc:
                 log.warning("resync.failed", error=str(exc))
                 return
-        # Lines keepalived wrote before its dump are older than the snapshot: hand
-        # them on first, or a late read would be ordered after (and undo) it.
-        for reader in self.fifo_readers:
-            if reader.path == source.path:
-                reader.drain()
+        if reader is not None:
+            reader.drain()
+            window = reader.lines_since(mark)
+            if window is None:
+                log.info("resync.skipped", reason="the FIFO closed or reopened meanwhile (a "
+                         "new resync follows its reopening)")
+                return
+            # A line read while the dump was made may be newer than the dump: the FIFO's
+            # ordered word wins for its instance (and a stopping keepalived's dump lies).
+            overtaken = resync.overtaken(window, reader.lines_this_open())
+            instances = [inst for inst in instances if inst["name"] not in overtaken]
         spool_dir = self.config.hook.spool_dir
         wire = resync.wire_events(instances, host, lambda: spool.next_seq(spool_dir),
                                   hook.new_id)
