@@ -2,7 +2,8 @@
 resync, ``knotify send``, the agent, the CLI and the web pages.
 
 :class:`Settings` says where the router is and how to reach it (read from ``[paths]``
-and ``[hook]``, leniently: a mistake elsewhere in the config must not lock a client out).
+and ``[hook]``, leniently: a mistake elsewhere in the config must not lock a client out;
+parsed with tomllib once per change of the file, :mod:`knotify.confcache`).
 :func:`exchange` carries one request and its answer over the endpoint's transport:
 CURVE through pyzmq for ``tcp://`` when ``[hook.curve]`` is set, otherwise knotify's own
 ZMTP peer (:mod:`knotify.zmtp`, no pyzmq). On top of it, :func:`deliver` sends an event
@@ -18,7 +19,7 @@ import os
 import sys
 import time
 
-from knotify import fastjson, paths, spool
+from knotify import confcache, fastjson, paths, spool
 from knotify.errors import KeyFileError, RouterRefused, RouterUnavailable
 from knotify.wire import WIRE_VERSION, is_ack
 
@@ -58,10 +59,7 @@ def load_settings(config_path: str | None) -> Settings:
     if config_path:
         data: dict[str, object] | None = None
         try:
-            text = paths.read_config(config_path)
-            import tomllib
-
-            data = tomllib.loads(text)
+            data = confcache.tables(config_path)
         except RecursionError:
             problem = "nested too deeply for the TOML parser"
         except ValueError as exc:  # unreadable, not UTF-8, not TOML
