@@ -293,3 +293,31 @@ def test_an_unreadable_input_keeps_its_error_as_an_invalid_event() -> None:
     decoded = decode_event(event)
     assert (decoded.kind, decoded.state, decoded.error) == (
         "INVALID", "INVALID", "missing the instance name")
+
+
+# -- the agent -------------------------------------------------------------------------------
+
+
+def test_the_agent_sets_aside_a_spool_file_that_is_not_json_and_delivers_the_rest(
+    kenv: KEnv, router: RouterProcess
+) -> None:
+    """``NaN`` is not JSON (fastjson, which every client encodes with, refuses it): such a
+    file goes to spool/bad with the reason instead of stalling the agent's queue."""
+    from test_cluster_router import agent_config
+
+    port = free_port()
+    kenv.write_config(f'[router]\nlisten = ["tcp://127.0.0.1:{port}"]\ninsecure = true\n')
+    cfg = agent_config(kenv, "n1", [f"tcp://127.0.0.1:{port}"])
+    spool_dir = kenv.root / "n1-state" / "spool"
+    assert kenv.hook("-c", str(cfg), "INSTANCE", "VI_1", "MASTER", "100").returncode == 0
+    [good] = list((spool_dir / "new").glob("*.json"))
+    event = json.loads(good.read_text())
+    nan = dict(event, id="f" * 32, extra={"ratio": float("nan")})
+    (spool_dir / "new" / "00000000000000000000-nan.json").write_text(json.dumps(nan))
+    router.start()
+    once = kenv.cli("agent", "-c", str(cfg), "--once", "--log-format", "json", check=False)
+    assert once.returncode == 0, once.stderr
+    assert [p.name for p in (spool_dir / "bad").iterdir()] == ["00000000000000000000-nan.json"]
+    assert "NaN is not JSON" in once.stdout + once.stderr
+    assert not list((spool_dir / "new").glob("*.json"))
+    assert [e["id"] for e in kenv.history()] == [event["id"]]
