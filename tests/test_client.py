@@ -278,8 +278,9 @@ def test_a_reader_is_stamped_with_the_boot_clock_it_read_at_and_no_pid() -> None
 def test_resync_events_are_stamped_alike_with_the_ids_given() -> None:
     seqs = iter(range(10, 20))
     ids = iter(["resync-id-1", "resync-id-2"])
-    instances = [{"name": "VI_1", "state": "MASTER", "prio": 100, "last_transition": 1.5},
-                 {"name": "VI_2", "state": "BACKUP", "prio": None, "last_transition": None}]
+    instances: list[dict[str, object]] = [
+        {"name": "VI_1", "state": "MASTER", "prio": 100, "last_transition": 1.5},
+        {"name": "VI_2", "state": "BACKUP", "prio": None, "last_transition": None}]
     events = resync.wire_events(instances, "kb1", lambda: next(seqs), lambda: next(ids))
     assert [(e["id"], e["seq"], e["source"]) for e in events] == [
         ("resync-id-1", 10, "resync"), ("resync-id-2", 11, "resync")]
