@@ -29,7 +29,7 @@ BIN = Path(sys.executable).parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from knotify import fastjson, hook, keepalived, zmtp  # noqa: E402
+from knotify import fastjson, keepalived, stamp, zmtp  # noqa: E402
 
 LOG_RULE = """
 [[rule]]
@@ -198,7 +198,7 @@ def runs_by_status(rows: dict[str, Any]) -> dict[str, int]:
 # -- the messages senders send ---------------------------------------------------------
 
 
-BOOT_ID = hook.boot_id()
+BOOT_ID = stamp.boot_id()
 
 
 def event_message(tag: str, sender: int, i: int, names: int) -> bytes:

@@ -16,6 +16,7 @@ counted: every hook event must be there, and nothing may have been spooled.
 Targets (issue): hook <= 3x the bare interpreter, and < 0.12x the apprise CLI.
 
     .venv/bin/python bench/hook.py [--rounds 30] [--warmup 3] [--json]
+        [--python VENV/bin/python] [--compare OTHER-VENV/bin/python ...]
 """
 
 from __future__ import annotations
@@ -100,12 +101,12 @@ def spawn_wait(argv: list[str], env: dict[str, str], errfile: str) -> tuple[floa
     return (t1 - t0) / 1e6, os.waitstatus_to_exitcode(status)
 
 
-def make_wrapper(kenv: KEnv, python: str) -> str:
+def make_wrapper(kenv: KEnv, python: str, name: str = "knotify-notify") -> str:
     """hooks/knotify-notify with its interpreter pointed at ``python`` (nothing else changed)."""
     text = (ROOT / "hooks" / "knotify-notify").read_text()
     if WRAPPER_PYTHON not in text:
         raise SystemExit(f"hooks/knotify-notify no longer names {WRAPPER_PYTHON}; update bench")
-    path = kenv.root / "knotify-notify"
+    path = kenv.root / name
     path.write_text(text.replace(WRAPPER_PYTHON, python))
     path.chmod(0o755)
     return str(path)
@@ -132,6 +133,9 @@ def main() -> int:
     parser.add_argument("--python", default=str(BIN / "python"), metavar="VENV/bin/python",
                         help="the venv whose hook and interpreter are measured (default: this "
                         "one); e.g. a non-editable install, as in production")
+    parser.add_argument("--compare", action="append", default=[], metavar="VENV/bin/python",
+                        help="also measure this install's hook, in the same rounds (e.g. the "
+                        "revision before a change); repeatable")
     args = parser.parse_args()
     load_before = load()
 
@@ -141,6 +145,10 @@ def main() -> int:
     if not console.exists():
         raise SystemExit(f"{console} not found: run with the venv's python (.venv/bin/python) "
                          "or name one with --python")
+    others = [Path(p) for p in args.compare]
+    for other in others:
+        if not (other.parent / "knotify-notify").exists():
+            raise SystemExit(f"--compare {other}: no knotify-notify beside it")
     apprise_bin = bindir / "apprise"
     if not apprise_bin.exists():
         apprise_bin = BIN / "apprise"
@@ -161,6 +169,14 @@ def main() -> int:
             Variant("knotify-notify (sh wrapper, -I)", [make_wrapper(kenv, python)],
                     is_hook=True),
         ]
+        for i, other in enumerate(others, 1):
+            tag = f" [{other.parent.parent}]"
+            variants += [
+                Variant("knotify-notify (console script)" + tag,
+                        [str(other.parent / "knotify-notify")], is_hook=True),
+                Variant("knotify-notify (sh wrapper, -I)" + tag,
+                        [make_wrapper(kenv, str(other), f"knotify-notify-{i}")], is_hook=True),
+            ]
         if not args.no_apprise:
             variants.append(Variant("apprise CLI notify script",
                                     [make_apprise_script(kenv, apprise_bin, port)]))

@@ -2,7 +2,7 @@
 
 For ``--duration`` seconds a real router gets, at the same time:
 
-* 4 sender processes of good events, each as a hook would (``hook.deliver``: the ack
+* 4 sender processes of good events, each as a hook would (``client.deliver``: the ack
   within 250 ms, else the spool), some dated a year ahead or behind from other boots
   (bad clocks), some firing an exec action that appends the event's id to a file;
 * a stream of garbage on the control socket (random bytes, hostile JSON, lone
@@ -57,7 +57,8 @@ from _common import (
     table,
 )
 
-from knotify import hook, keepalived, zmtp
+from knotify import client, keepalived, spool, zmtp
+from knotify.stamp import stamp
 
 YEAR_NS = 365 * 86400 * 10**9
 SENDERS = 4
@@ -108,7 +109,7 @@ timeout = "30s"
 def good_sender(runtime: str, spool_dir: str, sender: int, tag: str, stop_at_wall: float,
                 rate: float, ids_path: str) -> None:
     """One sender process: events as hooks send them, until ``stop_at_wall`` (time.time())."""
-    settings = hook.Settings()
+    settings = client.Settings()
     settings.endpoints = [f"ipc://{runtime}/knotify.sock"]
     settings.ack_timeout = 0.25
     settings.spool_dir = spool_dir
@@ -121,8 +122,8 @@ def good_sender(runtime: str, spool_dir: str, sender: int, tag: str, stop_at_wal
             name = f"VI_ACT_{i % 5}" if i % 10 == 0 else f"VI_{i % 20}"
             state = "MASTER" if (i // 20) % 2 == 0 else "BACKUP"
             fields = keepalived.parse_argv(["INSTANCE", name, state, "100"])
-            event = hook.stamp(fields, settings, "hook", time.time_ns(),
-                               time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+            event = stamp(fields, "hook", settings.host, spool.next_seq(spool_dir),
+                          time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME))
             event["id"] = f"{tag}{sender:02x}{i:014x}"
             roll = rng.random()
             if roll < 0.02:  # a clock a year ahead, from another boot
@@ -131,7 +132,7 @@ def good_sender(runtime: str, spool_dir: str, sender: int, tag: str, stop_at_wal
             elif roll < 0.04:  # a year behind, another boot
                 event["ts_ns"] = time.time_ns() - YEAR_NS
                 event["boot"] = f"old-{rng.randrange(1000)}"
-            outcome = hook.deliver(event, settings)
+            outcome = client.deliver(event, settings)
             if outcome == "lost":
                 raise SystemExit(f"sender {sender}: event {event['id']} lost")
             ids.write(f"{event['id']}\n")

@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from knotify import __version__, hook, replay, spool
+from knotify import __version__, client, fastjson, replay, spool
 from knotify.cluster import heartbeat
 from knotify.config import Config
-from knotify.errors import AgentBusy
+from knotify.errors import AgentBusy, RouterUnavailable
 
 #: Leave room under the router's max_message for the envelope.
 MAX_REQUEST = 128 * 1024
@@ -38,13 +38,17 @@ MAX_BATCHES = 20
 
 
 
+def _not_json(word: str) -> object:
+    raise ValueError(f"{word} is not JSON")
+
+
 class Agent:
     def __init__(self, config: Config, log: Any,
                  out: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.log = log
         self.out = out
-        settings = hook.Settings()
+        settings = client.Settings()
         settings.endpoints = list(config.client_endpoints)
         settings.ack_timeout = config.agent.timeout
         settings.spool_dir = config.hook.spool_dir
@@ -86,17 +90,12 @@ class Agent:
 
     # -- talking to routers ---------------------------------------------------------------
 
-    def _request(self, endpoint: str, message: dict[str, Any]) -> dict[str, Any] | None:
+    def _ask(self, endpoint: str, payload: bytes) -> dict[str, Any] | None:
         """One request; the answer, or None when the router did not answer in time."""
-        payload = json.dumps(message, separators=(",", ":")).encode()
         try:
-            raw = hook._request(endpoint, payload, self.settings.ack_timeout, self.settings)
-            answer = json.loads(raw)
-        except (OSError, ValueError, RuntimeError):
-            self._mark(endpoint, False)
-            return None
-        if not isinstance(answer, dict):
-            self._mark(endpoint, False, "answered something that is not a JSON object")
+            answer = client.ask(self.settings, endpoint, payload)
+        except RouterUnavailable as exc:
+            self._mark(endpoint, False, str(exc))
             return None
         self._mark(endpoint, True)
         return answer
@@ -117,11 +116,11 @@ class Agent:
 
     def beat(self) -> dict[str, bool]:
         """One heartbeat to every router: which of them acked it."""
-        message = heartbeat.encode(self.host, self.config.agent.heartbeat,
-                                   self.spool_depth(), __version__)
+        payload = fastjson.dumps(heartbeat.encode(self.host, self.config.agent.heartbeat,
+                                                  self.spool_depth(), __version__)).encode()
         result = {}
         for endpoint in self.settings.endpoints:
-            answer = self._request(endpoint, message)
+            answer = self._ask(endpoint, payload)
             ok = bool(answer and answer.get("ok"))
             if answer is not None and not ok:
                 self.log.warning("agent.heartbeat_refused", endpoint=endpoint,
@@ -140,7 +139,7 @@ class Agent:
         size = 0
         chunks: list[list[dict[str, Any]]] = []
         for event in events:
-            length = len(json.dumps(event, separators=(",", ":")))
+            length = len(fastjson.dumps(event))
             if chunk and size + length > MAX_REQUEST:
                 chunks.append(chunk)
                 chunk, size = [], 0
@@ -149,7 +148,7 @@ class Agent:
         if chunk:
             chunks.append(chunk)
         for part in chunks:
-            answer = self._request(endpoint, {"v": 1, "op": "events", "events": part})
+            answer = self._ask(endpoint, client.message("events", events=part))
             if not answer or not answer.get("ok"):
                 if answer is not None:
                     self.log.warning("agent.send_refused", endpoint=endpoint,
@@ -198,7 +197,7 @@ class Agent:
             items: list[tuple[str, dict[str, Any]]] = []
             for path, content in spool.read(paths, self.config.max_message, self._quarantine):
                 try:
-                    data = json.loads(content)
+                    data = json.loads(content, parse_constant=_not_json)
                     if not isinstance(data, dict) or not isinstance(data.get("id"), str):
                         raise ValueError("not an event")
                 except ValueError as exc:
@@ -234,8 +233,8 @@ class Agent:
         for endpoint in endpoints:
             folder = spool.endpoint_dir(self.settings.spool_dir, endpoint)
             new = os.path.join(folder, "new")
-            spool._ensure(os.path.join(folder, "tmp"))  # the spool's own permissions
-            spool._ensure(new)
+            spool.ensure_folder(os.path.join(folder, "tmp"))  # the spool's own permissions
+            spool.ensure_folder(new)
             with contextlib.suppress(FileExistsError):
                 os.link(path, os.path.join(new, name))
             fd = os.open(new, os.O_RDONLY)

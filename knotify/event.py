@@ -1,9 +1,10 @@
 """The Event model and its wire form.
 
 One Event flows end to end. keepalived's input becomes event fields in
-:mod:`knotify.keepalived`; the hook, the FIFO readers and ``knotify send`` stamp
-them into a wire dict; the router decodes the wire dict here, strictly: an
-unknown version, field or value is refused with a message that names it.
+:mod:`knotify.keepalived`; the hook, the FIFO readers, resync and ``knotify send``
+stamp them into a wire dict (:func:`knotify.stamp.stamp`); the router decodes the wire
+dict here, strictly: an unknown version, field or value is refused with a message that
+names it.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from knotify.vocab import (
     VRRP_STATES,
     VS,
 )
+from knotify.wire import WIRE_VERSION as WIRE_VERSION
+from knotify.wire import ack
 
-WIRE_VERSION = 1
 MAX_MESSAGE = 256 * 1024
 #: Nesting allowed in a command or an event's ``extra`` (a real one has two or three levels).
 MAX_DEPTH = 16
@@ -318,7 +320,7 @@ def decode_message(payload: bytes, limit: int = MAX_MESSAGE) -> dict[str, Any]:
 
 
 def encode(data: dict[str, Any]) -> bytes:
-    """Compact JSON (the hook looks for ``{"v":1,"ok":true`` at the start).
+    """Compact JSON.
 
     orjson is several times faster than :mod:`json`, which the router feels at
     thousands of events a second; it refuses lone surrogates (an argv byte that is not
@@ -348,6 +350,6 @@ def reply(ok: bool, **fields: Any) -> bytes:
 
 
 def acked(ident: str) -> bytes:
-    """``reply(True, id=ident)`` for an id :func:`decode_event` accepted (nothing in it
-    needs escaping), without building and encoding a dict: one per event."""
-    return b'{"v":1,"ok":true,"id":"' + ident.encode() + b'"}'
+    """``reply(True, id=ident)`` for an id :func:`decode_event` accepted, without building
+    and encoding a dict: one per event (:func:`knotify.wire.ack`, which clients match)."""
+    return ack(ident)

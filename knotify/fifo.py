@@ -25,8 +25,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from knotify import hook, keepalived, spool
+from knotify import keepalived, spool
+from knotify.client import Settings, complain, deliver
 from knotify.errors import ParseError, ResyncError
+from knotify.stamp import boot_clock, invalid, stamp
 
 #: How long ``knotify fifo`` keeps reading after SIGTERM (keepalived SIGKILLs at ~1 s).
 TERM_GRACE = 0.8
@@ -48,14 +50,9 @@ def event_from_line(line: str, host: str, seq: int, ts_ns: int,
     try:
         fields = keepalived.parse_fifo_line(line)
     except ParseError as exc:
-        fields = {"kind": "INVALID", "name": "", "state": "INVALID", "prio": None, "vs": "",
-                  "form": "fifo", "error": str(exc)}
+        fields = invalid("fifo", str(exc))
     fields["raw"] = line[:4096]
-    return {"v": 1, "id": hook.new_id(), "host": host, "seq": seq, "ts_ns": ts_ns,
-            "source": "fifo", "boot": hook.boot_id(),
-            "mono_ns": (time.clock_gettime_ns(time.CLOCK_BOOTTIME) if mono_ns is None
-                        else mono_ns),
-            **fields}
+    return stamp(fields, "fifo", host, seq, ts_ns, boot_clock() if mono_ns is None else mono_ns)
 
 
 def lock_path(spool_dir: str, fifo_path: str) -> str:
@@ -236,23 +233,23 @@ class AsyncFifoReader:
             await asyncio.sleep(REOPEN_INTERVAL)
 
 
-def _script_resync(pid: int, settings: hook.Settings,
+def _script_resync(pid: int, settings: Settings,
                    out: Callable[[str], None] | None) -> None:
     from knotify import resync
 
     try:
         instances = resync.snapshot(pid, resync.dump_path())
     except ResyncError as exc:
-        hook._complain(f"resync: {exc}")
+        complain(f"resync: {exc}")
         return
     for event in resync.wire_events(instances, settings.host,
-                                    lambda: spool.next_seq(settings.spool_dir), hook.new_id):
-        result = hook.deliver(event, settings)
+                                    lambda: spool.next_seq(settings.spool_dir)):
+        result = deliver(event, settings)
         if out:
             out(f"{result} resync {event['name']} {event['state']}")
 
 
-def run_script_reader(path: str, settings: hook.Settings, *, once: bool = False,
+def run_script_reader(path: str, settings: Settings, *, once: bool = False,
                       out: Callable[[str], None] | None = None,
                       resync_pid: int | None = None) -> int:
     """``knotify fifo PATH``: forward each line to the router (ack or spool), in order.
@@ -292,7 +289,7 @@ def run_script_reader(path: str, settings: hook.Settings, *, once: bool = False,
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
             except OSError as exc:
-                hook._complain(f"cannot open FIFO {path}: {exc}")
+                complain(f"cannot open FIFO {path}: {exc}")
                 time.sleep(1.0)
                 continue
             buf = LineBuffer()
@@ -326,12 +323,12 @@ def run_script_reader(path: str, settings: hook.Settings, *, once: bool = False,
                         raise
                     if not data:
                         break
-                    ts, mono = time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+                    ts, mono = time.time_ns(), boot_clock()
                     for line in buf.feed(data):
                         event = event_from_line(line, settings.host,
                                                 spool.next_seq(settings.spool_dir), ts, mono)
                         now = time.monotonic()
-                        result = hook.deliver(event, settings, send=now >= skip_until)
+                        result = deliver(event, settings, send=now >= skip_until)
                         if result != "acked":
                             skip_until = now + 2.0
                         delivered += 1

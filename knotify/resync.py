@@ -17,12 +17,13 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 from knotify import keepalived
 from knotify.errors import ParseError, ResyncError
-from knotify.hook import boot_id
-from knotify.vocab import DELETED, STOP
+from knotify.stamp import boot_clock, stamp
+from knotify.vocab import DELETED, INSTANCE, STOP
 
 JSON_FILE = "/tmp/keepalived.json"
 # vrrp.h (keepalived 2.2.7): INIT 0, BACK 1, MAST 2, FAULT 3, DELETED 97, STOP 98.
@@ -137,27 +138,27 @@ def overtaken(window: list[str], this_open: list[str]) -> set[str]:
             fields = keepalived.parse_fifo_line(line)
         except ParseError:
             continue
-        if fields.get("kind") != "INSTANCE":
+        if fields.get("kind") != INSTANCE:
             continue
         if not gone_only or fields.get("state") in (STOP, DELETED):
             names.add(str(fields["name"]))
     return names
 
 
-def wire_events(instances: list[dict[str, Any]], host: str,
-                next_seq: Any, new_id: Any) -> list[dict[str, object]]:
-    """Wire events for a snapshot (``next_seq``/``new_id`` stamp them like the hook does)."""
+def wire_events(instances: list[dict[str, Any]], host: str, next_seq: Callable[[], int],
+                new_id: Callable[[], str] | None = None) -> list[dict[str, object]]:
+    """Wire events for a snapshot, stamped as every sender stamps (:func:`knotify.stamp.stamp`)
+    with sequence numbers from ``next_seq`` (and ids from ``new_id``, by default fresh ones)."""
     now = time.time_ns()
-    mono = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    mono = boot_clock()
     events: list[dict[str, object]] = []
     for inst in instances:
         extra = {}
         if isinstance(inst.get("last_transition"), int | float):
             extra["keepalived_since_ns"] = int(inst["last_transition"] * 1e9)
-        events.append({
-            "v": 1, "id": new_id(), "host": host, "seq": next_seq(), "ts_ns": now,
-            "source": "resync", "kind": "INSTANCE", "name": inst["name"],
-            "state": inst["state"], "prio": inst["prio"], "vs": "", "form": "resync",
-            "extra": extra, "mono_ns": mono, "boot": boot_id(),
-        })
+        fields: dict[str, object] = {
+            "kind": INSTANCE, "name": inst["name"], "state": inst["state"],
+            "prio": inst["prio"], "vs": "", "form": "resync", "extra": extra}
+        events.append(stamp(fields, "resync", host, next_seq(), now, mono,
+                            None if new_id is None else new_id()))
     return events

@@ -52,7 +52,7 @@ def what_is(mode: int) -> str:
     return "not a regular file"
 
 
-def _ensure(path: str, mode: int | None = None) -> None:
+def ensure_folder(path: str, mode: int | None = None) -> None:
     """Make ``path`` if missing, with the parent's permissions (not the umask's).
 
     keepalived runs scripts with umask 0177; a folder the hook creates must still be
@@ -61,7 +61,7 @@ def _ensure(path: str, mode: int | None = None) -> None:
     if os.path.isdir(path):
         return
     parent = os.path.dirname(path.rstrip("/")) or "."
-    _ensure(parent, mode)
+    ensure_folder(parent, mode)
     try:
         os.mkdir(path)
     except FileExistsError:
@@ -81,7 +81,7 @@ def next_seq(spool_dir: str) -> int:
     0 means "unknown" and is never used to order events.
     """
     try:
-        _ensure(spool_dir, 0o750)
+        ensure_folder(spool_dir, 0o750)
         path = os.path.join(spool_dir, SEQ_FILE)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
                      | os.O_CLOEXEC, 0o660)
@@ -121,7 +121,7 @@ def _open_sub(spool_dir: str, sub: str) -> int:
     through a link it put there.
     """
     path = os.path.join(spool_dir, sub)
-    _ensure(path)
+    ensure_folder(path)
     try:
         return os.open(path, _DIR_FLAGS)
     except OSError as exc:
@@ -132,7 +132,7 @@ def _open_sub(spool_dir: str, sub: str) -> int:
         if stat.S_ISDIR(mode):
             raise
     os.rename(path, f"{path}.not-a-folder.{time.time_ns()}")
-    _ensure(path)
+    ensure_folder(path)
     return os.open(path, _DIR_FLAGS)
 
 

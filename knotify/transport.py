@@ -1,4 +1,4 @@
-"""ZeroMQ CURVE between hosts: key files, the client side, and the router's ZAP set-up.
+"""ZeroMQ CURVE between hosts: key files and the client side's socket (pyzmq).
 
 Key files are pyzmq's certificate format (``zmq.auth.create_certificates``):
 ``NAME.key`` holds the public key, ``NAME.key_secret`` both keys and is 0600.
@@ -79,7 +79,8 @@ def load_client(server_key: str, secret_key: str) -> ClientCurve:
 
 
 def curve_request(endpoint: str, payload: bytes, timeout: float, curve: ClientCurve) -> bytes:
-    """One request over CURVE; TimeoutError if no answer (wrong key, router down, ...)."""
+    """One request over CURVE; TimeoutError if no answer (wrong key, router down, ...),
+    another OSError if libzmq refuses (a malformed endpoint, say)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     try:
@@ -93,6 +94,8 @@ def curve_request(endpoint: str, payload: bytes, timeout: float, curve: ClientCu
             raise TimeoutError(f"no answer from {endpoint} in {timeout:g}s (router down, or "
                                "this host's key is not authorised there)")
         return bytes(sock.recv_multipart()[-1])
+    except zmq.ZMQError as exc:  # callers handle OSError: a client never sees libzmq's types
+        raise ConnectionError(exc.errno, f"{endpoint}: {exc.strerror}") from None
     finally:
         with contextlib.suppress(zmq.ZMQError):
             sock.close(linger=0)

@@ -33,10 +33,11 @@ from alert_servers import (
 )
 from conftest import ROOT, KEnv, RouterProcess, wait_for
 
-from knotify import hook
+from knotify import client, spool
 from knotify.alerts import attempt, record, sender
 from knotify.alerts.pool import WorkerPool
 from knotify.errors import ConfigError
+from knotify.stamp import stamp
 from knotify.vocab import FAILED, INTERRUPTED, OK, SENT, TIMEOUT
 
 
@@ -320,15 +321,15 @@ def test_pool_settings_load_with_safe_defaults_and_errors_name_the_key(tmp_path:
 
 def send_events(kenv: KEnv, events: list[tuple[str, str, str, int]]) -> None:
     """Send (host, name, state, prio) events the way the hook does, one request each."""
-    settings = hook.load_settings(str(kenv.config))
+    settings = client.load_settings(str(kenv.config))
     settings.ack_timeout = 10.0  # a busy machine: wait for the ack rather than spool
     for host, name, state, prio in events:
         settings.host = host
         fields = {"kind": "INSTANCE", "name": name, "vs": "", "state": state, "prio": prio,
                   "form": "send"}
-        event = hook.stamp(fields, settings, "send", time.time_ns(),
-                           time.clock_gettime_ns(time.CLOCK_BOOTTIME))
-        assert hook.deliver(event, settings) == "acked"
+        event = stamp(fields, "send", host, spool.next_seq(settings.spool_dir),
+                      time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+        assert client.deliver(event, settings) == "acked"
 
 
 def write(kenv: KEnv, receivers: str, alerts: str = FAST_BY_HOST,

@@ -11,11 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from knotify import fastjson, hook, keepalived
+from knotify import fastjson, keepalived
 from knotify.errors import ParseError, WireError
 from knotify.event import MAX_MESSAGE, Event, acked, decode_event, decode_message, encode, reply
 from knotify.fifo import event_from_line
+from knotify.stamp import stamp
 from knotify.vocab import SCRIPT_STATES, VRRP_KINDS, VRRP_STATES
+from knotify.wire import is_ack
 
 
 def wire(**changes: Any) -> dict[str, Any]:
@@ -296,10 +298,17 @@ def test_message_without_op(payload: bytes) -> None:
         decode_message(payload)
 
 
-def test_reply_starts_with_what_the_hook_looks_for() -> None:
-    # The hook checks the ack by prefix, without a JSON parser.
-    assert reply(True, id="abc").startswith(b'{"v":1,"ok":true')
-    assert reply(False, error="no").startswith(b'{"v":1,"ok":false')
+def test_the_routers_ack_is_what_clients_match_and_nothing_else_is() -> None:
+    # Clients match the ack without a JSON parser (knotify.wire): the one-event fast
+    # form and the general reply must be the same bytes.
+    ident = "0123456789abcdef"
+    assert acked(ident) == reply(True, id=ident)
+    assert is_ack(acked(ident), ident)
+    assert not is_ack(acked(ident), ident[:-1])
+    assert not is_ack(acked(ident + "0"), ident)
+    assert not is_ack(reply(False, error="no", id=ident), ident)
+    assert not is_ack(reply(True, ids=[ident], rejected=[]), ident)
+    assert not is_ack(b"", ident)
     # Compact UTF-8 JSON; an undecodable argv byte (a lone surrogate) still round-trips.
     assert encode({"name": "\u00e9\n"}) == '{"name":"\u00e9\\n"}'.encode()
     assert json.loads(encode({"argv": ["a\udcff"]})) == {"argv": ["a\udcff"]}
@@ -331,11 +340,8 @@ def test_to_wire_leaves_out_unset_optional_fields() -> None:
                          "ts_ns", "source", "form"}
 
 
-def _settings() -> hook.Settings:
-    settings = hook.Settings()
-    settings.host = "kb1"
-    settings.spool_dir = "/dev/null/spool"  # under a non-folder: seq 0, nothing written
-    return settings
+def _stamped(fields: dict[str, object], source: str) -> dict[str, object]:
+    return stamp(fields, source, "kb1", 0)
 
 
 # A word of argv: text without lone surrogates (those are covered in test_fuzz.py) and
@@ -377,7 +383,7 @@ _forms = _generic | _short_vrrp | _short_lvs
 
 def _decoded(fields: dict[str, object], words: list[str]) -> Event:
     fields["argv"] = words
-    event = hook.stamp(fields, _settings(), "hook", time.time_ns())
+    event = _stamped(fields, "hook")
     return decode_event(json.loads(fastjson.dumps(event)))
 
 
@@ -433,7 +439,7 @@ def test_property_every_manual_event_is_accepted_by_the_router(
         fields = keepalived.build_manual(kind, name, state, prio)
     except ParseError:
         return
-    event = hook.stamp(fields, _settings(), "send", time.time_ns())
+    event = _stamped(fields, "send")
     decode_event(json.loads(fastjson.dumps(event)))
 
 

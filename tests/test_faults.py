@@ -84,18 +84,18 @@ argv = ["{appender(kenv, out)}", "{{id}}"]
 SENDER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
-from knotify import hook
+from knotify import client, spool, stamp
 config, host, count, result = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 stop = sys.argv[5] if len(sys.argv) > 5 else None  # then go on until this file exists
-settings = hook.load_settings(config)
+settings = client.load_settings(config)
 settings.host = host
 with open(result, "w", buffering=1) as out:
     i = 0
     while i < count or (stop and not os.path.exists(stop)):
         fields = {{"kind": "INSTANCE", "name": f"VI_{{i % 40}}", "prio": 100, "vs": "",
                    "state": ("MASTER", "BACKUP")[(i // 40) % 2], "form": "send"}}
-        event = hook.stamp(fields, settings, "send", time.time_ns())
-        what = hook.deliver(event, settings)
+        event = stamp.stamp(fields, "send", host, spool.next_seq(settings.spool_dir))
+        what = client.deliver(event, settings)
         out.write(event["id"] + " " + what.split(":")[0] + "\\n")
         i += 1
         if i > count:

@@ -306,14 +306,14 @@ def _journal_with_events(kenv: KEnv, router: RouterProcess) -> None:
     subprocess.run([sys.executable, "-c", f"""
 import sys, time
 sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
-from knotify import hook
-s = hook.load_settings({str(kenv.config)!r})
+from knotify import client, spool, stamp
+s = client.load_settings({str(kenv.config)!r})
 s.ack_timeout = 30.0  # acked, not spooled, however loaded the machine is
 for i in range(300):
-    e = hook.stamp({{"kind": "INSTANCE", "name": "VI_%d" % (i % 9), "prio": 100, "vs": "",
-                    "state": ("MASTER", "BACKUP")[i % 2], "form": "send"}}, s, "send",
-                   time.time_ns())
-    assert hook.deliver(e, s) == "acked"
+    e = stamp.stamp({{"kind": "INSTANCE", "name": "VI_%d" % (i % 9), "prio": 100, "vs": "",
+                     "state": ("MASTER", "BACKUP")[i % 2], "form": "send"}}, "send", s.host,
+                    spool.next_seq(s.spool_dir))
+    assert client.deliver(e, s) == "acked"
 """], env=kenv.env, check=True, timeout=120)
     router.stop()
 

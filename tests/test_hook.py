@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from conftest import KEnv, RouterProcess
 
+from knotify import client, hook, paths
 from knotify import config as configmod
-from knotify import hook, paths
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -260,7 +260,7 @@ def test_bad_env_ack_timeout_complains_and_keeps_the_config_value(
     cfg = tmp_path / "k.toml"
     cfg.write_text('[hook]\nack_timeout = "2s"\n')
     monkeypatch.setenv("KNOTIFY_ACK_TIMEOUT", "soon")
-    settings = hook.load_settings(str(cfg))
+    settings = client.load_settings(str(cfg))
     assert settings.ack_timeout == 2.0
     assert settings.problems and settings.problems[0].startswith("KNOTIFY_ACK_TIMEOUT: ")
 
@@ -268,8 +268,8 @@ def test_bad_env_ack_timeout_complains_and_keeps_the_config_value(
 def test_bad_config_ack_timeout_complains_and_uses_the_default(tmp_path: Path) -> None:
     cfg = tmp_path / "k.toml"
     cfg.write_text('[hook]\nack_timeout = "later"\n')
-    settings = hook.load_settings(str(cfg))
-    assert settings.ack_timeout == hook.DEFAULT_ACK_TIMEOUT
+    settings = client.load_settings(str(cfg))
+    assert settings.ack_timeout == client.DEFAULT_ACK_TIMEOUT
     assert settings.problems[0].startswith("[hook] ack_timeout: ")
 
 
@@ -337,7 +337,7 @@ def test_hook_settings_agree_with_the_router_config(
     path = tmp_path / "k.toml"
     path.write_text(AGREEMENT_CONFIGS[name])
     config = configmod.load(str(path))
-    settings = hook.load_settings(str(path))
+    settings = client.load_settings(str(path))
     assert settings.problems == []
     assert settings.endpoints == config.client_endpoints
     assert config.control_endpoint in settings.endpoints or config.hook.endpoints
@@ -354,7 +354,7 @@ def test_hook_settings_agree_with_the_embedded_default(
     monkeypatch.setenv("KNOTIFY_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("KNOTIFY_STATE_DIR", str(tmp_path / "state"))
     config = configmod.load(None)
-    settings = hook.load_settings(None)
+    settings = client.load_settings(None)
     assert settings.endpoints == config.client_endpoints == [
         paths.control_endpoint(str(tmp_path / "run"))]
     assert settings.spool_dir == config.hook.spool_dir == str(tmp_path / "state" / "spool")
@@ -365,7 +365,7 @@ def test_endpoint_env_overrides_config(tmp_path: Path, monkeypatch: pytest.Monke
     path = tmp_path / "k.toml"
     path.write_text('[hook]\nendpoints = ["ipc:///from-config.sock"]\n')
     monkeypatch.setenv("KNOTIFY_ENDPOINT", "ipc:///a.sock,,ipc:///b.sock")
-    assert hook.load_settings(str(path)).endpoints == ["ipc:///a.sock", "ipc:///b.sock"]
+    assert client.load_settings(str(path)).endpoints == ["ipc:///a.sock", "ipc:///b.sock"]
 
 
 def test_hook_delivers_to_a_router_using_the_same_config(kenv: KEnv,

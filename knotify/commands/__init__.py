@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from knotify import client, paths
 from knotify import config as configmod
-from knotify import hook, paths
 from knotify.errors import ConfigError
 
 
@@ -24,7 +24,7 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
-def client_settings(args: argparse.Namespace, strict: bool = True) -> hook.Settings:
+def client_settings(args: argparse.Namespace, strict: bool = True) -> client.Settings:
     """Where the router is, read leniently (as the hook does), with problems on stderr.
 
     A config file that cannot be read at all (missing: a typo in ``-c``; not a file, not
@@ -32,7 +32,7 @@ def client_settings(args: argparse.Namespace, strict: bool = True) -> hook.Setti
     must keep keepalived's lines flowing, spools them with the reason instead): falling
     back to the default router would hide the mistake.
     """
-    settings = hook.load_settings(paths.find_config(args.config))
+    settings = client.load_settings(paths.find_config(args.config))
     if strict and settings.config_error:
         print(f"knotify: {settings.config_error}", file=sys.stderr)
         raise SystemExit(2)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from knotify import hook, keepalived
+from knotify import keepalived, spool
+from knotify.client import deliver
 from knotify.commands import client_settings, fail
 from knotify.errors import ParseError
+from knotify.stamp import stamp
 
 HELP = "send an event by hand: KIND NAME STATE [PRIO] (e.g. INSTANCE VI_1 MASTER 100)"
 
@@ -33,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if args.host:
         settings.host = args.host
     fields["argv"] = [args.kind, args.name, args.state] + ([args.prio] if args.prio else [])
-    event = hook.stamp(fields, settings, "send", ts_ns)
-    result = hook.deliver(event, settings)
+    event = stamp(fields, "send", settings.host, spool.next_seq(settings.spool_dir), ts_ns)
+    result = deliver(event, settings)
     if result == "acked":
         print(f"acked {event['id']} (seq {event['seq']})")
         return 0

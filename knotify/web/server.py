@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from knotify import client, hook
+from knotify import client
 from knotify.errors import JournalUnavailable, RouterRefused, RouterUnavailable, WindowError
 from knotify.event import ID_CHARS
 from knotify.units import format_duration
@@ -49,7 +49,7 @@ class WebSettings:
     port: int = 8650
     auth: Auth = field(default_factory=Auth)
     #: Where the router's control socket is (for its live status); None: not asked.
-    router: hook.Settings | None = None
+    router: client.Settings | None = None
     #: Serve any Host header without a token (behind a proxy that checks it).
     any_host: bool = False
 
@@ -90,7 +90,7 @@ class Reader:
 class RouterStatus:
     """The router's ``status`` answer, asked at most every two seconds."""
 
-    def __init__(self, settings: hook.Settings | None) -> None:
+    def __init__(self, settings: client.Settings | None) -> None:
         self.settings = settings
         self.at = 0.0
         self.answer: dict[str, Any] | None = None
