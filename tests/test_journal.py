@@ -10,7 +10,8 @@ import pytest
 from knotify.errors import JournalError
 from knotify.event import Event
 from knotify.store.db import Database
-from knotify.store.events import SCHEMA_VERSION, EventStore
+from knotify.store.events import EventStore
+from knotify.store.events_schema import SCHEMA_VERSION
 from knotify.tracker import Transition
 
 # The events table and its index as schema 1 (knotify 0.1.0 before key numbers) made them.
