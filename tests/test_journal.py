@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,9 @@ def test_events_of_one_key_share_a_number_and_filters_use_it(tmp_path: Path) -> 
                                  ("h2", "INSTANCE", "VI_1", ""): 2,
                                  ("h1", "INSTANCE", "VI_2", ""): 3,
                                  ("h1", "GROUP", "G", ""): 4}
-    ids = lambda **f: [e["id"][-1] for e in journal.history(100, **f)]  # noqa: E731
+    def ids(**f: Any) -> list[str]:
+        return [e["id"][-1] for e in journal.history(100, **f)]
+
     assert ids(host="h2") == ["5", "2"]
     assert ids(name="VI_1") == ["5", "3", "2", "1"]
     assert ids(host="h1", name="VI_1") == ["3", "1"]
