@@ -1,6 +1,10 @@
 """The TOML config turned into typed settings and rules.
 
 Every error names the file, the key and what was expected (:class:`ConfigError`).
+Each part parses its own tables (:mod:`knotify.rule_settings` the rules,
+:mod:`knotify.alerts.receivers`, :mod:`knotify.cluster.settings`,
+:mod:`knotify.metrics_settings`); this module holds the paths, router, hook, log
+and defaults tables and joins the parts into one :class:`Config`.
 With no config file anywhere the embedded ``default.toml`` is used, which works
 without root.
 
@@ -20,35 +24,19 @@ from importlib import resources
 from types import MappingProxyType
 
 from knotify import paths
-from knotify.actions import KINDS as ACTION_KINDS
-from knotify.actions.base import Action, ActionSettings, Defaults
+from knotify.actions.base import ActionSettings, Defaults
 from knotify.alerts.receivers import AlertSettings, EngineSettings, Receiver, parse_receivers
 from knotify.alerts.receivers import parse_settings as parse_alert_settings
 from knotify.cluster.settings import AgentSettings, ClusterSettings, parse_agent, parse_cluster
 from knotify.errors import ConfigError, KeyFileError
 from knotify.metrics_settings import MetricsSettings
 from knotify.metrics_settings import parse_settings as parse_metrics_settings
-from knotify.rules import Match, Pattern, Rule, classes_from
+from knotify.rule_settings import parse_rules
+from knotify.rules import Rule
 from knotify.schema import Table
 from knotify.security import must_be_root_only
-from knotify.vocab import (
-    CLUSTER_STATES,
-    FIFO_ONLY_STATES,
-    INIT,
-    KINDS,
-    LVS_STATES,
-    SYNTHETIC_KINDS,
-    SYNTHETIC_STATES,
-    TRANSITION,
-    UNKNOWN_STATE,
-    VRRP_STATES,
-)
 
 EMBEDDED = "<embedded default>"
-
-#: State words a rule may name (wildcards aside): a typo here is an error, not a silent miss.
-KNOWN_STATES = frozenset(VRRP_STATES + LVS_STATES + CLUSTER_STATES + (INIT,))
-NOTICE_ONLY = frozenset(FIFO_ONLY_STATES + (UNKNOWN_STATE,))
 
 
 @dataclass(slots=True, frozen=True)
@@ -309,17 +297,9 @@ def parse(text: str, path: str) -> Config:
         defaults=defaults, rules=(), alerts=alerts, receivers=receivers,
         cluster=cluster, agent=agent, metrics=metrics,
     )
-    seen: set[str] = set()
-    rules: list[Rule] = []
-    settings = ActionSettings(defaults, frozenset(receivers))
-    for table in top.tables("rule"):
-        rule = _rule(table, settings)
-        if rule.id in seen:
-            raise table.error("id", f"rule id {rule.id!r} is used twice")
-        seen.add(rule.id)
-        rules.append(rule)
+    rules = parse_rules(top, ActionSettings(defaults, frozenset(receivers)))
     top.done()
-    return replace(config, rules=tuple(rules))
+    return replace(config, rules=rules)
 
 
 def _key_file(t: Table, key: str, *, secret: bool) -> str:
@@ -369,75 +349,3 @@ def _fifos(r: Table) -> tuple[FifoSource, ...]:
             raise r.error(f"fifos[{i}]", f"must be an absolute path, found {source.path!r}")
         out.append(source)
     return tuple(out)
-
-
-def _pattern(table: Table, key: str, *, upper: bool = False,
-             known: frozenset[str] | None = None) -> Pattern:
-    values = table.strings(key, [], allow_str=True)
-    pattern = Pattern.parse(values, upper=upper)
-    if known is not None:
-        for value in (*pattern.positive, *pattern.negative):
-            if "*" not in value and "?" not in value and value not in known:
-                raise table.error(key, f"unknown value {value!r}; expected one of "
-                                  + ", ".join(sorted(known)))
-    return pattern
-
-
-def _rule(t: Table, settings: ActionSettings) -> Rule:
-    rule_id = t.text("id", t.where.replace("rule[", "rule-").rstrip("]"))
-    prio_min = prio_max = None
-    prio = t.raw("prio")
-    if prio is not None:
-        if (not isinstance(prio, list) or len(prio) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in prio)):
-            raise t.error("prio", "expected [MIN, MAX], e.g. prio = [100, 255]")
-        if not 0 <= prio[0] <= prio[1] <= 255:
-            raise t.error("prio", f"expected 0 <= MIN <= MAX <= 255, found {prio}; "
-                          "this range would never match")
-        prio_min, prio_max = prio
-    match = Match(
-        kind=_pattern(t, "kind", upper=True, known=frozenset(KINDS + SYNTHETIC_KINDS)),
-        name=_pattern(t, "name"),
-        vs=_pattern(t, "vs"),
-        host=_pattern(t, "host"),
-        state=_pattern(t, "state", upper=True, known=KNOWN_STATES),
-        prev=_pattern(t, "from", upper=True, known=KNOWN_STATES),
-        source=_pattern(t, "source"),
-        prio_min=prio_min,
-        prio_max=prio_max,
-    )
-    try:
-        on = classes_from(t.strings("on", [TRANSITION], allow_str=True))
-    except ValueError as exc:
-        raise t.error("on", str(exc)) from None
-    if (match.state.positive and on == {TRANSITION}
-            and all(s in NOTICE_ONLY for s in match.state.positive)):
-        raise t.error("state", f"{', '.join(match.state.positive)} never changes the state, "
-                      "so this rule would never fire; add on = \"every\" (or \"notice\")")
-    synthetic = [s for s in match.state.positive if s in SYNTHETIC_STATES]
-    if synthetic and not any(match.kind.positive and match.kind(k) for k in SYNTHETIC_KINDS):
-        raise t.error("state", f"{', '.join(synthetic)} is a state of knotify's own CLUSTER "
-                      "and PEER events, which reach only rules that name their kind; add "
-                      "kind = [\"CLUSTER\", \"PEER\"] (or the one you mean)")
-    actions: list[Action] = []
-    for a in t.tables("action"):
-        kind = a.text("type", choices=tuple(ACTION_KINDS))
-        actions.append(ACTION_KINDS[kind].from_config(a, settings))
-        a.done()
-    if not actions:
-        raise t.error("action", "the rule has no [[rule.action]]")
-    rule = Rule(
-        id=rule_id,
-        match=match,
-        on=on,
-        actions=tuple(actions),
-        delay=t.duration("delay", 0),
-        skip_if_superseded=t.flag("skip_if_superseded", False),
-        max_age=t.opt_duration("max_age"),
-        description=t.text("description", ""),
-        honor_silences=t.flag("honor_silences", False),
-        send_resolved=(t.flag("send_resolved", True)
-                       and any(action.pages for action in actions)),
-    )
-    t.done()
-    return rule

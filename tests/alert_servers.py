@@ -153,7 +153,7 @@ class Mail:
     def body(self) -> str:
         part = self.message.get_body(preferencelist=("plain", "html"))
         assert part is not None
-        return str(part.get_content())  # type: ignore[attr-defined]
+        return str(part.get_content())
 
 
 class SmtpSink:

@@ -113,7 +113,7 @@ class KEnv:
         payload = json.dumps({"v": 1, "op": "events", "events": events}).encode()
         answer = json.loads(zmtp.request(f"ipc://{self.runtime}/knotify.sock", payload, 10))
         assert answer["ok"] and answer["rejected"] == [], answer
-        return [e["id"] for e in events]
+        return [str(e["id"]) for e in events]
 
     def history(self, limit: int = 10_000, **filters: str) -> list[dict[str, Any]]:
         extra = [x for k, v in filters.items() for x in (f"--{k}", v)]

@@ -139,16 +139,22 @@ def test_two_routers_posting_the_same_incident_show_as_one_alert(
                                     ("lb2", "INSTANCE", "VI_1", "MASTER", 90)))
         # Both routers posted it: each journal has its firing message sent.
         for k in (kenv, other):
-            wait_for(lambda k=k: ("firing", "sent") in journal_rows(
-                k, "SELECT alert, status FROM alert_messages"), 60,
+            def firing_sent(k: KEnv = k) -> bool:
+                return ("firing", "sent") in journal_rows(
+                    k, "SELECT alert, status FROM alert_messages")
+
+            wait_for(firing_sent, 60,
                 what="each router to post the alert")
         found = mine(am, alertname="KnotifyVRRP")
         assert len(found) == 1, found
         assert found[0]["labels"]["host"] == "lb1" and found[0]["labels"]["state"] == "FAULT"
         route([kenv, other], events(("lb1", "INSTANCE", "VI_1", "BACKUP", 100)))
         for k in (kenv, other):
-            wait_for(lambda k=k: ("resolved", "sent") in journal_rows(
-                k, "SELECT alert, status FROM alert_messages"), 60,
+            def resolved_sent(k: KEnv = k) -> bool:
+                return ("resolved", "sent") in journal_rows(
+                    k, "SELECT alert, status FROM alert_messages")
+
+            wait_for(resolved_sent, 60,
                 what="each router to post the resolution")
         assert mine(am, alertname="KnotifyVRRP") == []
     finally:

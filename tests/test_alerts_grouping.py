@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 from alert_servers import HttpSink, SmtpSink, alert_items, settled
@@ -62,7 +63,7 @@ def send(kenv: KEnv, reports: list[Report]) -> list[str]:
         payload = json.dumps({"v": 1, "op": "events", "events": events}).encode()
         answer = json.loads(zmtp.request(f"ipc://{kenv.runtime}/knotify.sock", payload, 30))
         assert answer["ok"] and answer["rejected"] == [], answer
-        ids += [e["id"] for e in events]
+        ids += [str(e["id"]) for e in events]
     return ids
 
 
@@ -228,7 +229,7 @@ def beat(kenv: KEnv, host: str) -> None:
     assert answer["ok"], answer
 
 
-def peer_events(kenv: KEnv, state: str) -> list[dict[str, object]]:
+def peer_events(kenv: KEnv, state: str) -> list[dict[str, Any]]:
     return [e for e in kenv.history(kind="PEER") if e["reported"] == state]
 
 
@@ -252,7 +253,7 @@ equal = ["host"]
     wait_for(lambda: peer_events(kenv, "PEER_SILENT"), 30, what="lb1 to fall silent")
     [silent] = peer_events(kenv, "PEER_SILENT")
 
-    def inhibited() -> list[dict[str, object]]:
+    def inhibited() -> list[dict[str, Any]]:
         return [i for i in alert_items(kenv.history()) if i["status"] == "inhibited"]
 
     wait_for(lambda: len(inhibited()) >= 2, 30, what="reminders to be inhibited")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -336,7 +337,7 @@ def test_backoff_doubles_up_to_the_maximum() -> None:
     assert backoff(10_000, 1, 30) == 30
 
 
-def results(*records: dict[str, object]) -> attempt.Results:
+def results(*records: Mapping[str, object]) -> attempt.Results:
     return attempt.parse_results("\n".join(json.dumps(r) for r in records) + "\n{\"t\": \"ur")
 
 

@@ -410,8 +410,8 @@ urls = ["{smtp.url()}"]
 
 
 def cut_message(history: list[dict[str, Any]]) -> int:
-    return min(i["message"]["id"] for i in alert_items(history)
-               if i.get("message") and i["message"]["receiver"] == "hang")
+    return int(min(i["message"]["id"] for i in alert_items(history)
+                   if i.get("message") and i["message"]["receiver"] == "hang"))
 
 
 def test_429_with_retry_after_holds_the_receiver_until_then(
@@ -517,7 +517,10 @@ timeout = "30s"
     router.kill()
     # Idle workers read EOF and exit; the busy one finishes its job first, then exits.
     for pid in pids:
-        wait_for(lambda pid=pid: not alive(pid), 60, what=f"worker {pid} to exit")
+        def gone(pid: int = pid) -> bool:
+            return not alive(pid)
+
+        wait_for(gone, 60, what=f"worker {pid} to exit")
     assert [len(http.got(p)) for p in ("/chat/a", "/chat/slow", "/chat/b")] == [1, 1, 1]
     router.start()
     history = wait_settled(kenv)

@@ -147,7 +147,11 @@ def test_a_watched_masters_stale_claim_needs_a_sign_of_life_to_count() -> None:
     assert out == [("PEER", "n1", PEER_SILENT)]
     # n1 was only cut off: it comes back, still MASTER, and now it is a split brain.
     w.beat("n1")
-    out = w.run(3, every=lambda: (w.beat("n1"), w.beat("n2")))
+    def both() -> None:
+        w.beat("n1")
+        w.beat("n2")
+
+    out = w.run(3, every=both)
     assert out == [("PEER", "n1", PEER_BACK), ("CLUSTER", "VI_1", SPLIT_BRAIN)]
 
 
@@ -371,7 +375,7 @@ def test_heartbeat_decodes_strictly() -> None:
     good = heartbeat.encode("n1", 5.0, 3, "0.1.0")
     beat = heartbeat.decode(good)
     assert (beat.host, beat.interval_s, beat.spool, beat.version) == ("n1", 5.0, 3, "0.1.0")
-    for change, reason in [
+    cases: list[tuple[dict[str, object], str]] = [
         ({"evil": 1}, "unknown field(s): 'evil'"),
         ({"host": ""}, "host must be 1..255"),
         ({"host": "a\nb"}, "host must be 1..255"),
@@ -380,7 +384,8 @@ def test_heartbeat_decodes_strictly() -> None:
         ({"interval_s": 0}, "interval_s must be more than 0"),
         ({"spool": -1}, "spool must be a count"),
         ({"version": "x" * 65}, "version is longer"),
-    ]:
+    ]
+    for change, reason in cases:
         with pytest.raises(WireError, match=re.escape(reason)):
             heartbeat.decode({**good, **change})
     bare = {"v": 1, "op": "heartbeat"}

@@ -11,6 +11,7 @@ from conftest import KEnv, need
 
 from knotify import config as configmod
 from knotify import paths
+from knotify.actions.alert import AlertAction
 from knotify.actions.exec import ExecAction
 from knotify.actions.log import LogAction
 from knotify.config import EMBEDDED, FifoSource
@@ -109,7 +110,7 @@ def test_rule_defaults_and_options() -> None:
     assert r.on == {REPEAT, NOTICE}
     [r2] = configmod.parse("[[rule]]\n" + LOG_ACTION, FILE).rules
     assert (r2.id, r2.delay, r2.skip_if_superseded, r2.max_age, r2.on) == (
-        "rule-0", 0.0, False, None, {TRANSITION})
+        "rule-0", 0.0, False, None, frozenset({TRANSITION}))
 
 
 def test_rule_without_id_gets_its_position() -> None:
@@ -635,7 +636,9 @@ severity = "warning"
     assert am is not None and am.labels == (("env", "prod"),)
     assert cfg.alerts.fold_after == 5 and isinstance(cfg.alerts.inhibit, tuple)
     assert isinstance(cfg.alerts.inhibit[0].source, tuple)
-    assert cfg.rules[0].send_resolved and cfg.rules[0].actions[0].spec["severity"] == "warning"
+    action = cfg.rules[0].actions[0]
+    assert isinstance(action, AlertAction)
+    assert cfg.rules[0].send_resolved and action.spec["severity"] == "warning"
     for value, name in ((am, "repost_interval"), (cfg.alerts, "fold_after"),
                         (cfg.alerts.inhibit[0], "equal"), (cfg.rules[0], "send_resolved")):
         with pytest.raises(dataclasses.FrozenInstanceError):

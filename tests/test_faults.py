@@ -305,7 +305,10 @@ argv = ["{appender(kenv, out)}", "{{id}}"]
         for reloads in range(6):
             # Events flow between reloads: the journal grows by some each time.
             before = journaled(kenv)
-            wait_for(lambda before=before: journaled(kenv) >= before + 20, 60,
+            def grown(before: int = before) -> bool:
+                return journaled(kenv) >= before + 20
+
+            wait_for(grown, 60,
                      what="events to arrive between reloads")
             assert all(p.poll() is None for p in procs), "the senders stopped early"
             # Alternate a good config and a bad one; neither may cost or repeat an event.

@@ -112,9 +112,11 @@ def test_transitions_hides_repeats(kenv: KEnv, router: RouterProcess) -> None:
 def test_history_op_refuses_bad_filters(kenv: KEnv, router: RouterProcess) -> None:
     router.start()
     endpoint = "ipc://" + str(kenv.runtime / "knotify.sock")
-    for fields, word in [({"id": 12}, "'id'"), ({"id": "z*"}, "'id'"), ({"id": "a" * 65}, "'id'"),
-                         ({"transitions": "yes"}, "'transitions'"), ({"name": ["VI_*"]}, "'name'"),
-                         ({"host": "x" * 300}, "'host'")]:
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"id": 12}, "'id'"), ({"id": "z*"}, "'id'"), ({"id": "a" * 65}, "'id'"),
+        ({"transitions": "yes"}, "'transitions'"), ({"name": ["VI_*"]}, "'name'"),
+        ({"host": "x" * 300}, "'host'")]
+    for fields, word in cases:
         payload = json.dumps({"v": 1, "op": "history", **fields}).encode()
         answer = json.loads(zmtp.request(endpoint, payload, 5))
         assert answer["ok"] is False and word in answer["error"], (fields, answer)

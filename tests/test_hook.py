@@ -29,7 +29,7 @@ type = "log"
 """
 
 
-def spooled_events(directory: Path) -> list[dict[str, object]]:
+def spooled_events(directory: Path) -> list[dict[str, Any]]:
     new = directory / "new"
     files = sorted(new.glob("*.json")) if new.exists() else []
     return [json.loads(f.read_text()) for f in files]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from knotify.errors import JournalError
 from knotify.event import Event
 from knotify.store.db import Database
-from knotify.store.events import SCHEMA_VERSION, EventStore
+from knotify.store.events import EventStore
+from knotify.store.events_schema import SCHEMA_VERSION
 from knotify.tracker import Transition
 
 # The events table and its index as schema 1 (knotify 0.1.0 before key numbers) made them.
@@ -60,7 +62,9 @@ def test_events_of_one_key_share_a_number_and_filters_use_it(tmp_path: Path) -> 
                                  ("h2", "INSTANCE", "VI_1", ""): 2,
                                  ("h1", "INSTANCE", "VI_2", ""): 3,
                                  ("h1", "GROUP", "G", ""): 4}
-    ids = lambda **f: [e["id"][-1] for e in journal.history(100, **f)]  # noqa: E731
+    def ids(**f: Any) -> list[str]:
+        return [e["id"][-1] for e in journal.history(100, **f)]
+
     assert ids(host="h2") == ["5", "2"]
     assert ids(name="VI_1") == ["5", "3", "2", "1"]
     assert ids(host="h1", name="VI_1") == ["3", "1"]

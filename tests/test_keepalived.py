@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from knotify import keepalived as ka
 from knotify.errors import ParseError
 from knotify.keepalived import build_manual, parse_argv, parse_fifo_line, safe_text
+from knotify.vocab import SCRIPT_STATES, VRRP_KINDS, VRRP_STATES
 
 
 def fields(kind: str, name: str, state: str, prio: int | None, vs: str = "",
@@ -320,7 +321,7 @@ def test_captured_fifo_sample_as_raw_bytes_stream() -> None:
         tuple(row[1:]) for row in FIFO_SAMPLE]
 
 
-@pytest.mark.parametrize("state", list(ka.VRRP_STATES))
+@pytest.mark.parametrize("state", list(VRRP_STATES))
 def test_fifo_instance_line_every_state(state: str) -> None:
     assert parse_fifo_line(f'INSTANCE "VI_9" {state} 77') == fields(
         "INSTANCE", "VI_9", state, 77, form="fifo")
@@ -472,13 +473,13 @@ def test_build_manual_errors_name_what_is_wrong(args: tuple[str, str, str, str |
 # --------------------------------------------------------------------------- properties
 
 # (No keepalived name holds a NUL: its config and argv are C strings. One is refused.)
-names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\0"),
+names = st.text(st.characters(codec="utf-8", exclude_characters="\n\r\0"),
                 min_size=1, max_size=ka.MAX_NAME)
 user_words = st.lists(st.text(max_size=20), max_size=5)
 
 
-@given(words=user_words, kind=st.sampled_from(ka.VRRP_KINDS), name=names,
-       state=st.sampled_from(ka.SCRIPT_STATES), prio=st.integers(0, 255))
+@given(words=user_words, kind=st.sampled_from(VRRP_KINDS), name=names,
+       state=st.sampled_from(SCRIPT_STATES), prio=st.integers(0, 255))
 def test_property_generic_notify_any_user_words_any_name(
     words: list[str], kind: str, name: str, state: str, prio: int
 ) -> None:
@@ -486,8 +487,8 @@ def test_property_generic_notify_any_user_words_any_name(
     assert (got["kind"], got["name"], got["state"], got["prio"]) == (kind, name, state, prio)
 
 
-@given(kind=st.sampled_from(ka.VRRP_KINDS), name=names,
-       state=st.sampled_from(ka.SCRIPT_STATES), prio=st.integers(0, 255))
+@given(kind=st.sampled_from(VRRP_KINDS), name=names,
+       state=st.sampled_from(SCRIPT_STATES), prio=st.integers(0, 255))
 def test_property_fifo_line_any_name_round_trips(kind: str, name: str, state: str,
                                                  prio: int) -> None:
     got = parse_fifo_line(f'{kind} "{name}" {state} {prio}\n')

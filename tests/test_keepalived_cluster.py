@@ -266,6 +266,7 @@ def _scenario(s: Setup, mark: Any) -> None:
         node.stopped = True
         node.proc.send_signal(signal.SIGTERM)
     for name, node in nodes.items():
+        assert node.proc is not None
         assert node.proc.wait(30) == 0, f"{name}: {node.log_text()[-3000:]}"
     s.wait_states({n: "STOP" for n in PRIOS}, 30, "every node STOP")
     mark("every keepalived stopped")

@@ -330,6 +330,7 @@ def _scenario(variant: str, opts: dict[str, bool], kenv: KEnv, router: RouterPro
 
     # -- across hosts: only what causality guarantees ------------------------------------------
     def transition(host: str, name: str, state: str) -> dict[str, Any]:
+        ev: dict[str, Any]
         [ev] = [e for e in events if (e["host"], e["name"], e["state"], e["class"])
                 == (host, name, state, "transition")]
         return ev

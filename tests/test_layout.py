@@ -1,4 +1,5 @@
-"""The shape of the code: knotify's modules import each other without a circle.
+"""The shape of the code: knotify's modules import each other without a circle, none is
+longer than :data:`MAX_LINES`, and none uses another module's private names.
 
 The import graph is read from the source with ``ast`` (imports under
 ``TYPE_CHECKING`` and inside functions count too: a circle hidden from the
@@ -170,4 +171,115 @@ def test_stores_import_only_what_they_persist() -> None:
             "knotify.store.silences", "knotify.store.peers", "knotify.store.alertmanager",
             "knotify.store.rule_since"} <= set(stores)
     for store in stores:
-        assert edges[store] <= allowed, f"{store} imports {sorted(edges[store] - allowed)}"
+        outside = {name for name in edges[store] - allowed
+                   if not name.startswith("knotify.store.")}  # its own parts are fine
+        assert not outside, f"{store} imports {sorted(outside)}"
+
+
+# -- size ---------------------------------------------------------------------------------
+
+#: A module longer than this holds more than one job: split it along its seams.
+MAX_LINES = 400
+
+
+def long_modules(limit: int = MAX_LINES) -> dict[str, int]:
+    """knotify's modules longer than ``limit`` lines, with their length."""
+    out: dict[str, int] = {}
+    for name, path in modules().items():
+        lines = len(path.read_text().splitlines())
+        if lines > limit:
+            out[name] = lines
+    return out
+
+
+def test_long_modules_are_found() -> None:
+    lengths = {name: len(path.read_text().splitlines()) for name, path in modules().items()}
+    longest = max(lengths, key=lambda name: lengths[name])
+    assert long_modules(lengths[longest] - 1) == {longest: lengths[longest]}
+    assert long_modules(lengths[longest]) == {}
+
+
+def test_no_module_is_over_400_lines() -> None:
+    found = long_modules()
+    assert not found, f"modules over {MAX_LINES} lines:\n" + "\n".join(
+        f"  {name}: {lines}" for name, lines in sorted(found.items()))
+
+
+# -- private names --------------------------------------------------------------------------
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_uses(name: str, path: Path, known: dict[str, Path]) -> list[str]:
+    """Where module ``name`` uses a private name of another knotify module:
+    ``from knotify.x import _y``, or ``x._y`` where ``x`` is a knotify module it imported
+    (``import knotify.x as x``, ``from knotify import x``). The standard library's
+    (``os._exit``, ``import _socket``) are not knotify's and are fine."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    found: list[str] = []
+    bound: dict[str, str] = {}  # local name -> the knotify module it is
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("knotify") and alias.name in known:
+                    if alias.asname:
+                        bound[alias.asname] = alias.name
+                    else:
+                        bound[alias.name.partition(".")[0]] = "knotify"
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            if not module.startswith("knotify") or _owner(module, known) == name:
+                continue
+            for alias in node.names:
+                full = f"{module}.{alias.name}"
+                if full in known:
+                    bound[alias.asname or alias.name] = full
+                elif _private(alias.name):
+                    found.append(f"{name}:{node.lineno}: from {module} import {alias.name}")
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not _private(node.attr):
+            continue
+        parts: list[str] = []
+        value: ast.expr = node.value
+        while isinstance(value, ast.Attribute):
+            parts.append(value.attr)
+            value = value.value
+        if not isinstance(value, ast.Name) or value.id not in bound:
+            continue
+        module = ".".join([bound[value.id], *reversed(parts)])
+        if module in known and module != name:
+            found.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_private_uses_are_found(tmp_path: Path) -> None:
+    known = {"knotify.a": tmp_path / "a.py", "knotify.b": tmp_path / "b.py",
+             "knotify.p": tmp_path / "p" / "__init__.py", "knotify.p.c": tmp_path / "p" / "c.py"}
+    source = (
+        "import os\nimport _socket\nimport knotify.b\nimport knotify.b as bee\n"
+        "from knotify import b\nfrom knotify.b import _hidden, shown\nfrom .p import c\n"
+        "from knotify.p.c import _inner as alias\n"
+        "os._exit(0)\nb.shown()\nb._one()\nbee._two\nknotify.b._three\nc._four\n"
+        "self._mine = b\n")
+    (tmp_path / "a.py").write_text(source)
+    found = private_uses("knotify.a", tmp_path / "a.py", known)
+    assert sorted(found) == sorted([
+        "knotify.a:6: from knotify.b import _hidden",
+        "knotify.a:8: from knotify.p.c import _inner",
+        "knotify.a:11: b._one", "knotify.a:12: bee._two", "knotify.a:13: knotify.b._three",
+        "knotify.a:14: c._four"])
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    known = modules()
+    found = [use for name, path in known.items() for use in private_uses(name, path, known)]
+    assert not found, "private names used across modules (make them public API, or keep " \
+        "them inside their module):\n" + "\n".join(f"  {use}" for use in found)

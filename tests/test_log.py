@@ -129,7 +129,7 @@ def test_unwritten_lines_are_written_at_exit() -> None:
 
 def test_console_lines_are_written_per_loop_turn_too() -> None:
     stream = io.StringIO()
-    logmod.setup("console", "info", stream)  # type: ignore[arg-type]
+    logmod.setup("console", "info", stream)
 
     async def main() -> None:
         logmod.get().info("readable", n=1)
@@ -163,7 +163,7 @@ def test_emit_writes_what_structlog_would_write(out: Out) -> None:
 
 def test_emit_falls_back_to_structlog_for_console_output() -> None:
     stream = io.StringIO()
-    logmod.setup("console", "info", stream)  # type: ignore[arg-type]
+    logmod.setup("console", "info", stream)
     log = logmod.get()
     logmod.emit(log, "info", "on.console", {"name": "VI_1"})
     logmod.emit(log, "debug", "hidden", {})
@@ -175,7 +175,7 @@ def test_emit_falls_back_to_structlog_for_console_output() -> None:
 @pytest.mark.parametrize("fmt", ["json", "console"])
 def test_held_lines_are_written_after_the_block_or_dropped_if_it_fails(fmt: str) -> None:
     stream = io.StringIO()
-    logmod.setup(fmt, "info", stream)  # type: ignore[arg-type]
+    logmod.setup(fmt, "info", stream)
     log = logmod.get()
 
     async def main() -> None:

@@ -24,7 +24,7 @@ def tr(state: str = "MASTER", prev: str = "BACKUP", cls: str = TRANSITION) -> Tr
 
 
 def rule(match: Match, on: frozenset[str] = frozenset({TRANSITION}), rid: str = "r") -> Rule:
-    return Rule(id=rid, match=match, on=on, actions=[LogAction(Template("{name}"), "info")])
+    return Rule(id=rid, match=match, on=on, actions=(LogAction(Template("{name}"), "info"),))
 
 
 # --------------------------------------------------------------------------- globs
@@ -259,7 +259,7 @@ def test_notice_rule_on_master_priority_end_to_end_with_the_tracker() -> None:
 # --------------------------------------------------------------------------- via config
 
 
-def _rules(body: str) -> list[Rule]:
+def _rules(body: str) -> tuple[Rule, ...]:
     return configmod.parse(body, "/t/knotify.toml").rules
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ class Clock:
 
 
 @pytest.fixture
-def captured() -> Iterator[list[dict[str, Any]]]:
+def captured() -> Iterator[list[MutableMapping[str, Any]]]:
     with structlog.testing.capture_logs() as logs:
         yield logs
 
@@ -201,7 +201,10 @@ def test_an_idle_socket_loop_is_not_stale() -> None:
     async def main() -> list[Any]:
         clock = Clock()
         sup = Supervisor(_log(), Faults(_log()), lambda reason: None, clock)
-        sup.spawn("serve", lambda: asyncio.Event().wait(), 1.0, idle=lambda: True)
+        async def serve() -> None:
+            await asyncio.Event().wait()
+
+        sup.spawn("serve", serve, 1.0, idle=lambda: True)
         await asyncio.sleep(0.01)
         clock.now += 3600
         stale = sup.stale()

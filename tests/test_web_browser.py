@@ -194,12 +194,13 @@ def svg_frame(driver: Any) -> dict[str, float]:
 
 
 def svg_marks(driver: Any) -> list[dict[str, str]]:
-    return driver.execute_script("""
+    marks: list[dict[str, str]] = driver.execute_script("""
         const svg = document.querySelector('svg.timeline');
         return Array.from(svg.querySelectorAll('g.mark')).map(g => ({
             what: g.dataset.what, outcome: g.dataset.outcome, id: g.dataset.eventId,
             host: g.closest('g.lane').dataset.host, tip: g.dataset.tip}));
     """)
+    return marks
 
 
 def check_timeline(driver: Any, trs: list[dict[str, Any]]) -> None:

@@ -63,8 +63,10 @@ def test_windows() -> None:
     assert views.window("7d", None, None, now).since_ns == now - 7 * 86400 * S
     custom = views.window(None, "1800000000", "1800000060", now)
     assert (custom.since_ns, custom.until_ns, custom.live) == (T0, T0 + 60 * S, False)
-    for bad in (("soon", None, None), ("0s", None, None), ("400d", None, None),
-                (None, "yesterday", None), (None, "1800000060", "1800000000")):
+    bads: list[tuple[str | None, str | None, str | None]] = [
+        ("soon", None, None), ("0s", None, None), ("400d", None, None),
+        (None, "yesterday", None), (None, "1800000060", "1800000000")]
+    for bad in bads:
         with pytest.raises(WindowError):
             views.window(*bad, now_ns=now)
 

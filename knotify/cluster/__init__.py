@@ -2,7 +2,8 @@
 
 :mod:`~knotify.cluster.settings` reads ``[cluster]`` and ``[agent]``;
 :mod:`~knotify.cluster.detect` works out split brain, no master and silent peers
-(pure); :mod:`~knotify.cluster.heartbeat` is the heartbeat wire op;
+(pure), over the values in :mod:`~knotify.cluster.members`;
+:mod:`~knotify.cluster.heartbeat` is the heartbeat wire op;
 :mod:`~knotify.cluster.monitor` runs the detector inside the router.
 """
 

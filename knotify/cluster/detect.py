@@ -28,20 +28,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from knotify.cluster.heartbeat import Heartbeat
+from knotify.cluster.members import GroupState, Member, Peer, order, others
 from knotify.cluster.settings import ClusterSettings, GroupSpec
 from knotify.event import Event, Key
 from knotify.templates import iso_time
 from knotify.tracker import KeyState, Transition
 from knotify.units import format_duration
 from knotify.vocab import (
-    BACKUP,
     CLUSTER,
     CLUSTER_OK,
-    FAULT,
     MASTER,
     MASTER_BACK,
     NO_MASTER,
@@ -51,7 +50,6 @@ from knotify.vocab import (
     RX_LOWER_PRI,
     SPLIT_BRAIN,
     SPLIT_BRAIN_RESOLVED,
-    STOP,
     SYNTHETIC_KINDS,
 )
 
@@ -61,52 +59,6 @@ RAISED = (SPLIT_BRAIN, NO_MASTER)
 
 def _new_id() -> str:
     return os.urandom(16).hex()
-
-
-@dataclass(slots=True)
-class Member:
-    """One host's instance in a cluster, as the tracker has it."""
-
-    host: str
-    name: str
-    kind: str
-    state: str
-    since_ns: int
-    prio: int | None
-    silent: bool = False
-    #: Reported MASTER_RX_LOWER_PRI within ``rx_lower_pri_window``.
-    evidence: bool = False
-
-
-@dataclass(slots=True)
-class Peer:
-    host: str
-    #: Expected to be heard from regularly: it heartbeats, or the config lists it.
-    watched: bool = False
-    #: When the router last heard from it (router clock); None: not since it started.
-    heard_ns: int | None = None
-    #: When the silence clock started for a watched peer not heard yet (router start).
-    watch_ns: int = 0
-    via: str = ""
-    interval_s: float | None = None
-    spool: int | None = None
-    version: str = ""
-    #: When PEER_SILENT was journaled (None: not silent).
-    silent_ns: int | None = None
-
-    def quiet_ns(self, now_ns: int) -> int:
-        return now_ns - (self.heard_ns if self.heard_ns is not None else self.watch_ns)
-
-
-@dataclass(slots=True)
-class GroupState:
-    label: str
-    #: SPLIT_BRAIN or NO_MASTER while one is raised (journaled), else "".
-    announced: str = ""
-    announced_ns: int = 0
-    #: When the raw condition began (router clock), before its grace has passed.
-    split_ns: int | None = None
-    no_master_ns: int | None = None
 
 
 class Detector:
@@ -305,7 +257,7 @@ class Detector:
             return self._event(self.origin, CLUSTER, group.label, state, now_ns, {
                 "detail": detail, "masters": masters, "evidence": evidence,
                 "members": [{"host": m.host, "name": m.name, "state": m.state,
-                             "silent": m.silent} for m in sorted(members, key=_order)],
+                             "silent": m.silent} for m in sorted(members, key=order)],
             })
 
         if group.announced == SPLIT_BRAIN:
@@ -319,12 +271,12 @@ class Detector:
             else:
                 now = "no host is MASTER"
             return event(SPLIT_BRAIN_RESOLVED, f"{group.label}: split brain over after "
-                         f"{lasted}: {now}{_others(members, exclude=set(masters))}")
+                         f"{lasted}: {now}{others(members, exclude=set(masters))}")
         if group.announced == NO_MASTER:
             if masters:
                 return event(MASTER_BACK, f"{group.label}: {', '.join(masters)} "
                              f"{'is' if len(masters) == 1 else 'are'} MASTER"
-                             f"{_others(members, exclude=set(masters))}")
+                             f"{others(members, exclude=set(masters))}")
             if not members:
                 return event(CLUSTER_OK, f"{group.label}: no host reports it any more")
             return None
@@ -340,11 +292,11 @@ class Detector:
                     parts.append(f"{', '.join(evidence)} hear{'s' if len(evidence) == 1 else ''}"
                                  " a lower-priority MASTER (MASTER_RX_LOWER_PRI)")
                 return event(SPLIT_BRAIN, f"{group.label}: {'; '.join(parts)} for {lasted}"
-                             f"{_others(members, exclude=set(masters))}")
+                             f"{others(members, exclude=set(masters))}")
         if no_master and group.no_master_ns is not None \
                 and now_ns - group.no_master_ns >= settings.no_master_grace * 1e9:
             lasted = format_duration((now_ns - group.no_master_ns) / 1e9)
-            return event(NO_MASTER, f"{group.label}: no MASTER for {lasted}{_others(members)}")
+            return event(NO_MASTER, f"{group.label}: no MASTER for {lasted}{others(members)}")
         return None
 
     def _confirmed(self, host: str, since_ns: int) -> bool:
@@ -367,7 +319,7 @@ class Detector:
         groups = []
         labels = set(members) | {label for label, g in self.groups.items() if g.announced}
         for label in sorted(labels):
-            ms = sorted(members.get(label, []), key=_order)
+            ms = sorted(members.get(label, []), key=order)
             group = self.groups.get(label) or GroupState(label)
             spec = self._spec(label)
             if len({m.host for m in ms}) < 2 and spec is None and not group.announced \
@@ -399,19 +351,3 @@ class Detector:
                 "settings": {"split_brain_grace": s.split_brain_grace,
                              "no_master_grace": s.no_master_grace,
                              "silent_after": s.silent_after, "min_members": s.min_members}}
-
-
-_RANK = {MASTER: 0, BACKUP: 1, FAULT: 2, STOP: 3}
-
-
-def _order(m: Member) -> tuple[int, str, str]:
-    return (_RANK.get(m.state, 4), m.host, m.name)
-
-
-def _others(members: list[Member], exclude: set[str] | None = None) -> str:
-    """`` (node3 BACKUP, node4 STOP, silent: node5)`` for a detail text."""
-    shown = [m for m in sorted(members, key=_order) if not exclude or m.host not in exclude]
-    if not shown:
-        return ""
-    words = [f"{m.host} {m.state}" + (" (silent)" if m.silent else "") for m in shown]
-    return " (" + ", ".join(words) + ")"

@@ -3,6 +3,8 @@
 An event is acked only after the transaction that holds it commits. The router
 is the only writer; the CLI reads through the router, never this file. Its rows
 are collected during a transaction and written just before the COMMIT.
+Its tables and their migrations are in :mod:`.events_schema`, the queries that
+read events back in :mod:`.events_read`.
 """
 
 from __future__ import annotations
@@ -17,90 +19,14 @@ import orjson
 
 from knotify.event import Event, Key
 from knotify.outcome import Outcome
-from knotify.sqlglob import glob_clause, id_clause
+from knotify.store import events_read, events_schema
 from knotify.store.db import Database
+from knotify.store.events_schema import EVENT_COLUMNS
 from knotify.tracker import KeyState, Transition
 from knotify.vocab import INTERRUPTED, PENDING, RUNNING
 
-#: 2: events carry ``kid`` (their key's number in ``keys``), indexed instead of the four
-#: key columns: a small integer index costs a third as much to keep up at full intake.
-SCHEMA_VERSION = 2
-#: Its version in the meta table (the name knotify has always used).
-VERSION_KEY = "schema"
 #: Key numbers held in memory at most (see Journal._kids).
 KIDS_CACHED = 50_000
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    rowid INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    host TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    vs TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    effective TEXT,
-    prio INTEGER,
-    seq INTEGER NOT NULL,
-    ts_ns INTEGER NOT NULL,
-    recv_ns INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    form TEXT NOT NULL DEFAULT '',
-    class TEXT NOT NULL,
-    prev_state TEXT,
-    prev_since_ns INTEGER,
-    epoch INTEGER,
-    error TEXT,
-    data TEXT,
-    kid INTEGER
-);
-CREATE TABLE IF NOT EXISTS keys (
-    kid INTEGER PRIMARY KEY,
-    host TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    vs TEXT NOT NULL,
-    UNIQUE (host, kind, name, vs)
-);
-CREATE TABLE IF NOT EXISTS state (
-    host TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    vs TEXT NOT NULL,
-    state TEXT NOT NULL,
-    prio INTEGER,
-    since_ns INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    epoch INTEGER NOT NULL,
-    updated_ns INTEGER NOT NULL,
-    mono_ns INTEGER NOT NULL DEFAULT 0,
-    boot TEXT NOT NULL DEFAULT '',
-    pid INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (host, kind, name, vs)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS runs (
-    rowid INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_ns INTEGER NOT NULL,
-    started_ns INTEGER,
-    ended_ns INTEGER,
-    exit_code INTEGER,
-    output TEXT,
-    detail TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_event ON runs (event_id);
-CREATE INDEX IF NOT EXISTS runs_open ON runs (status) WHERE status IN ('pending', 'running');
-"""
-
-EVENT_COLUMNS = (
-    "rowid, id, host, kind, name, vs, state, effective, prio, seq, ts_ns, recv_ns, source, "
-    "form, class, prev_state, prev_since_ns, epoch, error, data"
-)
 
 
 def _dumps(data: dict[str, Any]) -> str:
@@ -110,15 +36,13 @@ def _dumps(data: dict[str, Any]) -> str:
         return json.dumps(data, ensure_ascii=True)
 
 
-
 class EventStore:
     def __init__(self, database: Database) -> None:
         """The events tables in ``database``, made or brought up to this schema."""
         self.database = database
         self.path = database.path
         self.db = database.db
-        self.db.executescript(SCHEMA)
-        self._migrate()
+        events_schema.create(database)
         self._events: list[tuple[Any, ...]] = []
         self._event_ids: set[str] = set()
         self._states: dict[Key, tuple[Any, ...]] = {}
@@ -148,33 +72,6 @@ class EventStore:
     def on_rollback(self, undo: Callable[[], None]) -> None:
         self.database.on_rollback(undo)
 
-    def _migrate(self) -> None:
-        """Refuse a newer journal; bring an older one up to this schema."""
-        self.database.check_version(VERSION_KEY, SCHEMA_VERSION)
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
-        if "kid" not in have:  # schema 1: number the keys, index the numbers
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.execute("ALTER TABLE events ADD COLUMN kid INTEGER")
-                self.db.execute(
-                    "INSERT OR IGNORE INTO keys (host, kind, name, vs) "
-                    "SELECT host, kind, name, vs FROM events ORDER BY rowid")
-                self.db.execute(
-                    "UPDATE events SET kid = (SELECT kid FROM keys k WHERE k.host = events.host "
-                    "AND k.kind = events.kind AND k.name = events.name AND k.vs = events.vs)")
-                self.db.execute("DROP INDEX IF EXISTS events_key")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.database.rollback()
-                raise
-        self.db.execute("CREATE INDEX IF NOT EXISTS events_kid ON events (kid)")
-        self.database.set_version(VERSION_KEY, SCHEMA_VERSION)
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(state)")}
-        for column, decl in (("mono_ns", "INTEGER NOT NULL DEFAULT 0"),
-                             ("boot", "TEXT NOT NULL DEFAULT ''"),
-                             ("pid", "INTEGER NOT NULL DEFAULT 0")):
-            if column not in have:
-                self.db.execute(f"ALTER TABLE state ADD COLUMN {column} {decl}")
 
     # Rows of one transaction are collected and written with executemany just before
     # COMMIT: much cheaper per event than one execute each. Reads in the same
@@ -374,19 +271,11 @@ class EventStore:
     # -- reading back -------------------------------------------------------------------
 
     def load_event(self, event_id: str) -> tuple[Event, Transition] | None:
-        row = self.db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?",
-                              (event_id,)).fetchone()
-        return _row_event(row) if row else None
+        return events_read.load_event(self.db, event_id)
 
     def status(self, offset: int = 0, limit: int = -1) -> list[dict[str, Any]]:
         """The state table in key order; ``limit`` rows from ``offset`` (-1: all)."""
-        rows = self.db.execute(
-            "SELECT host, kind, name, vs, state, prio, since_ns, event_id, seq, epoch, "
-            "updated_ns FROM state ORDER BY host, kind, name, vs LIMIT ? OFFSET ?",
-            (limit, offset))
-        keys = ("host", "kind", "name", "vs", "state", "prio", "since_ns", "event_id", "seq",
-                "transitions", "updated_ns")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return events_read.status(self.db, offset, limit)
 
     def state_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM state").fetchone()[0])
@@ -403,73 +292,6 @@ class EventStore:
                 name: str | None = None, before: int | None = None,
                 event_id: str | None = None, transitions: bool = False
                 ) -> list[dict[str, Any]]:
-        """Events newest first. ``host``, ``kind`` and ``name`` are patterns as in rules and
-        ``knotify watch`` (``*``, ``?``, a leading ``!`` negates); ``event_id`` is an id or
-        its first characters; ``transitions`` leaves out repeats, notices and stale ones."""
-        where: list[str] = []
-        args: list[object] = []
-        keyed = [glob_clause(column, value, column == "kind") for column, value in
-                 (("host", host), ("kind", kind), ("name", name)) if value is not None]
-        if keyed:
-            where.append("kid IN (SELECT kid FROM keys WHERE "
-                         + " AND ".join(sql for sql, _ in keyed) + ")")
-            args.extend(v for _, values in keyed for v in values)
-        if event_id is not None:
-            sql, values = id_clause(event_id)
-            where.append(sql)
-            args.extend(values)
-        if transitions:
-            where.append("class = 'transition'")
-        if before is not None:
-            where.append("rowid < ?")
-            args.append(before)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
-        rows = self.db.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events {clause} ORDER BY rowid DESC LIMIT ?",
-            (*args, limit)).fetchall()
-        out = [_row_dict(row) for row in rows]
-        by_id = {item["id"]: item for item in out}
-        ids = list(by_id)
-        runs: list[tuple[Any, ...]] = []
-        for start in range(0, len(ids), 500):  # SQLite limits the number of parameters
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            runs.extend(self.db.execute(
-                "SELECT rowid, event_id, rule, idx, kind, status, created_ns, started_ns, "
-                f"ended_ns, exit_code, output, detail FROM runs WHERE event_id IN ({marks})",
-                chunk))
-        runs.sort(key=lambda run: run[0])
-        for run in runs:
-            by_id[run[1]]["actions"].append({
-                "run": run[0], "rule": run[2], "index": run[3], "kind": run[4],
-                "status": run[5], "created_ns": run[6], "started_ns": run[7],
-                "ended_ns": run[8], "exit_code": run[9], "output": run[10],
-                "detail": run[11],
-            })
-        return out
-
-
-
-def _row_dict(row: tuple[Any, ...]) -> dict[str, Any]:
-    data = json.loads(row[19]) if row[19] else {}
-    return {
-        "rowid": row[0], "id": row[1], "host": row[2], "kind": row[3], "name": row[4],
-        "vs": row[5], "reported": row[6], "state": row[7], "prio": row[8], "seq": row[9],
-        "ts_ns": row[10], "recv_ns": row[11], "source": row[12], "form": row[13],
-        "class": row[14], "prev_state": row[15], "prev_since_ns": row[16], "epoch": row[17],
-        "error": row[18], "argv": data.get("argv"), "raw": data.get("raw"),
-        "extra": data.get("extra") or {}, "actions": [],
-    }
-
-
-def _row_event(row: tuple[Any, ...]) -> tuple[Event, Transition]:
-    d = _row_dict(row)
-    ev = Event(
-        id=d["id"], host=d["host"], kind=d["kind"], name=d["name"], state=d["reported"],
-        prio=d["prio"], vs=d["vs"], seq=d["seq"], ts_ns=d["ts_ns"], source=d["source"],
-        form=d["form"], argv=d["argv"], raw=d["raw"], error=d["error"], recv_ns=d["recv_ns"],
-        extra=d["extra"],
-    )
-    tr = Transition(d["class"], d["state"] or d["reported"], d["prev_state"] or "",
-                    d["prev_since_ns"], d["epoch"] or 0)
-    return ev, tr
+        """Events newest first, with their runs (:func:`.events_read.history`)."""
+        return events_read.history(self.db, limit, host=host, kind=kind, name=name,
+                                   before=before, event_id=event_id, transitions=transitions)

@@ -1,11 +1,12 @@
 """``knotify web``: the pages, served by aiohttp in a process of their own.
 
-The journal is read in worker threads through read-only SQLite connections, so a
-slow query never holds the event loop that feeds the live updates, and never the
-router: the router only sees another reader of its WAL file and, while a page
-listens, one subscriber on its PUB socket. The cluster view's live figures (when a
-host was last heard, its spool) come from the router's ``status`` answer when it
-gives one within half a second; the pages say when it does not.
+The journal is read in worker threads through read-only SQLite connections
+(:mod:`knotify.web.sources`), so a slow query never holds the event loop that
+feeds the live updates, and never the router: the router only sees another reader
+of its WAL file and, while a page listens, one subscriber on its PUB socket. The
+cluster view's live figures (when a host was last heard, its spool) come from the
+router's ``status`` answer when it gives one within half a second; the pages say
+when it does not. Query strings are read in :mod:`knotify.web.query`.
 """
 
 from __future__ import annotations
@@ -14,28 +15,24 @@ import asyncio
 import contextlib
 import secrets
 import sqlite3
-import threading
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
 from knotify import client
-from knotify.errors import JournalUnavailable, RouterRefused, RouterUnavailable, WindowError
+from knotify.errors import JournalUnavailable, WindowError
 from knotify.event import ID_CHARS
 from knotify.units import format_duration
 from knotify.web import data, views
 from knotify.web.auth import COOKIE, Auth, loopback_host
 from knotify.web.live import Hub, cancel
+from knotify.web.query import BadRequest, link, query_int, query_text
 from knotify.web.render import render
+from knotify.web.sources import Reader, RouterStatus
 
-T = TypeVar("T")
-STATUS_TIMEOUT = 0.5
-STATUS_CACHE_S = 2.0
 MAX_LIMIT = 1000
 PING_S = 15.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -52,99 +49,6 @@ class WebSettings:
     router: client.Settings | None = None
     #: Serve any Host header without a token (behind a proxy that checks it).
     any_host: bool = False
-
-
-class Reader:
-    """Journal reads in worker threads, one read-only connection per thread."""
-
-    def __init__(self, path: str, threads: int = 2) -> None:
-        self.path = path
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="knotify-web-db")
-        self.local = threading.local()
-
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self.local, "db", None)
-        if db is None:
-            db = data.connect(self.path)
-            self.local.db = db
-        return db
-
-    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return fn(self._db())
-        except sqlite3.Error:
-            db = getattr(self.local, "db", None)
-            self.local.db = None
-            if db is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    db.close()
-            raise
-
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._call, fn)
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-class RouterStatus:
-    """The router's ``status`` answer, asked at most every two seconds."""
-
-    def __init__(self, settings: client.Settings | None) -> None:
-        self.settings = settings
-        self.at = 0.0
-        self.answer: dict[str, Any] | None = None
-        self.error = ""
-        self._lock = asyncio.Lock()
-
-    async def get(self) -> tuple[dict[str, Any] | None, str]:
-        if self.settings is None:
-            return None, "not asked"
-        async with self._lock:
-            if time.monotonic() - self.at > STATUS_CACHE_S:
-                try:
-                    self.answer = await asyncio.to_thread(
-                        client.request, self.settings, "status", STATUS_TIMEOUT)
-                    self.error = ""
-                except (RouterUnavailable, RouterRefused, OSError,
-                        ValueError) as exc:
-                    self.answer, self.error = None, str(exc)[:200]
-                self.at = time.monotonic()
-            return self.answer, self.error
-
-
-def link(page: str, params: dict[str, Any]) -> str:
-    """URLs between the pages (the report makes its own: anchors in one file)."""
-    args = {k: v for k, v in params.items() if v not in (None, "", False)}
-    if page == "incident":
-        path = "/incident/" + urllib.parse.quote(str(args.pop("id", "")), safe="")
-    else:
-        path = {"overview": "/", "timeline": "/timeline", "history": "/history"}[page]
-    return path + ("?" + urllib.parse.urlencode(args) if args else "")
-
-
-class BadRequest(ValueError):
-    pass
-
-
-def _int(query: Any, name: str, default: int, lo: int, hi: int) -> int:
-    raw = query.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a whole number, not {raw[:40]!r}") from None
-    if not lo <= value <= hi:
-        raise BadRequest(f"{name} must be {lo}..{hi}")
-    return value
-
-
-def _text(query: Any, name: str, limit: int = 200) -> str:
-    value = str(query.get(name, "")).strip()
-    if len(value) > limit:
-        raise BadRequest(f"{name} is longer than {limit} characters")
-    return value
 
 
 class Web:
@@ -271,10 +175,10 @@ class Web:
 
     async def timeline(self, request: web.Request) -> web.Response:
         q = request.query
-        cluster = _text(q, "cluster") or None
-        host = None if cluster else (_text(q, "host") or None)
-        win = views.window(_text(q, "window", 20) or None, _text(q, "since", 40) or None,
-                           _text(q, "until", 40) or None)
+        cluster = query_text(q, "cluster") or None
+        host = None if cluster else (query_text(q, "host") or None)
+        win = views.window(query_text(q, "window", 20) or None, query_text(q, "since", 40) or None,
+                           query_text(q, "until", 40) or None)
 
         def read(db: sqlite3.Connection) -> tuple[Any, ...]:
             names = data.cluster_names(db)
@@ -319,9 +223,9 @@ class Web:
 
     async def history(self, request: web.Request) -> web.Response:
         q = request.query
-        form = {name: _text(q, name, 100) for name in ("host", "kind", "name", "state", "id")}
-        limit = _int(q, "limit", 50, 1, MAX_LIMIT)
-        before = _int(q, "before", 0, 0, 2**62) or None
+        form = {name: query_text(q, name, 100) for name in ("host", "kind", "name", "state", "id")}
+        limit = query_int(q, "limit", 50, 1, MAX_LIMIT)
+        before = query_int(q, "before", 0, 0, 2**62) or None
         transitions = q.get("transitions") in ("1", "on", "true")
         if form["id"] and not all(c in ID_CHARS for c in form["id"]):
             raise BadRequest("an event id is letters, digits, _ and -")

@@ -1,0 +1,243 @@
+"""The journal opened read-only, and its events with their action runs and alerts.
+
+Every other reader in :mod:`knotify.web.data` builds on these: :func:`connect`,
+:class:`Filters` (the CLI's history filters as SQL), :func:`events_where` and
+:func:`attach` (each event's runs, alert items, messages and attempts), and the
+one-word outcomes a timeline mark shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from knotify.errors import JournalUnavailable
+from knotify.sqlglob import glob_clause, id_clause
+from knotify.vocab import (
+    DROPPED,
+    ERROR,
+    EXPIRED,
+    FAILED,
+    INHIBITED,
+    OK,
+    RUNNING,
+    SENT,
+    SILENCED,
+    SUPPRESSED,
+    TIMEOUT,
+)
+
+#: Parameters per ``IN (...)``: well under SQLite's limit.
+CHUNK = 500
+
+EVENT_COLUMNS = ("rowid, id, host, kind, name, vs, state, effective, prio, seq, ts_ns, "
+                 "recv_ns, source, form, class, prev_state, prev_since_ns, error, data")
+
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A read-only connection to the journal at ``path``."""
+    if not os.path.exists(path):
+        raise JournalUnavailable(f"no journal at {path} yet (has the router run with this "
+                                 "config?)")
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout = 2000")
+        db.execute("PRAGMA query_only = 1")
+        db.execute("SELECT 1 FROM events LIMIT 1").fetchall()
+    except sqlite3.Error as exc:
+        raise JournalUnavailable(f"cannot read the journal {path}: {exc}") from None
+    return db
+
+
+def has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                      (name,)).fetchone() is not None
+
+
+# -- filters ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Filters:
+    host: str | None = None
+    kind: str | None = None
+    name: str | None = None
+    state: str | None = None
+    event_id: str | None = None
+    transitions: bool = False
+
+    def clause(self) -> tuple[str, list[object]]:
+        where: list[str] = []
+        args: list[object] = []
+        keyed: list[tuple[str, list[str]]] = []
+        for column, value, upper in (("host", self.host, False), ("kind", self.kind, True),
+                                     ("name", self.name, False)):
+            if value:
+                keyed.append(glob_clause(column, value, upper))
+        if keyed:
+            where.append("kid IN (SELECT kid FROM keys WHERE "
+                         + " AND ".join(sql for sql, _ in keyed) + ")")
+            for _, values in keyed:
+                args.extend(values)
+        if self.state:
+            sql, values = glob_clause("coalesce(effective, state)", self.state, True)
+            where.append(sql)
+            args.extend(values)
+        if self.event_id:
+            sql, values = id_clause(self.event_id)
+            where.append(sql)
+            args.extend(values)
+        if self.transitions:
+            where.append("class = 'transition'")
+        return " AND ".join(where), args
+
+
+# -- events, actions, alerts ----------------------------------------------------------
+
+
+def _event(row: Sequence[Any]) -> dict[str, Any]:
+    data = json.loads(row[18]) if row[18] else {}
+    extra = data.get("extra") or {}
+    return {
+        "rowid": row[0], "id": row[1], "host": row[2], "kind": row[3], "name": row[4],
+        "vs": row[5], "reported": row[6], "state": row[7] or row[6], "prio": row[8],
+        "seq": row[9], "ts_ns": row[10], "recv_ns": row[11], "source": row[12],
+        "form": row[13], "class": row[14], "prev_state": row[15], "prev_since_ns": row[16],
+        "error": row[17], "argv": data.get("argv"), "raw": data.get("raw"),
+        "extra": extra if isinstance(extra, dict) else {},
+        "actions": [], "alerts": [],
+    }
+
+
+def events_where(db: sqlite3.Connection, clause: str, args: Sequence[object],
+                 order: str = "rowid DESC", limit: int = 50) -> list[dict[str, Any]]:
+    sql = f"SELECT {EVENT_COLUMNS} FROM events"
+    if clause:
+        sql += f" WHERE {clause}"
+    rows = db.execute(f"{sql} ORDER BY {order} LIMIT ?", (*args, limit)).fetchall()
+    return [_event(r) for r in rows]
+
+
+def attach(db: sqlite3.Connection, events: list[dict[str, Any]]) -> None:
+    """Add each event's action runs and alerts (items, messages, every attempt)."""
+    by_id = {e["id"]: e for e in events}
+    ids = list(by_id)
+    for part in chunks(ids):
+        marks = ",".join("?" * len(part))
+        for r in db.execute(
+                "SELECT rowid, event_id, rule, idx, kind, status, created_ns, started_ns, "
+                f"ended_ns, exit_code, output, detail FROM runs WHERE event_id IN ({marks}) "
+                "ORDER BY rowid", part):
+            by_id[r[1]]["actions"].append({
+                "run": r[0], "rule": r[2], "index": r[3], "kind": r[4], "status": r[5],
+                "created_ns": r[6], "started_ns": r[7], "ended_ns": r[8], "exit_code": r[9],
+                "output": r[10], "detail": r[11]})
+    if not has_table(db, "alert_items"):
+        return
+    items: list[Sequence[Any]] = []
+    for part in chunks(ids):
+        items.extend(db.execute(
+            "SELECT rowid, event_id, receiver, alert, status, detail, created_ns, message "
+            f"FROM alert_items WHERE event_id IN ({','.join('?' * len(part))}) ORDER BY rowid",
+            part).fetchall())
+    messages = messages_by_id(db, {r[7] for r in items if r[7] is not None})
+    for r in items:
+        by_id[r[1]]["alerts"].append({
+            "item": r[0], "receiver": r[2], "alert": r[3], "status": r[4], "detail": r[5],
+            "created_ns": r[6], "message": chain(messages, r[7]),
+            "outcome": alert_outcome(r[4], messages.get(r[7]) if r[7] else None)})
+
+
+def messages_by_id(db: sqlite3.Connection, wanted: set[int]) -> dict[int, dict[str, Any]]:
+    """Messages by id (and those they escalated to), each with its attempts."""
+    out: dict[int, dict[str, Any]] = {}
+    while wanted:
+        batch = sorted(wanted)[:CHUNK]
+        wanted -= set(batch)
+        for r in db.execute(
+                "SELECT rowid, receiver, alert, title, status, event_ids, created_ns, ended_ns, "
+                "attempts, escalated_to, detail, next_ns FROM alert_messages WHERE rowid IN "
+                f"({','.join('?' * len(batch))})", batch):
+            out[r[0]] = {"id": r[0], "receiver": r[1], "alert": r[2], "title": r[3],
+                         "status": r[4], "events": json.loads(r[5]), "created_ns": r[6],
+                         "ended_ns": r[7], "attempt_count": r[8], "escalated_to": r[9],
+                         "detail": r[10], "next_ns": r[11], "attempts": []}
+            if r[9] is not None and r[9] not in out:
+                wanted.add(r[9])
+    found = sorted(out)
+    for part in chunks(found):
+        for r in db.execute(
+                "SELECT message, attempt, status, started_ns, ended_ns, urls, error FROM "
+                f"alert_attempts WHERE message IN ({','.join('?' * len(part))}) ORDER BY rowid",
+                part):
+            out[r[0]]["attempts"].append({
+                "attempt": r[1], "status": r[2], "started_ns": r[3], "ended_ns": r[4],
+                "urls": json.loads(r[5]) if r[5] else [], "error": r[6]})
+    return out
+
+
+def chain(messages: dict[int, dict[str, Any]], rowid: int | None,
+           depth: int = 0) -> dict[str, Any] | None:
+    if rowid is None or rowid not in messages or depth > 10:
+        return None
+    msg = dict(messages[rowid])
+    msg["escalation"] = chain(messages, msg["escalated_to"], depth + 1) \
+        if msg["escalated_to"] != rowid else None
+    return msg
+
+
+def alert_outcome(item_status: str, message: dict[str, Any] | None) -> str:
+    """One word for a timeline mark: sent, failed, silenced, inhibited or pending."""
+    if item_status == SILENCED:
+        return "silenced"
+    if item_status in (SUPPRESSED, DROPPED, INHIBITED):
+        return "inhibited"
+    if message is None:
+        return "pending"
+    status = message["status"]
+    if status == SENT:
+        return "sent"
+    if status in (EXPIRED, DROPPED):
+        return "failed"
+    if any(a["status"] not in (OK, RUNNING) for a in message["attempts"]):
+        return "failed"
+    return "pending"
+
+
+def action_outcome(status: str) -> str:
+    """One word for a timeline mark: ok, failed, timeout or other."""
+    if status in (OK, SILENCED):
+        return "ok" if status == OK else "other"
+    if status in (FAILED, ERROR):
+        return "failed"
+    if status == TIMEOUT:
+        return "timeout"
+    return "other"
+
+
+def chunks(items: Sequence[Any]) -> Iterable[list[Any]]:
+    for start in range(0, len(items), CHUNK):
+        yield list(items[start:start + CHUNK])
+
+
+# -- history -------------------------------------------------------------------------------
+
+
+def history(db: sqlite3.Connection, filters: Filters, limit: int = 50,
+            before: int | None = None) -> list[dict[str, Any]]:
+    """Events newest first (``before``: a rowid, for the next page), with outcomes."""
+    clause, args = filters.clause()
+    if before is not None:
+        clause = " AND ".join(c for c in (clause, "rowid < ?") if c)
+        args = [*args, before]
+    events = events_where(db, clause, args, limit=limit)
+    attach(db, events)
+    return events
+
