@@ -178,3 +178,34 @@ def test_the_router_lets_go_of_its_locks_when_closed(kenv: KEnv) -> None:
     for _ in range(2):
         assert in_process(kenv, lambda router: router.ingest([event("VI_1", "MASTER", 1)]))
     assert Path(kenv.journal).exists()
+
+
+def test_a_fifo_line_the_decoder_refuses_goes_in_as_invalid_in_process(kenv: KEnv) -> None:
+    fifo = kenv.root / "notify.fifo"
+    kenv.write_config(f'[router]\nfifos = ["{fifo}"]\n')
+
+    def body(router: Router) -> list[dict[str, Any]]:
+        source = next(s for s in router.sources if isinstance(s, FifoSource))
+        now, mono = time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        source.lines([('INSTANCE "VI\x00EVIL" MASTER 100', now, mono),
+                      ('INSTANCE "VI_OK" BACKUP 100', now, mono)])
+        assert kenv.spooled() == []
+        return router.journal.history(10)
+
+    by_kind = {e["kind"]: e for e in in_process(kenv, body)}
+    assert "NUL" in by_kind["INVALID"]["error"] and by_kind["INVALID"]["source"] == "fifo"
+    assert by_kind["INSTANCE"]["name"] == "VI_OK"
+
+
+def test_shedding_ends_once_the_backlog_is_down_and_the_spool_is_empty(kenv: KEnv) -> None:
+    kenv.write_config("[router]\nmax_backlog = 10\n")
+
+    def body(router: Router) -> tuple[bool, bool, int]:
+        router.intake.shedding = True  # as after more than max_backlog actions waited
+        router.spool.turn()
+        still = router.intake.shedding
+        return still, router.intake.overloaded(), router.stats["shed_periods"]
+
+    still, overloaded, periods = in_process(kenv, body)
+    # Nothing waits (no action, nothing spooled): intake resumes; no new shedding period.
+    assert still is False and overloaded is False and periods == 0
