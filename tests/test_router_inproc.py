@@ -16,12 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import structlog
 from conftest import KEnv
 
 from knotify import config as configmod
+from knotify import hook, resync, spool
 from knotify.event import Event, decode_event
 from knotify.router import Router
+from knotify.sources import Inlet
 from knotify.sources.fifo import FifoSource
 
 T = TypeVar("T")
@@ -209,3 +212,33 @@ def test_shedding_ends_once_the_backlog_is_down_and_the_spool_is_empty(kenv: KEn
     still, overloaded, periods = in_process(kenv, body)
     # Nothing waits (no action, nothing spooled): intake resumes; no new shedding period.
     assert still is False and overloaded is False and periods == 0
+
+
+def test_resync_events_a_bug_refuses_are_spooled_not_lost(
+    kenv: KEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resync's events take the sources' one way in: when ingesting them fails for an
+    unexpected reason (a bug, injected here: none is known), they are spooled and the
+    fault counted under ``resync``; the spool replay journals them afterwards."""
+    kenv.write_config("")
+    instances = [{"name": "VI_1", "state": "MASTER", "prio": 100, "last_transition": 1.5}]
+
+    def body(router: Router) -> tuple[int, int, list[dict[str, Any]]]:
+        inlet = Inlet(router.ingest, str(kenv.spool), router.faults, router.log)
+        wire = resync.wire_events(instances, "lb1", lambda: spool.next_seq(str(kenv.spool)),
+                                  hook.new_id)
+        journal_ingest = router.intake.ingest
+
+        def buggy(events: list[Event]) -> list[bool]:
+            raise RuntimeError("an unknown bug")
+
+        monkeypatch.setattr(router.intake, "ingest", buggy)
+        assert inlet.deliver(wire, "resync") is False
+        assert router.faults.counts["resync"] == 1
+        spooled = len(kenv.spooled())
+        monkeypatch.setattr(router.intake, "ingest", journal_ingest)
+        return spooled, router.spool.replay_now(), router.journal.history(10)
+
+    spooled, replayed, history = in_process(kenv, body)
+    assert spooled == 1 and replayed == 1
+    assert [(e["host"], e["name"], e["source"]) for e in history] == [("lb1", "VI_1", "resync")]
