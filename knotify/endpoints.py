@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from knotify.trust import PLAIN_TCP, KeyRing, Peer, ZapHandler
 
 if TYPE_CHECKING:
     from knotify.config import Config, CurveKeys
-    from knotify.supervisor import Faults
+    from knotify.supervisor import Faults, Supervisor
 
 #: What one event-loop turn reads from a socket at most: messages, events (estimated from
 #: the payload, exact for hooks) and bytes, whichever comes first. The work of a turn
@@ -40,6 +41,8 @@ RCVHWM = 1000
 CLIENTS_CHECK = 1.0
 CLIENTS_REREAD = 10.0
 ZAP_DOMAIN = "knotify"
+#: A socket loop is overdue when messages wait and it has not turned for this long.
+SERVE_TURN = 1.0
 SUBSCRIPTIONS_EVERY = 0.1
 NOBLOCK = int(zmq.NOBLOCK)
 RCVMORE = int(zmq.RCVMORE)
@@ -221,6 +224,19 @@ class Endpoints:
             self.sockets.append(sock)
             self.trust.append("local" if endpoint.startswith("ipc://")
                               else "curve" if curve is not None else "plain")
+
+    def start(self, sup: Supervisor, handle: Handler, stopping: Callable[[], bool]) -> None:
+        """Each socket's read loop (handing batches to ``handle``), the ZAP handler and
+        the key folder's watch, under the supervisor."""
+        for endpoint, sock, trust in zip(self.names, self.sockets, self.trust, strict=True):
+            name = f"serve {endpoint}"
+            sup.spawn(name, functools.partial(self.serve, sock, name, trust, handle,
+                                              sup.beater(name), stopping),
+                      SERVE_TURN, idle=functools.partial(nothing_waiting, sock))
+        if self.zap is not None:
+            self.zap.beat = sup.beater("zap")
+            sup.spawn("zap", self.zap.run, 1.0)
+            sup.every("keys", CLIENTS_CHECK, self.watch_clients)
 
     def apply(self, curve: CurveKeys | None) -> None:
         """A reload: roles (admins, hosts) apply at once; new keys in the folder too."""

@@ -29,7 +29,7 @@ from knotify.alerts.engine import OPS as ALERT_OPS
 from knotify.alerts.engine import AlertEngine
 from knotify.cluster.monitor import TICK as CLUSTER_TICK
 from knotify.cluster.monitor import ClusterMonitor
-from knotify.endpoints import CLIENTS_CHECK, Endpoints, Publisher, SocketSettings, nothing_waiting
+from knotify.endpoints import Endpoints, Publisher, SocketSettings
 from knotify.errors import ConfigError, JournalError, RouterError, WireError
 from knotify.event import ID_CHARS, Event, reply
 from knotify.executor import Executor
@@ -51,8 +51,6 @@ from knotify.tracker import Tracker
 STATUS_PAGE = 1000
 HISTORY_PAGE = 1000
 FLUSH_INTERVAL = 0.2
-#: A socket loop is overdue when messages wait and it has not turned for this long.
-SERVE_TURN = 1.0
 
 
 class Router:
@@ -285,19 +283,11 @@ class Router:
 
     def _start_loops(self, metrics: asyncio.Server | None) -> None:
         """Every background task, each under the supervisor (restarted if it dies)."""
-        sup, ep = self.supervisor, self.endpoints
-        for endpoint, sock, trust in zip(ep.names, ep.sockets, ep.trust, strict=True):
-            name = f"serve {endpoint}"
-            sup.spawn(name, functools.partial(ep.serve, sock, name, trust, self.wire.handle,
-                                              sup.beater(name), self.stop_event.is_set),
-                      SERVE_TURN, idle=functools.partial(nothing_waiting, sock))
+        sup = self.supervisor
+        self.endpoints.start(sup, self.wire.handle, self.stop_event.is_set)
         for source in self.sources:
             sup.spawn(source.name, functools.partial(source.run, sup.beater(source.name)),
                       source.quiet)
-        if ep.zap is not None:
-            ep.zap.beat = sup.beater("zap")
-            sup.spawn("zap", ep.zap.run, 1.0)
-            sup.every("keys", CLIENTS_CHECK, ep.watch_clients)
         sup.every("flush", FLUSH_INTERVAL, self.intake.flush)
         self.alerts.beat = sup.beater("alerts")
         sup.spawn("alerts", self.alerts.run, ALERTS_MAX_SLEEP)
