@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from knotify import __version__
+from knotify.errors import RouterError
 from knotify.metrics_settings import MetricsSettings
 from knotify.vocab import (
     BACKUP,
@@ -299,6 +300,18 @@ async def listen(snapshot: Callable[[], Snapshot], faults: Faults,
                 await writer.wait_closed()
 
     return await asyncio.start_server(handle, host, port)
+
+
+async def start(snapshot: Callable[[], Snapshot], faults: Faults, settings: MetricsSettings,
+                log: Any) -> asyncio.Server:
+    """Bind the Prometheus port for the router: a bind error stops the start."""
+    try:
+        server = await listen(snapshot, faults, settings)
+    except OSError as exc:
+        raise RouterError(f"[metrics] listen: cannot bind {settings.listen}: "
+                          f"{exc.strerror}") from None
+    log.info("metrics.listening", listen=settings.listen)
+    return server
 
 
 async def _answer(exposition: Exposition, reader: asyncio.StreamReader,

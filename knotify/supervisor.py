@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from knotify import sdnotify
+
 #: The same fault (where, exception type, place raised) is logged at most this often.
 LOG_EVERY = 10.0
 #: A task that dies this often within the window stops the router (systemd restarts it).
@@ -75,6 +77,17 @@ class Faults:
                        detail="caught at a boundary; the router serves on", **fields)
         return reason
 
+    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio's exception handler: what it would print (a callback or a forgotten
+        task that raised) is a fault of its own, logged in the router's format."""
+        exc = context.get("exception")
+        if isinstance(exc, BaseException):
+            self.record("loop", exc, message=str(context.get("message", ""))[:200])
+        else:
+            self.counts["loop"] += 1
+            self.log.error("router.fault", where="loop",
+                           reason=str(context.get("message", ""))[:300])
+
 
 class TaskEnded(RuntimeError):
     """A supervised loop returned, which a loop never should."""
@@ -111,6 +124,7 @@ class Supervisor:
         self._clock = clock
         self.loops: dict[str, Loop] = {}
         self._stopping = False
+        self._watchdog_withheld = False
 
     # -- liveness ------------------------------------------------------------------------
 
@@ -227,6 +241,21 @@ class Supervisor:
                                   detail="restarting it")
                 await asyncio.sleep(delay)
                 loop.started = self._clock()
+
+    def watchdog(self) -> None:
+        """Pet systemd's watchdog while every loop turns; say once when one does not."""
+        stale = self.stale()
+        if stale:
+            if not self._watchdog_withheld:
+                self.log.critical("watchdog.withheld", loops={n: round(s, 1) for n, s in stale},
+                                  detail="a loop has not turned for too long; systemd's "
+                                  "watchdog (if any) will restart the router")
+            self._watchdog_withheld = True
+            return
+        if self._watchdog_withheld:
+            self.log.warning("watchdog.resumed", detail="every loop turns again")
+            self._watchdog_withheld = False
+        sdnotify.notify("WATCHDOG=1")
 
     async def stop(self) -> None:
         """Cancel every task and wait for them."""

@@ -683,7 +683,7 @@ def test_status_is_paged(kenv: KEnv, router: RouterProcess) -> None:
 
 
 def test_a_batch_that_fails_for_an_unknown_reason_costs_only_the_event_at_fault(
-    kenv: KEnv
+    kenv: KEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The batch boundary, in-process: ``ingest`` raising something unexpected (a bug no
     input is known to trigger any more, so one is injected for events named POISON)
@@ -694,65 +694,58 @@ def test_a_batch_that_fails_for_an_unknown_reason_costs_only_the_event_at_fault(
     import zmq
 
     from knotify import config as configmod
-    from knotify.executor import Executor
     from knotify.router import Router
-    from knotify.store.db import Database
-    from knotify.store.events import EventStore
-
-    class Buggy(Router):
-        def ingest(self, events: list[Any]) -> list[bool]:
-            if any(ev.name == "POISON" for ev in events):
-                raise RuntimeError("an unknown bug")
-            return super().ingest(events)
 
     kenv.write_config(LOG_RULE)
-    kenv.state.mkdir(parents=True)
-    router = Buggy(configmod.load(str(kenv.config)), structlog.get_logger("test"))
+    router = Router(configmod.load(str(kenv.config)), structlog.get_logger("test"))
 
-    async def main() -> list[dict[str, Any]]:
-        router.journal = EventStore(Database(str(kenv.journal)))
-        router.executor = Executor(router.journal, lambda: router.tracker, router.log,
-                                   router.publish, 4)
-        ctx = zmq.Context()
-        server = ctx.socket(zmq.ROUTER)
-        server.bind("inproc://batch")
-        messages = [
-            {"v": 1, "op": "event", "event": _event("VI_GOOD1")},
-            {"v": 1, "op": "event", "event": _event("POISON")},
-            {"v": 1, "op": "events", "events": [_event("VI_GOOD2"), _event("POISON"),
-                                                _event("VI_GOOD3")]},
-            {"v": 1, "op": "ping"},
-        ]
-        clients = []  # one connection per request, as hooks do
-        for message in messages:
-            client = ctx.socket(zmq.DEALER)
-            client.connect("inproc://batch")
-            client.send(json.dumps(message).encode())
-            clients.append(client)
-        batch = [server.recv_multipart() for _ in messages]
-        router._handle(server, batch)
-        answers = [json.loads(client.recv()) for client in clients]
-        for client in clients:
-            client.close(0)
-        server.close(0)
-        ctx.term()
-        return answers
+    async def main() -> tuple[list[dict[str, Any]], list[str]]:
+        router.open()
+        try:
+            ingest = router.intake.ingest
 
-    try:
-        one, poison, many, ping = asyncio.run(main())
-        assert one["ok"] is True, one
-        assert poison["ok"] is False and "internal error: RuntimeError: an unknown bug" \
-            in poison["error"]
-        assert many["ok"] is True and len(many["ids"]) == 2
-        assert [r["index"] for r in many["rejected"]] == [1]
-        assert ping["ok"] is True
-        assert router.faults.counts["batch"] == 1 and router.faults.counts["message"] == 2
-        assert router.journal is not None
-        names = sorted(e["name"] for e in router.journal.history(100))
-        assert names == ["VI_GOOD1", "VI_GOOD2", "VI_GOOD3"]
-    finally:
-        if router.journal is not None:
-            router.journal.database.close()
+            def buggy(events: list[Any]) -> list[bool]:
+                if any(ev.name == "POISON" for ev in events):
+                    raise RuntimeError("an unknown bug")
+                return ingest(events)
+
+            monkeypatch.setattr(router.intake, "ingest", buggy)
+            ctx = zmq.Context()
+            server = ctx.socket(zmq.ROUTER)
+            server.bind("inproc://batch")
+            messages = [
+                {"v": 1, "op": "event", "event": _event("VI_GOOD1")},
+                {"v": 1, "op": "event", "event": _event("POISON")},
+                {"v": 1, "op": "events", "events": [_event("VI_GOOD2"), _event("POISON"),
+                                                    _event("VI_GOOD3")]},
+                {"v": 1, "op": "ping"},
+            ]
+            clients = []  # one connection per request, as hooks do
+            for message in messages:
+                client = ctx.socket(zmq.DEALER)
+                client.connect("inproc://batch")
+                client.send(json.dumps(message).encode())
+                clients.append(client)
+            batch = [server.recv_multipart() for _ in messages]
+            router.wire.handle(server, batch)
+            answers = [json.loads(client.recv()) for client in clients]
+            for client in clients:
+                client.close(0)
+            server.close(0)
+            ctx.term()
+            return answers, sorted(e["name"] for e in router.journal.history(100))
+        finally:
+            await router.close()
+
+    (one, poison, many, ping), names = asyncio.run(main())
+    assert one["ok"] is True, one
+    assert poison["ok"] is False and "internal error: RuntimeError: an unknown bug" \
+        in poison["error"]
+    assert many["ok"] is True and len(many["ids"]) == 2
+    assert [r["index"] for r in many["rejected"]] == [1]
+    assert ping["ok"] is True
+    assert router.faults.counts["batch"] == 1 and router.faults.counts["message"] == 2
+    assert names == ["VI_GOOD1", "VI_GOOD2", "VI_GOOD3"]
 
 
 def test_a_fifo_line_the_decoder_refuses_is_kept_as_invalid(
