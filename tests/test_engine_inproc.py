@@ -9,6 +9,7 @@ sender workers. Whatever is due is due on the engine's clock, never the machine'
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -21,7 +22,11 @@ from knotify import config as configmod
 from knotify import log as logmod
 from knotify.actions.base import Services
 from knotify.alerts import compose, render, timers
+from knotify.alerts.attempts import Attempts
+from knotify.alerts.commit import GroupCommit
+from knotify.alerts.deliver import Delivery
 from knotify.alerts.engine import AlertEngine
+from knotify.alerts.settle import Ending, Settle
 from knotify.event import Event
 from knotify.executor import Executor, Run
 from knotify.store.db import Database
@@ -251,3 +256,45 @@ def test_the_engines_loop_delivers_on_its_clock_through_real_workers(tmp_path: P
         assert rig.rows("SELECT count(*) FROM alert_items WHERE status = 'waiting'") == [(1,)]
         assert [topic for topic, _ in rig.published if topic == "alert"] == ["alert"]
         rig.close()
+
+
+def test_slow_down_holds_the_receiver_until_retry_after_on_the_clock(tmp_path: Path) -> None:
+    """A 429 with Retry-After: 30 settles the attempt as failed and holds every pending
+    message of the receiver for 30 s of the engine's clock; delivery waits for that."""
+    rig = Rig(tmp_path)
+    core = rig.engine.core
+    box = core.outbox
+    t0 = rig.clock.time_ns()
+    with rig.journal.transaction():
+        first = box.add_message("chat", "firing", "a", "b", "failure", ["e1"], t0)
+        second = box.add_message("chat", "firing", "c", "d", "failure", ["e2"], t0,
+                                 group_key="other")
+        row = box.message(first)
+        assert row is not None
+        path = str(tmp_path / "result.jsonl")
+        attempt = box.start_attempt(row, path, t0)
+    lines = [{"t": "start", "pid": 1, "ticks": 1, "ns": t0},
+             {"t": "plan", "urls": [{"id": "u1", "url": "json://chat"}], "problems": []},
+             {"t": "send", "id": "u1"},
+             {"t": "url", "id": "u1", "url": "json://chat", "ok": False, "status": "FAILURE",
+              "error": "HTTP 429", "elapsed": 0.1, "http": 429, "retry_after": 30.0},
+             {"t": "end"}]
+    Path(path).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rig.clock.advance(2)
+    settle = Settle(core, GroupCommit(rig.journal, core.new_turn))
+    settle.now(Ending(attempt, first, "chat", path))
+    hold = rig.clock.time_ns() + 30 * 10**9
+    assert not Path(path).exists()  # read and journaled: the file goes
+    assert rig.rows("SELECT status, error FROM alert_attempts") == [("failed",
+                                                                      "json://chat: HTTP 429")]
+    assert rig.rows("SELECT rowid, status, next_ns FROM alert_messages ORDER BY rowid") \
+        == [(first, PENDING, hold), (second, PENDING, hold)]
+    assert core.flights.holds == {"chat": hold}
+    assert rig.engine.counts["slow_down"] == 1
+    [(topic, body)] = rig.published
+    assert (topic, body["status"], body["message"]) == ("alert", "failed", first)
+    delivery = Delivery(core, Attempts(core, GroupCommit(rig.journal, core.new_turn), settle))
+    rig.clock.advance(29)
+    assert delivery.step(rig.clock.time_ns()) == hold  # held: nothing starts before then
+    assert core.flights.inflight == {}
+    rig.close()
