@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 
 from knotify import log as logmod
 from knotify.actions.base import Action, ActionContext, Services
+from knotify.clock import SYSTEM, Clock
 from knotify.errors import JournalError
 from knotify.event import Event, Key
 from knotify.outcome import Outcome
@@ -55,8 +55,12 @@ class Run:
 
 class Executor:
     def __init__(self, journal: EventStore, tracker: Callable[[], Tracker], log: Any,
-                 publish: Callable[[str, dict[str, Any]], None], max_parallel: int = 32) -> None:
+                 publish: Callable[[str, dict[str, Any]], None], max_parallel: int = 32,
+                 clock: Clock = SYSTEM) -> None:
         self.journal = journal
+        #: Stamps runs' starts and ends, ages events for ``max_age``, times ``delay``
+        #: (from :attr:`Run.queued_mono`, read on this clock's ``monotonic``).
+        self.clock = clock
         # Many keys changing at once (a whole cluster failing over) must not fork a
         # process per key at the same moment: at most this many actions run at a time.
         self.slots = asyncio.Semaphore(max_parallel)
@@ -96,7 +100,7 @@ class Executor:
         except Exception as exc:  # an action bug must not stop intake
             self.log.exception("action.crashed", event_id=run.event.id, rule=run.rule.id)
             outcome = Outcome(ERROR, detail=f"{type(exc).__name__}: {exc}")
-        self._done_line(run, outcome, self.log, time.time_ns())
+        self._done_line(run, outcome, self.log, self.clock.time_ns())
         return outcome
 
     def ran_inline(self, counts: dict[str, int], done: list[tuple[Run, Outcome]]) -> None:
@@ -147,7 +151,7 @@ class Executor:
             with self.journal.transaction():
                 self.flush()
                 for run, _ in batch:
-                    self.journal.start_run(run.rowid, run.started_ns or time.time_ns())
+                    self.journal.start_run(run.rowid, run.started_ns or self.clock.time_ns())
         except JournalError as exc:
             for _, fut in batch:
                 if not fut.done():
@@ -182,7 +186,7 @@ class Executor:
         log = self.log.bind(event_id=ev.id, rule=rule.id, action=run.action.kind,
                             run=run.rowid)
         if rule.delay:
-            wait = run.queued_mono + rule.delay - time.monotonic()
+            wait = run.queued_mono + rule.delay - self.clock.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
         async with self._slot(run):
@@ -207,7 +211,7 @@ class Executor:
 
     async def _start_and_run(self, key: Lane, run: Run, log: Any) -> None:
         rule, ev, tr = run.rule, run.event, run.transition
-        run.started_ns = time.time_ns()
+        run.started_ns = self.clock.time_ns()
         if run.action.durable_start:
             while True:
                 try:
@@ -242,13 +246,13 @@ class Executor:
                 return (f"superseded: {key[2]} is now {current.state} "
                         f"(event {current.event_id}) before this action started")
         if rule.max_age is not None:
-            age = (time.time_ns() - run.event.recv_ns) / 1e9
+            age = (self.clock.time_ns() - run.event.recv_ns) / 1e9
             if age > rule.max_age:
                 return f"expired: {age:.1f}s old, rule max_age is {rule.max_age:g}s"
         return ""
 
     def _record(self, run: Run, outcome: Outcome, log: Any) -> None:
-        ended = time.time_ns()
+        ended = self.clock.time_ns()
         self.updates.append((run.rowid, outcome, run.started_ns, ended))
         self._done_line(run, outcome, log, ended)
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1

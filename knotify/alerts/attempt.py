@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,17 +199,19 @@ def sender_alive(pid: int, result_path: str) -> bool:
     return SENDER_MODULE.encode() in words and result_path.encode() in words
 
 
-async def watch(pid: int, result_path: str, deadline_ns: int) -> tuple[bool, str]:
+async def watch(pid: int, result_path: str, deadline_ns: int,
+                now_ns: Callable[[], int] = time.time_ns) -> tuple[bool, str]:
     """Wait for an adopted one-shot sender to end; kill its group at ``deadline_ns``."""
     while sender_alive(pid, result_path):
-        if time.time_ns() >= deadline_ns:
+        if now_ns() >= deadline_ns:
             _kill_group(pid)
             return True, f"timed out; adopted sender process group {pid} killed"
         await asyncio.sleep(0.1)
     return False, ""
 
 
-async def watch_locked(result_path: str, started_ns: int, bound_s: float) -> tuple[bool, str]:
+async def watch_locked(result_path: str, started_ns: int, bound_s: float,
+                       now_ns: Callable[[], int] = time.time_ns) -> tuple[bool, str]:
     """Wait for the worker holding ``result_path`` to finish; kill its group past its bound.
 
     The bound runs from when the worker began the job (its start record), or else
@@ -217,7 +220,7 @@ async def watch_locked(result_path: str, started_ns: int, bound_s: float) -> tup
     """
     while locked(result_path):
         res = read_results(result_path)
-        over = time.time_ns() >= max(started_ns, res.started_ns or 0) + int(bound_s * 1e9)
+        over = now_ns() >= max(started_ns, res.started_ns or 0) + int(bound_s * 1e9)
         if over and res.pid is not None and process_is(res.pid, res.ticks):
             _kill_group(res.pid)
             return True, (f"timed out; worker process group {res.pid} of the previous "

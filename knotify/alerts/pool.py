@@ -59,6 +59,11 @@ class Worker:
                 self._tail.extend(chunk)
                 del self._tail[:-ERR_TAIL]
 
+    async def wait_closed(self) -> None:
+        """Wait for the process to exit and its stderr to be read to the end."""
+        await self.proc.wait()
+        await self._pump
+
     def tail(self) -> str:
         lines = self._tail.decode("utf-8", "replace").strip().splitlines()
         return lines[-1][:300] if lines else ""
@@ -299,8 +304,7 @@ class WorkerPool:
 
     async def _reap(self, worker: Worker) -> None:
         with contextlib.suppress(Exception):
-            await worker.proc.wait()
-            await worker._pump
+            await worker.wait_closed()
 
     def warm(self, count: int) -> None:
         """Start workers in the background until ``count`` (at most the pool size) exist."""

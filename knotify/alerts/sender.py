@@ -70,6 +70,8 @@ class _Responses:
 
 
 _responses = _Responses()
+#: The wrappers :func:`watch_http` put in place (so it wraps only once).
+_wrappers: set[Any] = set()
 
 
 def watch_http() -> None:
@@ -79,7 +81,7 @@ def watch_http() -> None:
     except ImportError:  # apprise without requests: nothing to watch
         return
     original = requests.Session.send
-    if getattr(original, "_knotify", False):
+    if original in _wrappers:
         return
 
     def send(self: Any, request: Any, **kwargs: Any) -> Any:
@@ -92,7 +94,7 @@ def watch_http() -> None:
             _responses.seen.append(note)
         return response
 
-    send._knotify = True  # type: ignore[attr-defined]
+    _wrappers.add(send)
     requests.Session.send = send  # type: ignore[method-assign]
 
 

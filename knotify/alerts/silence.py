@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from knotify.clock import SYSTEM, Clock
 from knotify.errors import SilenceError
 from knotify.rules import Pattern
 from knotify.store.silences import SilenceRow, SilenceRows
@@ -147,19 +148,21 @@ class SilenceStore:
     """Silences (:class:`~knotify.store.silences.SilenceRows`), with the open ones cached
     for matching on the hot path."""
 
-    def __init__(self, rows: SilenceRows) -> None:
+    def __init__(self, rows: SilenceRows, clock: Clock = SYSTEM) -> None:
         self.rows = rows
+        self.clock = clock
         self.database = rows.database
         self._open: list[Silence] = []
         self.refresh()
 
     def refresh(self) -> None:
-        self._open = [_silence(r) for r in self.rows.open(time.time_ns())]
+        self._open = [_silence(r) for r in self.rows.open(self.clock.time_ns())]
 
     def match(self, values: Mapping[str, str], now_ns: int | None = None) -> Silence | None:
         if not self._open:
             return None
-        return first_match(self._open, values, time.time_ns() if now_ns is None else now_ns)
+        return first_match(self._open, values,
+                           self.clock.time_ns() if now_ns is None else now_ns)
 
     def add(self, matchers: Sequence[str], duration_s: float, reason: str, by: str = "",
             starts_ns: int | None = None) -> Silence:
@@ -168,7 +171,7 @@ class SilenceStore:
             raise SilenceError("a silence needs a reason (--reason TEXT)")
         if not 0 < duration_s <= 366 * 86400:
             raise SilenceError("a silence lasts more than 0 and at most 366 days")
-        now = time.time_ns()
+        now = self.clock.time_ns()
         start = now if starts_ns is None else starts_ns
         end = start + int(duration_s * 1e9)
         texts = [m.text for m in parsed]
@@ -178,7 +181,7 @@ class SilenceStore:
         return Silence(rowid, parsed, start, end, now, by[:200], reason.strip()[:1000])
 
     def expire(self, silence_id: int) -> Silence:
-        now = time.time_ns()
+        now = self.clock.time_ns()
         with self.database.transaction():
             row = self.rows.get(silence_id)
             if row is None:
@@ -192,5 +195,5 @@ class SilenceStore:
         return silence
 
     def list(self, include_old: bool = False) -> list[Silence]:
-        rows = self.rows.every() if include_old else self.rows.open(time.time_ns())
+        rows = self.rows.every() if include_old else self.rows.open(self.clock.time_ns())
         return [_silence(r) for r in rows]
