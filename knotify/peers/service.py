@@ -384,16 +384,41 @@ class Peers:
 
     # -- faces ----------------------------------------------------------------------------------
 
+    def positions(self) -> dict[str, int]:
+        """This router's position now for each cluster (by its label)."""
+        states = self._tracker().states
+        index = incident.ClusterIndex(states, self._cluster())
+        masters: dict[str, set[str]] = {}
+        for (host, kind, name, _vs), ks in states.items():
+            if kind in VRRP_KINDS:
+                label = index.label(host, name)
+                if label is not None:
+                    masters.setdefault(label, set())
+                    if ks.state == MASTER:
+                        masters[label].add(host)
+        s, reachable, hosts = self.settings, self.reachable(), self.hosts()
+        return {label: gate.position(s.name, s.order, hosts, found, reachable)[0]
+                for label, found in sorted(masters.items())[:1000]}
+
     def info(self) -> dict[str, Any]:
         """For ``knotify status`` and the metrics."""
         now = self.clock()
         try:
             entries = self.nflog.count()
+            last = {"nflog": self.nflog.last_change(),
+                    "silences": self.silences.rows.last_change()}
         except Exception:  # the status must answer even with the journal failing
-            entries = -1
+            entries, last = -1, {}
+        routers = []
+        for link in self.links.values():
+            row = link.info(now)
+            # What the peer has not confirmed yet: this router's changes since its last
+            # exchange that worked (entries and silences).
+            row["lag"] = {k: max(0, v - link.sent[k]) for k, v in last.items()}
+            routers.append(row)
         return {"name": self.me, "host": self.settings.host,
                 "peer_timeout_s": self.settings.peer_timeout, "order": list(self.settings.order),
-                "routers": [link.info(now) for link in self.links.values()],
+                "routers": routers, "positions": self.positions(),
                 "nflog_entries": entries, "deduped": dict(self.deduped),
                 "served": self.served, "crashed": self.crashed}
 

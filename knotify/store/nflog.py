@@ -100,6 +100,8 @@ class NotificationLog:
 
     def put(self, entry: Entry) -> bool:
         """Add ``entry`` unless it is held already; whether it was new."""
+        if self.db.execute("SELECT 1 FROM nflog WHERE uid = ?", (entry.uid,)).fetchone():
+            return False  # (not INSERT OR IGNORE: that would use up a change number)
         cur = self.db.execute(
             f"INSERT OR IGNORE INTO nflog ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (entry.uid, entry.group_key, entry.receiver,
