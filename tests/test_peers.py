@@ -347,3 +347,29 @@ def test_status_info_shows_positions_lag_and_reachability(tmp_path: Path) -> Non
     assert peer["up"] is None and peer["lag"] == {"nflog": 0, "silences": 1}
     lb1.links["lb2"].note("timeout", clock.now, "no answer")
     assert lb1.info()["positions"] == {"VI_1": 0, "VI_2": 0}  # fail-open
+
+
+def test_metrics_show_peer_routers_exchanges_and_deduped_messages(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from knotify.metrics import RouterCollector, Snapshot
+
+    clock = Clock()
+    lb1, _, _ = make(tmp_path, "lb1", "lb2", clock)
+    lb1.links["lb2"].note("ok", clock.now)
+    clock.now += 3 * S
+    lb1.links["lb2"].note("timeout", clock.now, "no answer")
+    lb1.deduped["chat"] = 2
+    collector = RouterCollector()
+    collector.snap = Snapshot(states=[], stats={}, faults={}, loops={}, actions={}, queued=0,
+                              running=0, spool_depth=0, alerts={}, cluster=None, heartbeats=0,
+                              peers=lb1.info())
+    registry = CollectorRegistry()
+    registry.register(collector)  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    assert 'knotify_router_peer_up{peer="lb2"} 0.0' in text
+    assert 'knotify_router_peer_sync_total{peer="lb2",result="ok"} 1.0' in text
+    assert 'knotify_router_peer_sync_total{peer="lb2",result="timeout"} 1.0' in text
+    assert 'knotify_router_peer_sync_total{peer="lb2",result="refused"} 0.0' in text
+    assert 'knotify_router_peer_last_sync_seconds{peer="lb2"} 3.0' in text
+    assert 'knotify_alerts_deduped_total{receiver="chat"} 2.0' in text
