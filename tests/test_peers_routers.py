@@ -68,6 +68,8 @@ def test_two_routers_fed_the_same_failover_page_once(http: HttpSink) -> None:
         lines = text.splitlines()
         header = next(i for i, line in enumerate(lines) if line.startswith("PEER ROUTER"))
         assert lines[header + 1].split()[:3] == ["lb2", "lb2", "up"]
+        # A peered router stops cleanly (its peer links are background tasks too).
+        assert p.routers["lb1"].stop() == 0
 
 
 def test_position_zero_killed_while_its_group_waits_the_other_sends_once(
