@@ -9,6 +9,7 @@ during the cut holds on both. Outcomes are read from each router's journal.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from alert_servers import FAST_ALERTS, HttpSink
@@ -128,6 +129,11 @@ def test_link_cut_both_send_then_nothing_again_and_a_silence_holds_on_both(
             wait_for(silenced, 20, what=f"the VI_9 alert silenced on {name}")
         assert len(http.got()) == 2  # nothing sent again after the link came back
         assert len(p.messages("lb1")) == len(p.messages("lb2")) == 1
+        # Expired on lb2 (its own number for the silence): ended on lb1 too.
+        [on_lb2] = json.loads(p.envs["lb2"].cli("silence", "list", "--json").stdout)
+        p.envs["lb2"].cli("silence", "expire", str(on_lb2["id"]))
+        wait_for(lambda: json.loads(p.envs["lb1"].cli("silence", "list", "--json").stdout)
+                 == [], 20, what="the expiry to reach lb1")
 
 
 CLUSTER_PAGE = """
@@ -166,8 +172,6 @@ def test_both_routers_see_a_split_brain_it_pages_once(http: HttpSink) -> None:
 
 
 def test_peer_sync_refusals_over_the_wire_and_the_router_serves_on(http: HttpSink) -> None:
-    import json
-
     from knotify import transport, zmtp
 
     with pair() as p:
@@ -207,8 +211,6 @@ def test_peer_sync_refusals_over_the_wire_and_the_router_serves_on(http: HttpSin
 
 
 def test_a_router_without_peers_does_not_know_peer_sync(kenv: Any, router: Any) -> None:
-    import json
-
     from knotify import zmtp
 
     router.start()
