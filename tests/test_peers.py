@@ -399,3 +399,18 @@ def test_large_logs_go_in_parts_that_fit_a_peers_max_message(tmp_path: Path) -> 
         if not more:
             break
     assert lb1.nflog.count() == 50 and exchanges > 5
+
+
+def test_a_failing_gate_sends_rather_than_holding_the_page(tmp_path: Path) -> None:
+    clock = Clock()
+    lb1, out1, log1 = make(tmp_path, "lb1", "lb2", clock)
+    m = out1.message(message(out1, "e1", T0))
+    assert m is not None
+
+    def broken() -> Any:
+        raise RuntimeError("a bug")
+    lb1._tracker = broken
+    lb1._view_cache = None
+    verdict = lb1.gate(m, T0)
+    assert verdict.sends(T0) and "failed" in verdict.detail
+    assert lb1.crashed == 1 and log1.lines[-1][0] == "peer.gate_crashed"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -233,7 +234,16 @@ class Peers:
         return {name: self.settings.host_of(name) for name in self.settings.order}
 
     def gate(self, message: MessageRow, now_ns: int) -> Verdict:
-        """Send ``message`` now, wait, or skip it (a peer sent it)."""
+        """Send ``message`` now, wait, or skip it (a peer sent it). A failure here sends
+        it (fail-open: a page is never held back by peering)."""
+        try:
+            return self._decide(message, now_ns)
+        except Exception:
+            self.crashed += 1
+            self.log.exception("peer.gate_crashed", message=message.rowid)
+            return Verdict(detail="the peering gate failed: sent without waiting")
+
+    def _decide(self, message: MessageRow, now_ns: int) -> Verdict:
         s = self.settings
         return gate.decide(
             me=s.name, entries=self.nflog.group(message.group_key or "", message.receiver,
@@ -256,7 +266,14 @@ class Peers:
     def sent(self, message: MessageRow, now_ns: int) -> None:
         """``message`` was delivered: its log entry (in the caller's transaction); every
         peer hears of it as soon as the transaction is over."""
-        facts = self._message_facts(message)
+        try:
+            facts = self._message_facts(message)
+        except sqlite3.Error:
+            raise  # the outcome's transaction is tried again
+        except Exception:  # a bug: the delivery is journaled all the same
+            self.crashed += 1
+            self.log.exception("peer.log_crashed", message=message.rowid)
+            return
         self.nflog.put(Entry(f"{self.me}/{message.rowid}", message.group_key or "",
                              message.receiver, tuple((f, message.created_ns) for f in facts),
                              now_ns, self.me, now_ns + int(RETENTION_S * 1e9)))
