@@ -414,3 +414,9 @@ def test_a_failing_gate_sends_rather_than_holding_the_page(tmp_path: Path) -> No
     verdict = lb1.gate(m, T0)
     assert verdict.sends(T0) and "failed" in verdict.detail
     assert lb1.crashed == 1 and log1.lines[-1][0] == "peer.gate_crashed"
+
+
+def test_the_web_timeline_shows_a_message_a_peer_sent_as_sent() -> None:
+    from knotify.web.data import alert_outcome
+
+    assert alert_outcome("composed", {"status": "sent_by_peer", "attempts": []}) == "sent"
