@@ -30,7 +30,8 @@ receivers = ["chat"]
 """
 
 
-def configure(p: Pair, http: HttpSink, alerts: str = FAST_ALERTS, timeout: str = "3s") -> None:
+def configure(p: Pair, http: HttpSink, alerts: str = FAST_ALERTS, timeout: str = "10s") -> None:
+    """Position 1 waits 10 s: room for position 0 to deliver on a loaded machine."""
     p.configure(alerts + PAGE_ON_MASTER.format(url=http.url()), peer_timeout=timeout)
 
 
@@ -52,7 +53,7 @@ def test_two_routers_fed_the_same_failover_page_once(http: HttpSink) -> None:
         wait_for(lambda: both_up(p), 20, what="the routers to reach each other")
         p.send(("lb1", "INSTANCE", "VI_1", "BACKUP", 100),
                ("lb2", "INSTANCE", "VI_1", "MASTER", 150))
-        # lb2 is beside the MASTER: position 0, it sends; lb1 waits 3s, finds lb2's
+        # lb2 is beside the MASTER: position 0, it sends; lb1 waits 10s, finds lb2's
         # entry in its log and skips.
         [sent] = wait_for(lambda: settled(p, "lb2"), 30, what="lb2's message")
         [skipped] = wait_for(lambda: settled(p, "lb1"), 30, what="lb1's message")
@@ -64,8 +65,9 @@ def test_two_routers_fed_the_same_failover_page_once(http: HttpSink) -> None:
         assert info["routers"][0]["merged"]["nflog"] >= 1
         assert info["positions"] == {"VI_1": 1}
         text = p.envs["lb1"].cli("status").stdout
-        assert "this router: lb1 (beside lb1)" in text and "position per cluster: VI_1 1" \
-            in text and "1 message(s) left to a peer" in text
+        assert "this router: lb1 (beside lb1), peer_timeout 10s" in text
+        assert "position per cluster: VI_1 1" in text
+        assert "1 message(s) left to a peer" in text
         lines = text.splitlines()
         header = next(i for i, line in enumerate(lines) if line.startswith("PEER ROUTER"))
         assert lines[header + 1].split()[:3] == ["lb2", "lb2", "up"]
@@ -154,7 +156,7 @@ receivers = ["chat"]
 
 def test_both_routers_see_a_split_brain_it_pages_once(http: HttpSink) -> None:
     with pair() as p:
-        p.configure(FAST_ALERTS + CLUSTER_PAGE.format(url=http.url()))
+        p.configure(FAST_ALERTS + CLUSTER_PAGE.format(url=http.url()), peer_timeout="10s")
         p.start()
         wait_for(lambda: both_up(p), 20, what="the routers to reach each other")
         p.send(("lb1", "INSTANCE", "VI_1", "MASTER", 100),
