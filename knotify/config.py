@@ -31,6 +31,7 @@ from knotify.cluster.settings import AgentSettings, ClusterSettings, parse_agent
 from knotify.errors import ConfigError, KeyFileError
 from knotify.metrics_settings import MetricsSettings
 from knotify.metrics_settings import parse_settings as parse_metrics_settings
+from knotify.peers.settings import PeerSettings, parse_peers
 from knotify.rule_settings import parse_rules
 from knotify.rules import Rule
 from knotify.schema import Table
@@ -103,6 +104,8 @@ class Config:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    #: ``[peers]``: the other routers of this site (None: this router alone).
+    peers: PeerSettings | None = None
     #: Bounds and clocks (docs/architecture.md, "Bounds"); defaults as in parse().
     handshake_timeout: float = 10.0
     max_clock_skew: float = 300.0
@@ -146,6 +149,7 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         ("max_message", old.max_message, new.max_message),
         ("max_parallel", old.max_parallel, new.max_parallel),
         ("metrics", old.metrics, new.metrics),
+        ("peers", old.peers, new.peers),
         ("handshake_timeout", old.handshake_timeout, new.handshake_timeout),
         ("hook.spool_dir", old.hook.spool_dir, new.hook.spool_dir),
         ("log", (old.log_format, old.log_level), (new.log_format, new.log_level)),
@@ -166,7 +170,7 @@ def reloaded(old: Config, new: Config) -> Config:
         new, runtime_dir=old.runtime_dir, state_dir=old.state_dir, listen=old.listen,
         curve=curve, insecure=old.insecure, group=old.group, journal=old.journal,
         fifos=old.fifos, synchronous=old.synchronous, max_message=old.max_message,
-        max_parallel=old.max_parallel, metrics=old.metrics,
+        max_parallel=old.max_parallel, metrics=old.metrics, peers=old.peers,
         handshake_timeout=old.handshake_timeout,
         hook=replace(new.hook, spool_dir=old.hook.spool_dir, curve=old.hook.curve),
         log_format=old.log_format, log_level=old.log_level)
@@ -284,6 +288,7 @@ def parse(text: str, path: str) -> Config:
     cluster = parse_cluster(top)
     agent = parse_agent(top)
     metrics = parse_metrics_settings(top)
+    peers = parse_peers(top, hook_host)
 
     config = Config(
         path=path, runtime_dir=runtime_dir, state_dir=state_dir, listen=listen, curve=curve,
@@ -295,7 +300,7 @@ def parse(text: str, path: str) -> Config:
         hook=hook, log_format=log_format,
         log_level=log_level,
         defaults=defaults, rules=(), alerts=alerts, receivers=receivers,
-        cluster=cluster, agent=agent, metrics=metrics,
+        cluster=cluster, agent=agent, metrics=metrics, peers=peers,
     )
     rules = parse_rules(top, ActionSettings(defaults, frozenset(receivers)))
     top.done()

@@ -35,6 +35,7 @@ from knotify.executor import Executor
 from knotify.intake import Intake, IntakeSettings, WireIntake
 from knotify.intake.keys import FORGET_EVERY
 from knotify.intake.recover import resume_runs
+from knotify.peers.service import Peers
 from knotify.replay import SpoolReplay
 from knotify.runtime import Folders, Runtime, journal_refusal, raise_nofile, tune_runtime
 from knotify.sources import Inlet, Source
@@ -78,6 +79,8 @@ class Router:
         self.replay = SpoolReplay(config.hook.spool_dir, config.max_message, self.ingest, log,
                                   self.stats, lambda: self.intake.reset())
         self.sources: list[Source] = []
+        #: Router peering ([peers]), or None: this router alone.
+        self.peers: Peers | None = None
         self.stop_event = asyncio.Event()
         self.started = time.time()
         self.nofile: int | None = None
@@ -103,6 +106,9 @@ class Router:
         self.executor.services = replace(self.executor.services, alerts=self.alerts,
                                          silences=self.alerts)
         self.executor.watched = self.publisher.watched
+        if cfg.peers is not None:  # peering: the send gate, log and replication
+            self.peers = Peers.start(cfg, self.alerts, lambda: self.tracker,
+                                     lambda: self.config.cluster, log, self.endpoints.ctx)
         self.cluster = ClusterMonitor(cfg.cluster, cfg.hook.host or os.uname().nodename,
                                       database, lambda: self.tracker, self.ingest, log)
         self.intake = Intake(IntakeSettings.of(cfg), self.tracker, journal, self.outbox,
@@ -140,7 +146,8 @@ class Router:
             faults=dict(self.faults.counts), loops=self.supervisor.view(),
             actions=dict(ex.counts), queued=ex.queued, running=len(ex.active),
             spool_depth=spool.depth(self.config.hook.spool_dir), alerts=self.alerts.info(),
-            cluster=cluster.view(), heartbeats=cluster.heartbeats)
+            cluster=cluster.view(), heartbeats=cluster.heartbeats,
+            peers=self.peers.info() if self.peers is not None else None)
 
     def info(self) -> dict[str, Any]:
         ex, cfg = self.executor, self.config
@@ -154,6 +161,7 @@ class Router:
             "action_outcomes": dict(ex.counts), "alerts": self.alerts.info(),
             "faults": dict(self.faults.counts), "loops": self.supervisor.view(),
             "open_files_limit": self.nofile, "curve_refused": self.endpoints.refused,
+            "peers": self.peers.info() if self.peers is not None else None,
             **self.stats,
         }
 
@@ -229,6 +237,8 @@ class Router:
         sup.spawn("alerts", self.alerts.run, ALERTS_MAX_SLEEP)
         sup.every("cluster", CLUSTER_TICK, self.cluster.tick)
         sup.every("forget", FORGET_EVERY, self.intake.keys.forget_deleted)
+        if self.peers is not None:
+            self.peers.spawn(sup)
         if metrics is not None:
             sup.spawn("metrics", metrics.serve_forever)
         sup.every("watchdog", min(1.0, sdnotify.watchdog_interval() or 1.0), sup.watchdog)

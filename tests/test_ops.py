@@ -51,6 +51,7 @@ class Parts:
     faults: Faults
     cluster: ClusterMonitor | None = None
     alerts: AlertEngine | None = None
+    peers: None = None
     started: float = field(default_factory=time.time)
     reload_answer: tuple[bool, str] = (True, "config reloaded: 0 rules")
     rejected: list[str] = field(default_factory=list)

@@ -50,6 +50,8 @@ def silence_add(core: Core, msg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(reason, str) or not isinstance(by, str):
         raise WireError("silence_add 'reason' and 'by' must be strings")
     silence = core.silences.add(matchers, float(duration), reason, by)
+    if core.peers is not None:  # peering: every router honours it
+        core.peers.changed()
     core.log.info("silence.added", silence=silence.id,
                   matchers=[m.text for m in silence.matchers], reason=reason,
                   by=by, until_ns=silence.ends_ns)
@@ -61,6 +63,8 @@ def silence_expire(core: Core, msg: dict[str, Any]) -> dict[str, Any]:
     if type(ident) is not int or not 0 < ident < 2**63:
         raise WireError("silence_expire 'id' must be a silence number")
     silence = core.silences.expire(ident)
+    if core.peers is not None:
+        core.peers.changed()
     core.log.info("silence.expired", silence=silence.id)
     return {"silence": silence.to_dict(core.clock.time_ns())}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from knotify.alerts import alertmanager_desk, incident, inhibit, repeat
 from knotify.alerts.pool import WorkerPool
@@ -26,13 +26,24 @@ from knotify.store.silences import SilenceRows
 from knotify.tracker import Tracker
 
 if TYPE_CHECKING:
+    from knotify.peers.gate import Verdict
     from knotify.store.events import EventStore
+    from knotify.store.outbox import MessageRow
 
 #: The longest the engine's loop sleeps between two looks at what is due (seconds).
 MAX_SLEEP = 1.0
 #: A healthy receiver's attempts journaled at once: this many times those it may have at
 #: workers (max_parallel_per_receiver), so a job is ready whenever a worker is.
 AHEAD = 4
+
+
+class PeerGate(Protocol):
+    """Router peering as the engine sees it (knotify.peers.service.Peers)."""
+
+    def gate(self, message: MessageRow, now_ns: int) -> Verdict: ...
+    def skip(self, message: MessageRow, verdict: Verdict, now_ns: int) -> None: ...
+    def sent(self, message: MessageRow, now_ns: int) -> None: ...
+    def changed(self) -> None: ...
 
 
 class Flights:
@@ -81,6 +92,8 @@ class Core:
         self.pool = WorkerPool(lambda: self.settings.max_parallel,
                                lambda: self.settings.worker_idle, log)
         self.flights = Flights()
+        #: Router peering ([peers]): the send gate and the notification log, or None.
+        self.peers: PeerGate | None = None
         self.counts: dict[str, int] = {}
         #: Something changed that the loop should look at again at once (no sleep).
         self.again = False

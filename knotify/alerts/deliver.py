@@ -106,6 +106,15 @@ class Delivery:
             if (core.stopping or busy >= limit
                     or len(working) >= AHEAD * core.settings.max_parallel):
                 break
+            if core.peers is not None:  # peering: wait our turn, skip what a peer sent
+                verdict = core.peers.gate(message, now)
+                if verdict.peer is not None:
+                    core.peers.skip(message, verdict, now)
+                    core.again = True
+                    continue
+                if verdict.until_ns > now:
+                    nxt = verdict.until_ns if nxt is None else min(nxt, verdict.until_ns)
+                    continue
             self.attempts.start(message, receiver)
             busy += 1
         return nxt

@@ -39,7 +39,7 @@ from knotify.alerts.adopt import adopt
 from knotify.alerts.attempts import Attempts
 from knotify.alerts.commit import GroupCommit
 from knotify.alerts.control import OPS
-from knotify.alerts.core import MAX_SLEEP, Core
+from knotify.alerts.core import MAX_SLEEP, Core, PeerGate
 from knotify.alerts.deliver import Delivery
 from knotify.alerts.enqueue import Enqueue
 from knotify.alerts.pool import WorkerPool
@@ -102,6 +102,15 @@ class AlertEngine:
     @property
     def silences(self) -> SilenceStore:
         return self.core.silences
+
+    @property
+    def peers(self) -> PeerGate | None:
+        """Router peering's send gate (set by knotify.peers.service.Peers.start)."""
+        return self.core.peers
+
+    @peers.setter
+    def peers(self, gate: PeerGate | None) -> None:
+        self.core.peers = gate
 
     @property
     def rule_since(self) -> RuleSince:

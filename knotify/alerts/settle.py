@@ -107,6 +107,8 @@ class Settle:
         if v.status == OK:
             core.outbox.update_message(end.message_id, status=SENT, done=v.done, ended_ns=now,
                                        detail=f"delivered on attempt {message.attempts}")
+            if core.peers is not None:  # peering: the notification log, pushed to peers
+                core.peers.sent(message, now)
         else:
             if v.status == INTERRUPTED and res.planned is None:
                 delay = 0.0

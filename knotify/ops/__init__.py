@@ -21,6 +21,7 @@ from knotify.ops import (
     heartbeat,
     history,
     peer_forget,
+    peer_sync,
     ping,
     reload,
     silence,
@@ -34,7 +35,7 @@ __all__ = ["COMMANDS", "MODULES", "REGISTRY", "Dispatcher", "Op", "OpContext", "
            "registry"]
 
 MODULES: tuple[OpModule, ...] = (ping, status, history, stats, reload, heartbeat,
-                                 peer_forget, silence, alerts)
+                                 peer_forget, silence, alerts, peer_sync)
 #: The ops with a CLI side, by their command name.
 COMMANDS: dict[str, CommandModule] = {
     module.COMMAND: module for module in (status, history, reload, peer_forget, silence)}

@@ -48,6 +48,10 @@ class Alerts(Protocol):
     def command(self, op: str, msg: dict[str, Any]) -> dict[str, Any]: ...
 
 
+class PeerSync(Protocol):
+    def command(self, op: str, msg: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class Faults(Protocol):
     def record(self, where: str, exc: BaseException, **fields: Any) -> str: ...
 
@@ -69,6 +73,9 @@ class OpContext(Protocol):
 
     @property
     def alerts(self) -> Alerts | None: ...
+
+    @property
+    def peers(self) -> PeerSync | None: ...
 
     @property
     def faults(self) -> Faults: ...

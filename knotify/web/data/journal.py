@@ -27,6 +27,7 @@ from knotify.vocab import (
     OK,
     RUNNING,
     SENT,
+    SENT_BY_PEER,
     SILENCED,
     SUPPRESSED,
     TIMEOUT,
@@ -202,7 +203,7 @@ def alert_outcome(item_status: str, message: dict[str, Any] | None) -> str:
     if message is None:
         return "pending"
     status = message["status"]
-    if status == SENT:
+    if status in (SENT, SENT_BY_PEER):  # a peer router sent it: the page went out
         return "sent"
     if status in (EXPIRED, DROPPED):
         return "failed"
