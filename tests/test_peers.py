@@ -256,7 +256,7 @@ def message(outbox: Outbox, event_id: str, made: int) -> int:
 
 def wire(peers: Peers, other: str) -> dict[str, Any]:
     """What ``peers`` sends ``other`` in its next exchange."""
-    body, _, _ = peers._outgoing(peers.links[other], peers.clock())
+    body, _, _ = peers.rows_after(peers.links[other].sent, peers.clock())
     return {"from": peers.me, **body, "want": dict(peers.links[other].got)}
 
 
@@ -390,7 +390,7 @@ def test_large_logs_go_in_parts_that_fit_a_peers_max_message(tmp_path: Path) -> 
     link = lb2.links["lb1"]
     exchanges = 0
     while True:
-        body, upto, more = lb2._outgoing(link, clock.now)
+        body, upto, more = lb2.rows_after(link.sent, clock.now)
         request = {"v": 1, "op": "peer_sync", "from": "lb2", **body, "want": link.got}
         assert len(encode(request)) < lb2.max_message
         lb1.command("peer_sync", request)

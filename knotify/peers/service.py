@@ -26,21 +26,19 @@ import functools
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import orjson
 import zmq.asyncio
 
 from knotify.alerts import incident
-from knotify.alerts.silence import SilenceStore, parse_matchers
-from knotify.errors import JournalError, SilenceError, WireError
+from knotify.alerts.silence import SilenceStore
+from knotify.errors import JournalError
 from knotify.event import WIRE_VERSION, encode
-from knotify.peers import gate
+from knotify.peers import gate, serve, wire
 from knotify.peers.gate import Verdict
 from knotify.peers.link import Link, request
 from knotify.peers.settings import REQUEST_TIMEOUT, SYNC_INTERVAL, PeerSettings
 from knotify.store.nflog import Entry, NotificationLog
-from knotify.store.silences import SilenceRow
 from knotify.transport import ClientCurve, load_secret
 from knotify.vocab import CLUSTER, MASTER, SENT_BY_PEER, VRRP_KINDS
 
@@ -53,7 +51,6 @@ if TYPE_CHECKING:
     from knotify.supervisor import Supervisor
     from knotify.tracker import Tracker
 
-T = TypeVar("T")
 #: Router ops peering answers.
 PEER_OPS = frozenset({"peer_sync"})
 #: How long a notification log entry is kept (and replicated) after it was sent.
@@ -62,55 +59,6 @@ RETENTION_S = 86_400.0
 VIEW_TTL = 0.2
 #: Expired log entries are forgotten this often.
 PRUNE_EVERY_S = 600.0
-
-
-def _fit(rows: list[tuple[int, T]], wire: Callable[[T], dict[str, Any]], upto: int,
-         budget: int) -> tuple[list[dict[str, Any]], int]:
-    """As many of ``rows`` (in change order) as fit in ``budget`` bytes of JSON (one at
-    least, so one large row cannot stall replication), and the last change sent."""
-    out: list[dict[str, Any]] = []
-    used = 0
-    for changed, row in rows:
-        data = wire(row)
-        size = len(encode(data))
-        if out and used + size > budget:
-            return out, changed - 1
-        out.append(data)
-        used += size
-    return out, upto
-
-
-def _silence_wire(row: SilenceRow) -> dict[str, Any]:
-    return {"uid": row.uid, "matchers": row.matchers, "starts_ns": row.starts_ns,
-            "ends_ns": row.ends_ns, "created_ns": row.created_ns, "by": row.by,
-            "reason": row.reason, "expired_ns": row.expired_ns}
-
-
-def _silence_row(data: Any) -> SilenceRow:
-    """A silence a peer sent; ValueError says what is wrong with it."""
-    if not isinstance(data, dict):
-        raise ValueError("a silence must be an object")
-    uid, matchers = data.get("uid"), data.get("matchers")
-    if not isinstance(uid, str) or not 0 < len(uid) <= 64:
-        raise ValueError("silence 'uid' must be a string")
-    if not isinstance(matchers, list) or not all(isinstance(m, str) for m in matchers):
-        raise ValueError("silence 'matchers' must be a list of strings")
-    try:
-        texts = [m.text for m in parse_matchers(matchers)]
-    except SilenceError as exc:
-        raise ValueError(str(exc)) from None
-    times = {k: data.get(k) for k in ("starts_ns", "ends_ns", "created_ns")}
-    for key, value in times.items():
-        if type(value) is not int or not 0 <= value < 2**63:
-            raise ValueError(f"silence {key!r} must be a time in ns")
-    expired = data.get("expired_ns")
-    if expired is not None and (type(expired) is not int or not 0 <= expired < 2**63):
-        raise ValueError("silence 'expired_ns' must be a time in ns or null")
-    by, reason = data.get("by", ""), data.get("reason", "")
-    if not isinstance(by, str) or not isinstance(reason, str):
-        raise ValueError("silence 'by' and 'reason' must be strings")
-    return SilenceRow(0, texts, int(data["starts_ns"]), int(data["ends_ns"]),
-                      int(data["created_ns"]), by[:200], reason[:1000], expired, uid)
 
 
 class Peers:
@@ -308,32 +256,29 @@ class Peers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(link.wake.wait(), SYNC_INTERVAL)
 
-    def _rows(self, after: Mapping[str, int], now_ns: int
-              ) -> tuple[dict[str, Any], dict[str, int], bool]:
+    def rows_after(self, after: Mapping[str, int], now_ns: int
+                   ) -> tuple[dict[str, Any], dict[str, int], bool]:
         """What a peer that has had changes up to ``after`` gets next (within the
         budget), the changes that reaches, and whether there is more."""
         entries, nflog_upto = self.nflog.since(after["nflog"], now_ns)
         silences, silences_upto = self.silences.rows.since(after["silences"])
         budget = max(1024, self.max_message // 3)
-        nflog, nflog_upto = _fit(entries, Entry.to_wire, nflog_upto, budget)
-        wire, silences_upto = _fit(silences, _silence_wire, silences_upto, budget)
+        nflog, nflog_upto = wire.fit(entries, Entry.to_wire, nflog_upto, budget)
+        sent, silences_upto = wire.fit(silences, wire.silence_wire, silences_upto, budget)
         more = (nflog_upto < self.nflog.last_change()
                 or silences_upto < self.silences.rows.last_change())
-        return ({"nflog": nflog, "silences": wire},
+        return ({"nflog": nflog, "silences": sent},
                 {"nflog": nflog_upto, "silences": silences_upto}, more)
-
-    def _outgoing(self, link: Link, now_ns: int) -> tuple[dict[str, Any], dict[str, int], bool]:
-        return self._rows(link.sent, now_ns)
 
     async def exchange(self, link: Link) -> bool:
         """One exchange with ``link``'s router; whether there is more to send or get."""
         now = self.clock()
         self._prune(now)
-        body, upto, more = self._outgoing(link, now)
+        body, upto, more = self.rows_after(link.sent, now)
         payload = encode({"v": WIRE_VERSION, "op": "peer_sync", "from": self.me, **body,
                           "want": dict(link.got)})
         try:
-            answer = decode_message_reply(await request(
+            answer = wire.decode_message_reply(await request(
                 self.ctx, link.router.endpoint, payload, REQUEST_TIMEOUT, self.curve))
         except TimeoutError as exc:
             self._note(link, "timeout", str(exc))
@@ -368,7 +313,7 @@ class Peers:
         link.got = {"nflog": int(got["nflog"]), "silences": int(got["silences"])}
         self._note(link, "ok")
         if merged:
-            self._relay(link.name)
+            self.relay(link.name)
         return more
 
     def _note(self, link: Link, result: str, error: str = "") -> None:
@@ -380,7 +325,7 @@ class Peers:
                                  error=error, detail="this router no longer waits for it: "
                                  "both may send (never a miss)")
 
-    def _relay(self, source: str) -> None:
+    def relay(self, source: str) -> None:
         """What one peer sent goes on to the others (three routers or more)."""
         for name, link in self.links.items():
             if name != source:
@@ -393,7 +338,7 @@ class Peers:
         if not isinstance(entries, list) or not isinstance(silences, list):
             raise ValueError("'nflog' and 'silences' must be lists")
         parsed = [Entry.from_wire(e) for e in entries]
-        rows = [_silence_row(s) for s in silences]
+        rows = [wire.silence_row(s) for s in silences]
         now = self.clock()
         new_entries = new_silences = 0
         with self.database.transaction():
@@ -417,39 +362,9 @@ class Peers:
         with contextlib.suppress(JournalError), self.database.transaction():
             self.nflog.prune(now_ns)
 
-    # -- replication: the server side ----------------------------------------------------------
-
     def command(self, op: str, msg: dict[str, Any]) -> dict[str, Any]:
-        """Answer a peer's ``peer_sync``: merge what it sent, send what it has not had."""
-        if op != "peer_sync":
-            raise WireError(f"unknown op {op[:40]!r}")
-        who = msg.get("from")
-        link = self.links.get(who) if isinstance(who, str) else None
-        if link is None:
-            raise WireError(f"peer_sync from {str(who)[:64]!r}, which is not in this "
-                            f"router's [peers.routers] ({', '.join(self.links)})")
-        want = msg.get("want")
-        if (not isinstance(want, dict) or type(want.get("nflog")) is not int
-                or type(want.get("silences")) is not int
-                or not (0 <= want["nflog"] < 2**63 and 0 <= want["silences"] < 2**63)):
-            raise WireError("peer_sync 'want' must hold the nflog and silences change numbers")
-        try:
-            merged = self.merge(link, msg)
-        except ValueError as exc:
-            raise WireError(f"peer_sync from {link.name}: {exc}") from None
-        self.served += 1
-        if merged:
-            self._relay(link.name)
-        now = self.clock()
-        # A peer that had more than this journal holds heard from another journal (this
-        # one was made anew): it gets everything.
-        after = {"nflog": int(want["nflog"]), "silences": int(want["silences"])}
-        if after["nflog"] > self.nflog.last_change():
-            after["nflog"] = 0
-        if after["silences"] > self.silences.rows.last_change():
-            after["silences"] = 0
-        body, upto, more = self._rows(after, now)
-        return {"name": self.me, **body, "upto": upto, "more": more}
+        """Answer a peer's ``peer_sync`` (:func:`knotify.peers.serve.peer_sync`)."""
+        return serve.peer_sync(self, op, msg)
 
     # -- faces ----------------------------------------------------------------------------------
 
@@ -481,14 +396,3 @@ class Peers:
                 "routers": routers, "positions": self.positions(),
                 "nflog_entries": entries, "deduped": dict(self.deduped),
                 "served": self.served, "crashed": self.crashed}
-
-
-def decode_message_reply(payload: bytes) -> dict[str, Any]:
-    """A peer's answer: a versioned JSON object (ValueError otherwise)."""
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("v") != WIRE_VERSION:
-        raise ValueError("not a version 1 answer")
-    return data
