@@ -115,7 +115,7 @@ def event(n: int, host: str = "lb1", name: str = "VI_1", state: str = "MASTER") 
 def test_every_op_is_registered_once_by_its_wire_name() -> None:
     assert set(ops.REGISTRY) == {
         "ping", "status", "history", "stats", "reload", "heartbeat", "peer_forget",
-        "silence_add", "silence_list", "silence_expire", "alerts"}
+        "silence_add", "silence_list", "silence_expire", "alerts", "peer_sync"}
     assert all(op.name == name for name, op in ops.REGISTRY.items())
 
 

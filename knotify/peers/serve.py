@@ -3,15 +3,35 @@ not had yet."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from knotify.errors import WireError
 
 if TYPE_CHECKING:
-    from knotify.peers.service import Peers
+    from knotify.alerts.silence import SilenceStore
+    from knotify.peers.link import Link
+    from knotify.store.nflog import NotificationLog
 
 
-def peer_sync(peers: Peers, op: str, msg: dict[str, Any]) -> dict[str, Any]:
+class Replica(Protocol):
+    """What answering a peer needs of :class:`knotify.peers.service.Peers`."""
+
+    links: dict[str, Link]
+    served: int
+    nflog: NotificationLog
+    silences: SilenceStore
+    clock: Callable[[], int]
+
+    @property
+    def me(self) -> str: ...
+    def merge(self, link: Link, data: Mapping[str, Any]) -> int: ...
+    def relay(self, source: str) -> None: ...
+    def rows_after(self, after: Mapping[str, int], now_ns: int
+                   ) -> tuple[dict[str, Any], dict[str, int], bool]: ...
+
+
+def peer_sync(peers: Replica, op: str, msg: dict[str, Any]) -> dict[str, Any]:
     """Answer a peer's ``peer_sync``: merge what it sent, send what it has not had."""
     if op != "peer_sync":
         raise WireError(f"unknown op {op[:40]!r}")
