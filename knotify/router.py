@@ -108,7 +108,8 @@ class Router:
         self.intake = Intake(IntakeSettings.of(cfg), self.tracker, journal, self.outbox,
                              self.executor, self.cluster, self.publisher, log, self.stats,
                              functools.partial(self.replay.config_problem, live=True))
-        self.wire = WireIntake(self.intake, self._command, self.faults, log, self.stats)
+        self.wire = WireIntake(self.intake, self._command, ops.access, self.faults, log,
+                               self.stats)
         self.spool = SpoolSource(self.replay, self.intake, cfg.spool_interval, self.faults, log)
         inlet = Inlet(self.ingest, cfg.hook.spool_dir, self.faults, log)
         resync_lock = asyncio.Lock()
