@@ -98,13 +98,13 @@ class Router:
             self.tracker.states = journal.load_states()
         except Exception as exc:
             raise journal_refusal(cfg.journal, exc) from None
-        self.executor = Executor(journal, lambda: self.tracker, log, publish, cfg.max_parallel)
-        self.alerts = AlertEngine(cfg.alert_engine, journal, lambda: self.tracker, log, publish)
+        self.executor = Executor(journal, self.tracker, log, publish, cfg.max_parallel)
+        self.alerts = AlertEngine(cfg.alert_engine, journal, self.tracker, log, publish)
         self.executor.services = replace(self.executor.services, alerts=self.alerts,
                                          silences=self.alerts)
         self.executor.watched = self.publisher.watched
         self.cluster = ClusterMonitor(cfg.cluster, cfg.hook.host or os.uname().nodename,
-                                      database, lambda: self.tracker, self.ingest, log)
+                                      database, self.tracker, self.ingest, log)
         self.intake = Intake(IntakeSettings.of(cfg), self.tracker, journal, self.outbox,
                              self.executor, self.cluster, self.publisher, log, self.stats,
                              functools.partial(self.replay.config_problem, live=True))

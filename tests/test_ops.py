@@ -76,14 +76,14 @@ def with_cluster(parts: Parts) -> Parts:
     assert parts.journal is not None
     config = configmod.load(None)
     parts.cluster = ClusterMonitor(config.cluster, "here", parts.journal.database,
-                                   lambda: parts.tracker, lambda evs: [True] * len(evs), LOG)
+                                   parts.tracker, lambda evs: [True] * len(evs), LOG)
     return parts
 
 
 def with_alerts(parts: Parts) -> Parts:
     assert parts.journal is not None
     config = configmod.load(None)
-    parts.alerts = AlertEngine(config.alert_engine, parts.journal, lambda: parts.tracker, LOG,
+    parts.alerts = AlertEngine(config.alert_engine, parts.journal, parts.tracker, LOG,
                                lambda topic, data: None)
     return parts
 
