@@ -31,8 +31,7 @@ from knotify.vocab import (
     VRRP_STATES,
     VS,
 )
-from knotify.wire import WIRE_VERSION as WIRE_VERSION
-from knotify.wire import ack
+from knotify.wire import WIRE_VERSION, ack
 
 MAX_MESSAGE = 256 * 1024
 #: Nesting allowed in a command or an event's ``extra`` (a real one has two or three levels).

@@ -54,7 +54,7 @@ class Run:
 
 
 class Executor:
-    def __init__(self, journal: EventStore, tracker: Callable[[], Tracker], log: Any,
+    def __init__(self, journal: EventStore, tracker: Tracker, log: Any,
                  publish: Callable[[str, dict[str, Any]], None], max_parallel: int = 32,
                  clock: Clock = SYSTEM) -> None:
         self.journal = journal
@@ -241,7 +241,7 @@ class Executor:
     def _skip_reason(self, key: Key, run: Run) -> str:
         rule = run.rule
         if rule.skip_if_superseded:
-            current = self._tracker().states.get(key)
+            current = self._tracker.states.get(key)
             if current is not None and current.epoch > run.transition.epoch:
                 return (f"superseded: {key[2]} is now {current.state} "
                         f"(event {current.event_id}) before this action started")

@@ -200,7 +200,7 @@ class AsyncFifoReader:
                 if not data:
                     eof.set()
                     return False
-                ts, mono = time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+                ts, mono = time.time_ns(), boot_clock()
                 lines = buf.feed(data)
                 if lines:
                     self._remember(lines)
@@ -227,7 +227,7 @@ class AsyncFifoReader:
                 os.close(fd)
             if buf.pending.strip():
                 self.on_lines([(buf.pending.decode("utf-8", "backslashreplace"), time.time_ns(),
-                                time.clock_gettime_ns(time.CLOCK_BOOTTIME))])
+                                boot_clock())])
             # EOF: keepalived closed it (reload or stop) or nobody has it open. Reopen
             # by path; a reload makes a new FIFO, so the path may now be a new inode.
             await asyncio.sleep(REOPEN_INTERVAL)

@@ -23,9 +23,6 @@ from knotify.client import Settings, complain, deliver, load_settings  # noqa: E
 from knotify.errors import ParseError  # noqa: E402
 from knotify.stamp import invalid, stamp  # noqa: E402
 
-# Kept for the router's FIFO and resync code until it takes new_id from knotify.stamp.
-from knotify.stamp import new_id as new_id  # noqa: E402
-
 USAGE = "usage: knotify-notify [-c FILE] WORDS...  (" + keepalived.USAGE + ")"
 
 

@@ -23,11 +23,11 @@ from typing import Any
 from knotify import keepalived
 from knotify.errors import ParseError, ResyncError
 from knotify.stamp import boot_clock, stamp
-from knotify.vocab import DELETED, INSTANCE, STOP
+from knotify.vocab import BACKUP, DELETED, FAULT, INSTANCE, MASTER, STOP
 
 JSON_FILE = "/tmp/keepalived.json"
 # vrrp.h (keepalived 2.2.7): INIT 0, BACK 1, MAST 2, FAULT 3, DELETED 97, STOP 98.
-STATES = {1: "BACKUP", 2: "MASTER", 3: "FAULT", 97: "DELETED", 98: "STOP"}
+STATES = {1: BACKUP, 2: MASTER, 3: FAULT, 97: DELETED, 98: STOP}
 
 
 def dump_path() -> str:

@@ -101,8 +101,8 @@ class Router:
             self.tracker.states = journal.load_states()
         except Exception as exc:
             raise journal_refusal(cfg.journal, exc) from None
-        self.executor = Executor(journal, lambda: self.tracker, log, publish, cfg.max_parallel)
-        self.alerts = AlertEngine(cfg.alert_engine, journal, lambda: self.tracker, log, publish)
+        self.executor = Executor(journal, self.tracker, log, publish, cfg.max_parallel)
+        self.alerts = AlertEngine(cfg.alert_engine, journal, self.tracker, log, publish)
         self.executor.services = replace(self.executor.services, alerts=self.alerts,
                                          silences=self.alerts)
         self.executor.watched = self.publisher.watched
@@ -110,11 +110,12 @@ class Router:
             self.peers = Peers.start(cfg, self.alerts, lambda: self.tracker,
                                      lambda: self.config.cluster, log, self.endpoints.ctx)
         self.cluster = ClusterMonitor(cfg.cluster, cfg.hook.host or os.uname().nodename,
-                                      database, lambda: self.tracker, self.ingest, log)
+                                      database, self.tracker, self.ingest, log)
         self.intake = Intake(IntakeSettings.of(cfg), self.tracker, journal, self.outbox,
                              self.executor, self.cluster, self.publisher, log, self.stats,
                              functools.partial(self.replay.config_problem, live=True))
-        self.wire = WireIntake(self.intake, self._command, self.faults, log, self.stats)
+        self.wire = WireIntake(self.intake, self._command, ops.access, self.faults, log,
+                               self.stats)
         self.spool = SpoolSource(self.replay, self.intake, cfg.spool_interval, self.faults, log)
         inlet = Inlet(self.ingest, cfg.hook.spool_dir, self.faults, log)
         resync_lock = asyncio.Lock()

@@ -10,7 +10,6 @@ connections and many small events.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import gc
 import grp
@@ -32,29 +31,16 @@ if TYPE_CHECKING:
 #: The soft limit on open files is raised to the hard one; to this when that is unlimited.
 NOFILE_CAP = 1 << 20
 GC_THRESHOLD = 20_000
-#: glibc mallopt parameters (malloc.h) and the free memory kept at the top of the heap.
-M_TRIM_THRESHOLD, M_TOP_PAD = -1, -2
-MALLOC_PAD = 8 * 1024 * 1024
 
 
 def tune_runtime() -> None:
-    """Settings for a process that handles thousands of small events a second.
-
-    Fewer cyclic garbage collections: each event allocates a few dozen short-lived
-    containers, and at the default threshold (700) collections took ~12% of the router's
-    time at full intake; what start-up loaded (modules, config) is frozen out of them.
-    And glibc's malloc keeps some free memory at the top of its heap instead of giving
-    it back after every batch and asking for it again (~5% of the time at full intake).
-    """
+    """Fewer cyclic garbage collections, for a process that handles thousands of small
+    events a second: at the default threshold (700) they took ~12% of the router's time
+    at full intake; what start-up loaded is frozen out of them."""
+    # Kept: without it the router spends 1.15x the CPU per event (bench/README.md).
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_TOP_PAD, MALLOC_PAD)
-        libc.mallopt(M_TRIM_THRESHOLD, 2 * MALLOC_PAD)
-    except (OSError, AttributeError):
-        pass  # not glibc: its defaults stay
 
 
 def raise_nofile() -> int:

@@ -12,11 +12,16 @@ What a message may do depends on where it came from (:class:`Peer`):
 * the control socket, and ``ipc://`` endpoints in ``[router] listen``: anything (the
   folder's permissions decide who gets there);
 * a CURVE key: events and heartbeats **as its own hosts** (the key's name, or
-  ``[router.curve.hosts]``), ``ping``, and ``history`` filtered to one of its hosts;
-  everything else (reload, silences, forget-peer, status, other hosts' history) only
-  if the key is named in ``[router.curve] admins``;
-* plain TCP (``insecure = true``): events and heartbeats for any host, ``ping``;
-  nothing else.
+  ``[router.curve.hosts]``), the ops open to any sender (``ping``), and the ops about
+  one host (``history``) for one of its hosts; everything else (reload, silences,
+  forget-peer, status, other hosts' history) only if the key is named in
+  ``[router.curve] admins``;
+* plain TCP (``insecure = true``): events and heartbeats for any host, the ops open to
+  any sender; nothing else.
+
+Each op says who may use it (its ``access``, :data:`knotify.vocab.OP_ACCESS`:
+:data:`~knotify.vocab.ADMINS_ONLY` unless it says otherwise, see :mod:`knotify.ops`);
+:meth:`Peer.refuse_op` applies that to the sender.
 """
 
 from __future__ import annotations
@@ -32,12 +37,12 @@ import zmq.asyncio
 import zmq.auth
 from zmq.utils import z85
 
+from knotify.vocab import ANY_SENDER, OWN_HOSTS
+
 #: libzmq's well-known ZAP endpoint (RFC 27).
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 #: Connections refused for an unknown key are logged at most this often (and counted).
 REFUSED_LOG_EVERY = 10.0
-#: Ops any authorised sender may use (hosts are checked for events and heartbeats).
-SENDER_OPS = frozenset({"event", "events", "heartbeat", "ping"})
 
 
 @dataclass(slots=True, frozen=True)
@@ -62,15 +67,17 @@ class Peer:
         return (f"client key {self.key!r} may not send as host {host[:80]!r} (it may send "
                 f"as: {allowed}; see [router.curve.hosts])")
 
-    def refuse_op(self, op: str, msg: dict[str, Any]) -> str | None:
-        """Why this peer may not use ``op``, or None."""
-        if self.local or self.admin or op in SENDER_OPS:
+    def refuse_op(self, op: str, access: str, msg: dict[str, Any]) -> str | None:
+        """Why this peer may not use ``op``, whose ``access`` (:data:`~knotify.vocab.OP_ACCESS`)
+        says who may, or None."""
+        if self.local or self.admin or access == ANY_SENDER:
             return None
-        if op == "history" and self.key and isinstance(msg.get("host"), str) \
+        own = access == OWN_HOSTS
+        if own and self.key and isinstance(msg.get("host"), str) \
                 and self.may_send_as(msg["host"]):
-            return None  # its own history
+            return None  # about one of its own hosts
         who = f"client key {self.key!r}" if self.key else "a plain-TCP sender"
-        what = ("history of other hosts (ask with host = one of yours)" if op == "history"
+        what = (f"{op[:40]} of other hosts (ask with host = one of yours)" if own
                 else f"{op[:40]!r}")
         return (f"{who} may not use {what}: only the local control socket or a key in "
                 "[router.curve] admins may")

@@ -109,3 +109,13 @@ SENT_BY_PEER = "sent_by_peer"
 MESSAGE_STATUSES = (PENDING, SENDING, SENT, EXPIRED, DROPPED, SENT_BY_PEER)
 #: A delivery attempt: running -> ok | failed | timeout | interrupted.
 ATTEMPT_STATUSES = (RUNNING, OK, FAILED, TIMEOUT, INTERRUPTED)
+
+# -- who may use an op (each op says which; knotify.trust decides) ---------------------------
+
+#: Only the local control socket (and ipc:// listeners) and ``[router.curve] admins`` keys.
+ADMINS_ONLY = "admins-only"
+#: Every sender that got in: any authorised key, and plain TCP (``insecure = true``).
+ANY_SENDER = "any-sender"
+#: A key asking about one of the hosts it may send as (the message's ``host``); admins: any.
+OWN_HOSTS = "own-hosts"
+OP_ACCESS = (ADMINS_ONLY, ANY_SENDER, OWN_HOSTS)

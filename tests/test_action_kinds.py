@@ -129,9 +129,9 @@ def test_a_silence_skips_what_the_rule_silences_and_the_alert_kind_applies_its_o
     journal = EventStore(Database(str(path)))
     tracker = Tracker()
     log = logmod.get()
-    engine = AlertEngine(config.alert_engine, journal, lambda: tracker, log, lambda *_: None)
+    engine = AlertEngine(config.alert_engine, journal, tracker, log, lambda *_: None)
     engine.silences.add(["host=kb1"], 600, "maintenance", "test")
-    executor = Executor(journal, lambda: tracker, log, lambda *_: None)
+    executor = Executor(journal, tracker, log, lambda *_: None)
     executor.services = Services(alerts=engine, silences=engine, log=log)
     ev = Event(id="event-00000001", host="kb1", kind="INSTANCE", name="VI_1", state="MASTER",
                prio=100, seq=1, ts_ns=time.time_ns(), recv_ns=time.time_ns(), source="send")
@@ -217,7 +217,7 @@ def test_the_engine_gets_rules_and_alert_settings_through_apply(tmp_path: Path) 
     assert first.alert_engine.cluster == first.cluster
     journal = EventStore(Database(str(tmp_path / "journal.db")))
     tracker = Tracker()
-    engine = AlertEngine(first.alert_engine, journal, lambda: tracker, logmod.get(),
+    engine = AlertEngine(first.alert_engine, journal, tracker, logmod.get(),
                          lambda *_: None)
     started = engine.rule_since.since("page#0")
     assert started > 0 and engine.rule_since.since("quiet#1") > 0

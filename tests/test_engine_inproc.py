@@ -77,9 +77,9 @@ class Rig:
         self.tracker = Tracker()
         self.published: list[tuple[str, dict[str, Any]]] = []
         log = logmod.get()
-        self.engine = AlertEngine(self.config.alert_engine, self.journal, lambda: self.tracker,
+        self.engine = AlertEngine(self.config.alert_engine, self.journal, self.tracker,
                                   log, self.publish, clock=self.clock)
-        self.executor = Executor(self.journal, lambda: self.tracker, log, self.publish,
+        self.executor = Executor(self.journal, self.tracker, log, self.publish,
                                  clock=self.clock)
         self.executor.services = Services(alerts=self.engine, silences=self.engine, log=log)
         self.seq = 0

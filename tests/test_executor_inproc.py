@@ -45,7 +45,7 @@ def _run_one(tmp_path: Path, clock: FakeClock, extra: str = "", age_s: float = 0
     path = tmp_path / "journal.db"
     journal = EventStore(Database(str(path)))
     tracker = Tracker()
-    executor = Executor(journal, lambda: tracker, logmod.get(), lambda *_: None, clock=clock)
+    executor = Executor(journal, tracker, logmod.get(), lambda *_: None, clock=clock)
     received = clock.time_ns() - int(age_s * 1e9)
     ev = Event(id="event-00000001", host="kb1", kind="INSTANCE", name="VI_1",
                state="MASTER", prio=100, seq=1, ts_ns=received, recv_ns=received,

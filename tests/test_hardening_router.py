@@ -101,7 +101,7 @@ argv = {argv}
 """, "test.toml")
     journal = EventStore(Database(str(tmp_path / "journal.db")))
     tracker = Tracker()
-    executor = Executor(journal, lambda: tracker, logmod.get(), lambda *_: None)
+    executor = Executor(journal, tracker, logmod.get(), lambda *_: None)
     ev = Event(id="event-00000001", host="h1", kind="INSTANCE", name="VI_1", state="MASTER",
                prio=100, seq=1, ts_ns=1, recv_ns=time.time_ns(), source="send")
     tr = Transition("transition", "MASTER", "INIT", None, 1)

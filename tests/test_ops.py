@@ -34,6 +34,8 @@ from knotify.store.events import EventStore
 from knotify.store.outbox import Outbox
 from knotify.supervisor import Faults
 from knotify.tracker import Tracker
+from knotify.trust import LOCAL, PLAIN_TCP, Peer
+from knotify.vocab import ADMINS_ONLY, ANY_SENDER, OP_ACCESS, OWN_HOSTS
 
 LOG = structlog.get_logger()
 
@@ -75,14 +77,14 @@ def with_cluster(parts: Parts) -> Parts:
     assert parts.journal is not None
     config = configmod.load(None)
     parts.cluster = ClusterMonitor(config.cluster, "here", parts.journal.database,
-                                   lambda: parts.tracker, lambda evs: [True] * len(evs), LOG)
+                                   parts.tracker, lambda evs: [True] * len(evs), LOG)
     return parts
 
 
 def with_alerts(parts: Parts) -> Parts:
     assert parts.journal is not None
     config = configmod.load(None)
-    parts.alerts = AlertEngine(config.alert_engine, parts.journal, lambda: parts.tracker, LOG,
+    parts.alerts = AlertEngine(config.alert_engine, parts.journal, parts.tracker, LOG,
                                lambda topic, data: None)
     return parts
 
@@ -132,6 +134,41 @@ def test_every_op_with_a_cli_side_is_a_command_of_the_cli() -> None:
         args = parser.parse_args([name, *{"forget-peer": ["lb9"],
                                           "silence": ["list"]}.get(name, [])])
         assert args.func is module.run
+
+
+def test_each_op_says_who_may_use_it() -> None:
+    """Who may use an op is the op's own ``access``: only ping and heartbeat are open to
+    every sender, history to a key about its own hosts; every other op, and an op this
+    router does not know, is for the control socket and admin keys."""
+    assert all(op.access in OP_ACCESS for op in ops.REGISTRY.values())
+    assert {name: op.access for name, op in ops.REGISTRY.items()
+            if op.access != ADMINS_ONLY} == {
+        "ping": ANY_SENDER, "heartbeat": ANY_SENDER, "history": OWN_HOSTS}
+    assert ops.access("history") == OWN_HOSTS
+    assert ops.access("no-such-op") == ADMINS_ONLY
+
+
+@pytest.mark.parametrize("peer, access, msg, allowed", [
+    (LOCAL, ADMINS_ONLY, {}, True),
+    (Peer(key="ops", admin=True, hosts=frozenset({"ops"})), ADMINS_ONLY, {}, True),
+    (Peer(key="lb1", hosts=frozenset({"lb1"})), ADMINS_ONLY, {}, False),
+    (PLAIN_TCP, ADMINS_ONLY, {}, False),
+    (Peer(key="lb1", hosts=frozenset({"lb1"})), ANY_SENDER, {}, True),
+    (PLAIN_TCP, ANY_SENDER, {}, True),
+    (Peer(key="lb1", hosts=frozenset({"lb1"})), OWN_HOSTS, {"host": "lb1"}, True),
+    (Peer(key="lb1", hosts=frozenset({"lb1"})), OWN_HOSTS, {"host": "lb2"}, False),
+    (Peer(key="lb1", hosts=frozenset({"lb1"})), OWN_HOSTS, {}, False),
+    (Peer(key="any", hosts=None), OWN_HOSTS, {"host": "lb7"}, True),
+    (PLAIN_TCP, OWN_HOSTS, {"host": "lb1"}, False),
+])
+def test_a_peer_may_use_an_op_as_its_access_says(peer: Peer, access: str, msg: dict[str, Any],
+                                                 allowed: bool) -> None:
+    refusal = peer.refuse_op("some_op", access, msg)
+    assert (refusal is None) is allowed, refusal
+    if refusal is not None and access == OWN_HOSTS:
+        assert "some_op of other hosts (ask with host = one of yours)" in refusal
+    elif refusal is not None:
+        assert "may not use 'some_op'" in refusal and "[router.curve] admins" in refusal
 
 
 # -- refused requests -----------------------------------------------------------------------

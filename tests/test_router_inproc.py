@@ -21,7 +21,7 @@ import structlog
 from conftest import KEnv
 
 from knotify import config as configmod
-from knotify import hook, resync, spool
+from knotify import resync, spool, stamp
 from knotify.event import Event, decode_event
 from knotify.router import Router
 from knotify.sources import Inlet
@@ -226,7 +226,7 @@ def test_resync_events_a_bug_refuses_are_spooled_not_lost(
     def body(router: Router) -> tuple[int, int, list[dict[str, Any]]]:
         inlet = Inlet(router.ingest, str(kenv.spool), router.faults, router.log)
         wire = resync.wire_events(instances, "lb1", lambda: spool.next_seq(str(kenv.spool)),
-                                  hook.new_id)
+                                  stamp.new_id)
         journal_ingest = router.intake.ingest
 
         def buggy(events: list[Event]) -> list[bool]:

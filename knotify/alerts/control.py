@@ -14,9 +14,6 @@ from knotify.alerts.core import Core
 from knotify.alerts.silence import Silence
 from knotify.errors import SilenceError, WireError
 
-#: Router ops this engine answers.
-OPS = ("silence_add", "silence_list", "silence_expire", "alerts")
-
 
 def command(core: Core, op: str, msg: dict[str, Any],
             info: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -72,7 +69,7 @@ def silence_expire(core: Core, msg: dict[str, Any]) -> dict[str, Any]:
 def matching(core: Core, silence: Silence) -> list[dict[str, str]]:
     """The current states a new silence covers: a typo shows as an empty list."""
     out = []
-    for (host, kind, name, vs), ks in core.tracker().states.items():
+    for (host, kind, name, vs), ks in core.tracker.states.items():
         values = {"host": host, "kind": kind, "name": name, "vs": vs, "state": ks.state,
                   "subject": f"{name} in {vs}" if vs else name}
         if silence.matches(values):

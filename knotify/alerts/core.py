@@ -75,7 +75,7 @@ class Core:
     """The engine's shared state. The caller (a stage) holds any transaction it needs."""
 
     def __init__(self, settings: EngineSettings, journal: EventStore,
-                 tracker: Callable[[], Tracker], log: Any,
+                 tracker: Tracker, log: Any,
                  publish: Callable[[str, dict[str, Any]], None], clock: Clock) -> None:
         self.engine_settings = settings
         self.journal = journal
@@ -127,7 +127,7 @@ class Core:
         """The cluster view of the tracker's states for this turn of the engine (the
         states do not change within one: a tick and a group commit each start a turn)."""
         if self._turn_index is None:
-            self._turn_index = incident.ClusterIndex(self.tracker().states,
+            self._turn_index = incident.ClusterIndex(self.tracker.states,
                                                      self.engine_settings.cluster)
         return self._turn_index
 
@@ -137,7 +137,7 @@ class Core:
         if not rules:
             return None
         if self._turn_active is None or self._turn_active.rules is not rules:
-            self._turn_active = inhibit.Active(rules, self.tracker().states, self.index())
+            self._turn_active = inhibit.Active(rules, self.tracker.states, self.index())
         return self._turn_active.match(fields)
 
     def repeat_policy(self, repeat_s: float | None) -> repeat.RepeatPolicy:

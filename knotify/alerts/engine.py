@@ -38,7 +38,6 @@ from knotify.alerts import compose, control, timers
 from knotify.alerts.adopt import adopt
 from knotify.alerts.attempts import Attempts
 from knotify.alerts.commit import GroupCommit
-from knotify.alerts.control import OPS
 from knotify.alerts.core import MAX_SLEEP, Core, PeerGate
 from knotify.alerts.deliver import Delivery
 from knotify.alerts.enqueue import Enqueue
@@ -59,12 +58,12 @@ if TYPE_CHECKING:
     from knotify.rules import Rule
     from knotify.store.events import EventStore
 
-__all__ = ["MAX_SLEEP", "OPS", "AlertEngine"]
+__all__ = ["MAX_SLEEP", "AlertEngine"]
 
 
 class AlertEngine:
     def __init__(self, settings: EngineSettings, journal: EventStore,
-                 tracker: Callable[[], Tracker], log: Any,
+                 tracker: Tracker, log: Any,
                  publish: Callable[[str, dict[str, Any]], None],
                  clock: Clock = SYSTEM) -> None:
         self.core = core = Core(settings, journal, tracker, log, publish, clock)
@@ -170,7 +169,8 @@ class AlertEngine:
         return match.describe() if match is not None else None
 
     def command(self, op: str, msg: dict[str, Any]) -> dict[str, Any]:
-        """Answer a router op (:data:`OPS`); WireError for a request that cannot be served."""
+        """Answer a router op (:mod:`knotify.ops.silence`, :mod:`knotify.ops.alerts`);
+        WireError for a request that cannot be served."""
         return control.command(self.core, op, msg, self.info)
 
     def info(self) -> dict[str, Any]:

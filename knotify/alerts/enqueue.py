@@ -112,7 +112,7 @@ class Enqueue:
                     reason += f"; repeated every {format_duration(policy.interval_s)}"
             elif verdict == repeat.REPEAT:
                 alert = render.REPEAT
-                current = core.tracker().states.get(ev.key)
+                current = core.tracker.states.get(ev.key)
                 since = format_duration(max(0, now - current.since_ns) / 1e9) \
                     if current is not None else ""
                 fields["change"] = render.change_text(alert, fields, since=since)

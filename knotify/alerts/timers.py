@@ -22,7 +22,7 @@ from knotify.units import format_duration
 def timers(core: Core, now: int) -> int | None:
     """Queue what is due now; when the next timer falls due (ns), or None."""
     nxt: int | None = None
-    states = core.tracker().states
+    states = core.tracker.states
     for row in core.outbox.timed_streams(core.settings.repeat.states):
         current = states.get(row.key)
         if current is None:
@@ -92,7 +92,7 @@ def repeat_alert(core: Core, row: StreamRow, current: KeyState, now: int) -> Non
 def alertmanager(core: Core, now: int) -> int | None:
     """Alertmanager receivers: resolve what ended, re-post what lasts."""
     try:
-        nxt, added = core.am.tick(now, core.tracker().states, core.receivers)
+        nxt, added = core.am.tick(now, core.tracker.states, core.receivers)
     except (JournalError, sqlite3.Error):
         raise
     except Exception:  # a bug here must not stop composing and delivering

@@ -13,7 +13,7 @@ from typing import Any
 
 from knotify import keepalived
 from knotify.errors import WireError
-from knotify.event import WIRE_VERSION
+from knotify.wire import WIRE_VERSION
 
 OP = "heartbeat"
 

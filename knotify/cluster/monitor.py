@@ -29,7 +29,7 @@ TICK = 0.5
 
 class ClusterMonitor:
     def __init__(self, settings: ClusterSettings, origin: str, database: Database,
-                 tracker: Callable[[], Tracker],
+                 tracker: Tracker,
                  ingest: Callable[[list[Event]], list[bool]], log: Any) -> None:
         self.peers: PeerStore | None = None
         self._tracker = tracker
@@ -42,7 +42,7 @@ class ClusterMonitor:
         except sqlite3.Error as exc:  # the watch list is a convenience: start without it
             log.warning("cluster.peers_unavailable", error=str(exc))
             known = []
-        self.detector = Detector(settings, origin, time.time_ns(), tracker().states,
+        self.detector = Detector(settings, origin, time.time_ns(), tracker.states,
                                  known)
         self._failing = False
 
@@ -60,7 +60,7 @@ class ClusterMonitor:
         return reply(True, host=beat.host, silent_after_s=self.settings.silent_after)
 
     def view(self) -> dict[str, Any]:
-        return self.detector.view(self._tracker().states, time.time_ns())
+        return self.detector.view(self._tracker.states, time.time_ns())
 
     def forget(self, msg: dict[str, Any]) -> bytes:
         host = msg.get("host")
@@ -97,7 +97,7 @@ class ClusterMonitor:
             else:
                 for host in hosts:
                     self.log.info("cluster.peer_watched", host=host)
-        events = detector.tick(self._tracker().states, time.time_ns())
+        events = detector.tick(self._tracker.states, time.time_ns())
         if not events:
             return []
         try:

@@ -19,11 +19,15 @@ import zmq
 from knotify.errors import JournalError, WireError
 from knotify.event import Event, acked, check_text, decode_event, decode_message, reply
 from knotify.trust import LOCAL, Peer
+from knotify.vocab import ANY_SENDER
 
 if TYPE_CHECKING:
     from knotify.intake.ingest import Intake
     from knotify.supervisor import Faults
 
+#: The ops that bring events in (answered here, not by knotify.ops): any sender may use
+#: them, as its own hosts.
+EVENT_OPS = ("event", "events")
 #: Events one ``events`` message may carry (the agent sends at most [agent] batch).
 MAX_EVENTS_PER_MESSAGE = 1000
 NOBLOCK = int(zmq.NOBLOCK)
@@ -37,9 +41,12 @@ class WireIntake:
     """Answers the batches a socket loop reads: events to the intake, ops to ``command``."""
 
     def __init__(self, intake: Intake, command: Callable[[dict[str, Any]], bytes],
-                 faults: Faults, log: Any, stats: dict[str, int]) -> None:
+                 access: Callable[[str], str], faults: Faults, log: Any,
+                 stats: dict[str, int]) -> None:
         self.intake = intake
         self.command = command
+        #: Who may use an op (:data:`knotify.vocab.OP_ACCESS`), by its name.
+        self.access = access
         self.faults = faults
         self.log = log
         self.stats = stats
@@ -71,7 +78,8 @@ class WireIntake:
                                     "file is not in the router's clients folder")
                 msg = decode_message(payload, limit)
                 op = msg["op"]
-                refusal = peer.refuse_op(op, msg)
+                refusal = peer.refuse_op(
+                    op, ANY_SENDER if op in EVENT_OPS else self.access(op), msg)
                 if refusal is not None:
                     self.stats["unauthorised"] += 1
                     raise WireError(refusal)

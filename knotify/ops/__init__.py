@@ -9,6 +9,8 @@ As circus does with its commands, each module holds both sides of what it does:
 * the CLI side, for the ops a person runs: ``COMMAND`` (its name on the command line),
   ``HELP``, ``register(parser)`` and ``run(args) -> exit code``.
 
+Each :class:`~knotify.ops.base.Op` also says who may use it (``access``: admins only by
+default, any sender, or a key about its own hosts; :mod:`knotify.trust` applies it).
 Adding an op is one module here and its name in :data:`MODULES`. The router answers an op
 message with :func:`dispatch`; ``knotify.cli`` adds :data:`COMMANDS` to the CLI. Commands
 that are not ops (run, send, watch, ...) live in :mod:`knotify.commands`.
@@ -30,9 +32,10 @@ from knotify.ops import (
 )
 from knotify.ops.base import CommandModule, Op, OpContext, OpModule
 from knotify.ops.dispatch import Dispatcher
+from knotify.vocab import ADMINS_ONLY
 
-__all__ = ["COMMANDS", "MODULES", "REGISTRY", "Dispatcher", "Op", "OpContext", "dispatch",
-           "registry"]
+__all__ = ["COMMANDS", "MODULES", "REGISTRY", "Dispatcher", "Op", "OpContext", "access",
+           "dispatch", "registry"]
 
 MODULES: tuple[OpModule, ...] = (ping, status, history, stats, reload, heartbeat,
                                  peer_forget, silence, alerts, peer_sync)
@@ -54,3 +57,10 @@ def registry(modules: tuple[OpModule, ...] = MODULES) -> dict[str, Op]:
 
 REGISTRY = registry()
 dispatch = Dispatcher(REGISTRY).answer
+
+
+def access(op: str) -> str:
+    """Who may use ``op`` (:data:`knotify.vocab.OP_ACCESS`); an unknown op: admins only
+    (so a sender who may not use it is told that, and nothing about what exists)."""
+    found = REGISTRY.get(op)
+    return ADMINS_ONLY if found is None else found.access

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from knotify.errors import WireError
+from knotify.vocab import ADMINS_ONLY
 
 #: What ``execute`` returns: a whole reply, or the fields of an ok reply.
 Answer = bytes | dict[str, Any]
@@ -93,14 +94,17 @@ class OpContext(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One wire op: its name and what answers it.
+    """One wire op: its name, what answers it, and who may use it.
 
     ``execute(ctx, msg)`` returns the reply (bytes) or the fields of an ok reply, and
     raises WireError for a request it cannot serve (the reason goes back to the sender).
+    ``access`` (:data:`knotify.vocab.OP_ACCESS`) is checked by :mod:`knotify.trust` before
+    ``execute`` runs: the local control socket and admin keys may use every op.
     """
 
     name: str
     execute: Callable[[OpContext, dict[str, Any]], Answer]
+    access: str = ADMINS_ONLY
 
 
 class OpModule(Protocol):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from knotify.ops.base import Answer, Op, OpContext, unknown
+from knotify.vocab import ANY_SENDER
 
 
 def execute(ctx: OpContext, msg: dict[str, Any]) -> Answer:
@@ -14,4 +15,4 @@ def execute(ctx: OpContext, msg: dict[str, Any]) -> Answer:
     return ctx.cluster.heartbeat(msg)
 
 
-OPS = (Op("heartbeat", execute),)
+OPS = (Op("heartbeat", execute, access=ANY_SENDER),)

@@ -20,6 +20,7 @@ from knotify.event import ID_CHARS
 from knotify.ops.base import Answer, Op, OpContext, journal_of, outbox_of
 from knotify.templates import iso_time
 from knotify.units import format_duration
+from knotify.vocab import OWN_HOSTS
 
 COMMAND = "history"
 HELP = "show events newest first, with the actions each one triggered and how they ended"
@@ -163,4 +164,4 @@ def execute(ctx: OpContext, msg: dict[str, Any]) -> Answer:
     return {"events": page, "next_before": page[-1]["rowid"] if more else None}
 
 
-OPS = (Op("history", execute),)
+OPS = (Op("history", execute, access=OWN_HOSTS),)

@@ -8,6 +8,7 @@ from typing import Any
 
 from knotify import __version__
 from knotify.ops.base import Answer, Op, OpContext
+from knotify.vocab import ANY_SENDER
 
 
 def execute(ctx: OpContext, msg: dict[str, Any]) -> Answer:
@@ -15,4 +16,4 @@ def execute(ctx: OpContext, msg: dict[str, Any]) -> Answer:
             "uptime_s": round(time.time() - ctx.started, 3)}
 
 
-OPS = (Op("ping", execute),)
+OPS = (Op("ping", execute, access=ANY_SENDER),)

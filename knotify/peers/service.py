@@ -33,7 +33,7 @@ import zmq.asyncio
 from knotify.alerts import incident
 from knotify.alerts.silence import SilenceStore
 from knotify.errors import JournalError
-from knotify.event import WIRE_VERSION, encode
+from knotify.event import encode
 from knotify.peers import gate, serve, wire
 from knotify.peers.gate import Verdict
 from knotify.peers.link import Link, request
@@ -41,6 +41,7 @@ from knotify.peers.settings import REQUEST_TIMEOUT, SYNC_INTERVAL, PeerSettings
 from knotify.store.nflog import Entry, NotificationLog
 from knotify.transport import ClientCurve, load_secret
 from knotify.vocab import CLUSTER, MASTER, SENT_BY_PEER, VRRP_KINDS
+from knotify.wire import WIRE_VERSION
 
 if TYPE_CHECKING:
     from knotify.alerts.engine import AlertEngine

@@ -10,8 +10,9 @@ import orjson
 
 from knotify.alerts.silence import parse_matchers
 from knotify.errors import SilenceError
-from knotify.event import WIRE_VERSION, encode
+from knotify.event import encode
 from knotify.store.silences import SilenceRow
+from knotify.wire import WIRE_VERSION
 
 T = TypeVar("T")
 

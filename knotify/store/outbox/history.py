@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
-from knotify.store.outbox.schema import CHUNK
+from knotify.store import outbox_read
 
 
 def attach_history(db: sqlite3.Connection, by_id: dict[str, dict[str, Any]]) -> None:
@@ -15,58 +14,12 @@ def attach_history(db: sqlite3.Connection, by_id: dict[str, dict[str, Any]]) -> 
         event["alerts"] = []
     if not by_id:
         return
-    items: list[Any] = []
-    ids = list(by_id)
-    for start in range(0, len(ids), CHUNK):
-        part = ids[start:start + CHUNK]
-        items.extend(db.execute(
-            "SELECT rowid, event_id, receiver, stream, alert, status, detail, created_ns, "
-            f"message FROM alert_items WHERE event_id IN ({','.join('?' * len(part))})",
-            part).fetchall())
-    items.sort(key=lambda r: r[0])
-    wanted = {r[8] for r in items if r[8] is not None}
-    messages: dict[int, dict[str, Any]] = {}
-    while wanted:
-        batch = sorted(wanted)[:CHUNK]
-        wanted -= set(batch)
-        for row in db.execute(
-                "SELECT rowid, receiver, alert, title, status, event_ids, created_ns, ended_ns, "
-                "attempts, escalated_to, escalated_from, detail FROM alert_messages WHERE "
-                f"rowid IN ({','.join('?' * len(batch))})", batch):
-            messages[row[0]] = {
-                "id": row[0], "receiver": row[1], "alert": row[2], "title": row[3],
-                "status": row[4], "events": json.loads(row[5]), "created_ns": row[6],
-                "ended_ns": row[7], "attempt_count": row[8], "escalated_to": row[9],
-                "escalated_from": row[10], "detail": row[11], "attempts": [],
-            }
-            if row[9] is not None and row[9] not in messages:
-                wanted.add(row[9])
-    found = sorted(messages)
-    for start in range(0, len(found), CHUNK):
-        batch = found[start:start + CHUNK]
-        for row in db.execute(
-                "SELECT rowid, message, attempt, status, started_ns, ended_ns, urls, error "
-                f"FROM alert_attempts WHERE message IN ({','.join('?' * len(batch))}) "
-                "ORDER BY rowid", batch):
-            messages[row[1]]["attempts"].append({
-                "attempt": row[2], "status": row[3], "started_ns": row[4], "ended_ns": row[5],
-                "urls": json.loads(row[6]) if row[6] else [], "error": row[7],
-            })
-
-    def chain(message_id: int | None) -> dict[str, Any] | None:
-        if message_id is None or message_id not in messages:
-            return None
-        msg = dict(messages[message_id])
-        msg["escalation"] = chain(msg["escalated_to"]) if msg["escalated_to"] != message_id \
-            else None
-        return msg
-
-    for row in items:
-        by_id[row[1]]["alerts"].append({
-            "item": row[0], "receiver": row[2], "stream": row[3], "alert": row[4],
-            "status": row[5], "detail": row[6], "created_ns": row[7],
-            "message": chain(row[8]),
-        })
+    items = outbox_read.items_of(db, by_id)
+    messages = outbox_read.messages_by_id(
+        db, {item["message"] for item in items if item["message"] is not None})
+    for item in items:
+        item["message"] = outbox_read.chain(messages, item["message"])
+        by_id[item.pop("event_id")]["alerts"].append(item)
 
 
 def prune(db: sqlite3.Connection, cutoff: int) -> None:

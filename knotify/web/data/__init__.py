@@ -3,7 +3,9 @@
 The journal is opened read-only (``file:...?mode=ro``; SQLite's WAL lets a reader
 in while the router writes) and only its tables are used: nothing here imports the
 router's code, so the router's stores can change shape inside without touching the
-pages, as long as the tables mean the same. Times are nanoseconds since the epoch.
+pages, as long as the tables mean the same. The one shared reading is
+:mod:`knotify.store.outbox_read` (an event's alert items, messages with their
+attempts and escalations), which a history answer uses too. Times are nanoseconds since the epoch.
 
 What the pages need:
 

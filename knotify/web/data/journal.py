@@ -12,12 +12,13 @@ import json
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from knotify.errors import JournalUnavailable
 from knotify.sqlglob import glob_clause, id_clause
+from knotify.store.outbox_read import chain, chunks, items_of, messages_by_id
 from knotify.vocab import (
     DROPPED,
     ERROR,
@@ -32,9 +33,6 @@ from knotify.vocab import (
     SUPPRESSED,
     TIMEOUT,
 )
-
-#: Parameters per ``IN (...)``: well under SQLite's limit.
-CHUNK = 500
 
 EVENT_COLUMNS = ("rowid, id, host, kind, name, vs, state, effective, prio, seq, ts_ns, "
                  "recv_ns, source, form, class, prev_state, prev_since_ns, error, data")
@@ -142,56 +140,13 @@ def attach(db: sqlite3.Connection, events: list[dict[str, Any]]) -> None:
                 "output": r[10], "detail": r[11]})
     if not has_table(db, "alert_items"):
         return
-    items: list[Sequence[Any]] = []
-    for part in chunks(ids):
-        items.extend(db.execute(
-            "SELECT rowid, event_id, receiver, alert, status, detail, created_ns, message "
-            f"FROM alert_items WHERE event_id IN ({','.join('?' * len(part))}) ORDER BY rowid",
-            part).fetchall())
-    messages = messages_by_id(db, {r[7] for r in items if r[7] is not None})
-    for r in items:
-        by_id[r[1]]["alerts"].append({
-            "item": r[0], "receiver": r[2], "alert": r[3], "status": r[4], "detail": r[5],
-            "created_ns": r[6], "message": chain(messages, r[7]),
-            "outcome": alert_outcome(r[4], messages.get(r[7]) if r[7] else None)})
-
-
-def messages_by_id(db: sqlite3.Connection, wanted: set[int]) -> dict[int, dict[str, Any]]:
-    """Messages by id (and those they escalated to), each with its attempts."""
-    out: dict[int, dict[str, Any]] = {}
-    while wanted:
-        batch = sorted(wanted)[:CHUNK]
-        wanted -= set(batch)
-        for r in db.execute(
-                "SELECT rowid, receiver, alert, title, status, event_ids, created_ns, ended_ns, "
-                "attempts, escalated_to, detail, next_ns FROM alert_messages WHERE rowid IN "
-                f"({','.join('?' * len(batch))})", batch):
-            out[r[0]] = {"id": r[0], "receiver": r[1], "alert": r[2], "title": r[3],
-                         "status": r[4], "events": json.loads(r[5]), "created_ns": r[6],
-                         "ended_ns": r[7], "attempt_count": r[8], "escalated_to": r[9],
-                         "detail": r[10], "next_ns": r[11], "attempts": []}
-            if r[9] is not None and r[9] not in out:
-                wanted.add(r[9])
-    found = sorted(out)
-    for part in chunks(found):
-        for r in db.execute(
-                "SELECT message, attempt, status, started_ns, ended_ns, urls, error FROM "
-                f"alert_attempts WHERE message IN ({','.join('?' * len(part))}) ORDER BY rowid",
-                part):
-            out[r[0]]["attempts"].append({
-                "attempt": r[1], "status": r[2], "started_ns": r[3], "ended_ns": r[4],
-                "urls": json.loads(r[5]) if r[5] else [], "error": r[6]})
-    return out
-
-
-def chain(messages: dict[int, dict[str, Any]], rowid: int | None,
-           depth: int = 0) -> dict[str, Any] | None:
-    if rowid is None or rowid not in messages or depth > 10:
-        return None
-    msg = dict(messages[rowid])
-    msg["escalation"] = chain(messages, msg["escalated_to"], depth + 1) \
-        if msg["escalated_to"] != rowid else None
-    return msg
+    items = items_of(db, ids)
+    messages = messages_by_id(db, {i["message"] for i in items if i["message"] is not None})
+    for item in items:
+        rowid = item["message"]
+        item["message"] = chain(messages, rowid)
+        item["outcome"] = alert_outcome(item["status"], messages.get(rowid) if rowid else None)
+        by_id[item.pop("event_id")]["alerts"].append(item)
 
 
 def alert_outcome(item_status: str, message: dict[str, Any] | None) -> str:
@@ -221,11 +176,6 @@ def action_outcome(status: str) -> str:
     if status == TIMEOUT:
         return "timeout"
     return "other"
-
-
-def chunks(items: Sequence[Any]) -> Iterable[list[Any]]:
-    for start in range(0, len(items), CHUNK):
-        yield list(items[start:start + CHUNK])
 
 
 # -- history -------------------------------------------------------------------------------

@@ -7,14 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from knotify.web.data.journal import (
-    action_outcome,
-    alert_outcome,
-    chain,
-    chunks,
-    has_table,
-    messages_by_id,
-)
+from knotify.store.outbox_read import chain, chunks, messages_by_id
+from knotify.web.data.journal import action_outcome, alert_outcome, has_table
 
 #: Marks kept per lane, kind, outcome and stretch of a timeline's resolution.
 KEEP_MARKS = 5

@@ -8,9 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from knotify.store.outbox_read import messages_by_id
 from knotify.vocab import BACKUP, FAULT, MASTER, NO_MASTER, SPLIT_BRAIN, STOP
 from knotify.web.data.failovers import Incident, incidents
-from knotify.web.data.journal import has_table, messages_by_id
+from knotify.web.data.journal import has_table
 
 
 @dataclass(slots=True)
