@@ -28,6 +28,7 @@ from knotify.cluster.settings import AgentSettings, ClusterSettings, parse_agent
 from knotify.errors import ConfigError, KeyFileError
 from knotify.metrics_settings import MetricsSettings
 from knotify.metrics_settings import parse_settings as parse_metrics_settings
+from knotify.peers.settings import PeerSettings, parse_peers
 from knotify.rules import Match, Pattern, Rule, classes_from
 from knotify.schema import Table
 from knotify.security import must_be_root_only
@@ -115,6 +116,8 @@ class Config:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    #: ``[peers]``: the other routers of this site (None: this router alone).
+    peers: PeerSettings | None = None
     #: Bounds and clocks (docs/architecture.md, "Bounds"); defaults as in parse().
     handshake_timeout: float = 10.0
     max_clock_skew: float = 300.0
@@ -158,6 +161,7 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         ("max_message", old.max_message, new.max_message),
         ("max_parallel", old.max_parallel, new.max_parallel),
         ("metrics", old.metrics, new.metrics),
+        ("peers", old.peers, new.peers),
         ("handshake_timeout", old.handshake_timeout, new.handshake_timeout),
         ("hook.spool_dir", old.hook.spool_dir, new.hook.spool_dir),
         ("log", (old.log_format, old.log_level), (new.log_format, new.log_level)),
@@ -178,7 +182,7 @@ def reloaded(old: Config, new: Config) -> Config:
         new, runtime_dir=old.runtime_dir, state_dir=old.state_dir, listen=old.listen,
         curve=curve, insecure=old.insecure, group=old.group, journal=old.journal,
         fifos=old.fifos, synchronous=old.synchronous, max_message=old.max_message,
-        max_parallel=old.max_parallel, metrics=old.metrics,
+        max_parallel=old.max_parallel, metrics=old.metrics, peers=old.peers,
         handshake_timeout=old.handshake_timeout,
         hook=replace(new.hook, spool_dir=old.hook.spool_dir, curve=old.hook.curve),
         log_format=old.log_format, log_level=old.log_level)
@@ -296,6 +300,7 @@ def parse(text: str, path: str) -> Config:
     cluster = parse_cluster(top)
     agent = parse_agent(top)
     metrics = parse_metrics_settings(top)
+    peers = parse_peers(top, hook_host)
 
     config = Config(
         path=path, runtime_dir=runtime_dir, state_dir=state_dir, listen=listen, curve=curve,
@@ -307,7 +312,7 @@ def parse(text: str, path: str) -> Config:
         hook=hook, log_format=log_format,
         log_level=log_level,
         defaults=defaults, rules=(), alerts=alerts, receivers=receivers,
-        cluster=cluster, agent=agent, metrics=metrics,
+        cluster=cluster, agent=agent, metrics=metrics, peers=peers,
     )
     seen: set[str] = set()
     rules: list[Rule] = []

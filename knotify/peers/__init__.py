@@ -1,0 +1,1 @@
+"""Router peering: routers of one site share a notification log and silences, and page once."""
