@@ -156,7 +156,12 @@ class PeerSite:
     # -- set-up ---------------------------------------------------------------------------
 
     def create(self, extra_notify: Callable[[Node], Iterable[str]] | None = None) -> PeerSite:
+        """The namespaces, the receivers, the keys and every config. ``extra_notify(node)``
+        adds lines to each node's VRRP instance (the receivers exist by then)."""
         self.nodes = self.cluster.create_bridged(PRIOS, subnet=self.subnet)
+        hub = self.cluster.hub_ns
+        self.chat = in_netns(hub, lambda: HttpSink(host=self.cluster.hub_addr).start())
+        self.mail = in_netns(hub, lambda: SmtpSink(host=self.cluster.hub_addr).start())
         self.keys, self.clients = self.work / "keys", self.work / "clients"
         self.clients.mkdir()
         names = ("router", *PRIOS)
@@ -182,21 +187,20 @@ class PeerSite:
             node.keepalived_conf.write_text(keepalived_conf(
                 node, self.hook, self.check, self.node_configs[node.name],
                 f"{self.subnet}.100/24", extra_notify(node) if extra_notify else ()))
-        hub = self.cluster.hub_ns
-        self.chat = in_netns(hub, lambda: HttpSink(host=self.cluster.hub_addr).start())
-        self.mail = in_netns(hub, lambda: SmtpSink(host=self.cluster.hub_addr).start())
         return self
 
     def endpoint(self, name: str) -> str:
         return f"tcp://{self.nodes[name].addr}:{PORT}"
 
     def write_node_configs(self, routers: Iterable[str] = tuple(PRIOS),
-                           ack_timeout: str = "2s") -> None:
+                           ack_timeout: str | None = "2s",
+                           heartbeat: str | None = "500ms") -> None:
         """Each node's hook and agent config: send to ``routers`` (both by default).
 
         The hook reads its config at every event: a new list takes effect at once.
-        ``ack_timeout`` is generous, so that a hook on a loaded machine rarely misses an
-        ack (it would only spool the event for the agent to deliver a moment later).
+        The tests' ``ack_timeout`` is generous, so that a hook on a loaded machine rarely
+        misses an ack (it would spool the event for the agent to deliver a moment later),
+        and their agents beat every 500 ms; None leaves knotify's default (250 ms, 5 s).
         """
         endpoints = [self.endpoint(r) for r in routers]
         for name in PRIOS:
@@ -208,14 +212,13 @@ state_dir = "{self.work}/{name}-node-state"
 [hook]
 host = "{name}"
 endpoints = {json.dumps(endpoints)}
-ack_timeout = "{ack_timeout}"
+""" + (f'ack_timeout = "{ack_timeout}"\n' if ack_timeout else "") + f"""
 [hook.curve]
 server_key = "{self.keys}/router.key"
 secret_key = "{self.keys}/{name}.key_secret"
 [agent]
-heartbeat = "500ms"
 timeout = "1s"
-""")
+""" + (f'heartbeat = "{heartbeat}"\n' if heartbeat else ""))
             cfg.chmod(0o644)
             self.node_configs[name] = cfg
 
@@ -256,16 +259,17 @@ host = "{other}"
             kenv.write_config(self.router_config(name, body, peers, peer_timeout))
 
     def start(self, routers: Iterable[str] = tuple(PRIOS), agents: bool = True) -> None:
-        """The routers, then keepalived on lb1 (MASTER) and lb2, then the agents."""
+        """The routers, the agents (which deliver what a hook spooled for a router), then
+        keepalived on lb1 (MASTER on its own) and on lb2 (BACKUP)."""
         for name in routers:
             self.routers[name].start()
-        self.cluster.start(self.nodes["lb1"])
-        self.wait_vrrp({"lb1": "BACKUP"}, "lb1 BACKUP at start-up", routers)
-        self.cluster.start(self.nodes["lb2"])
-        self.wait_vrrp({"lb1": "MASTER", "lb2": "BACKUP"}, "lb1 MASTER, lb2 BACKUP", routers)
         if agents:
             for name in PRIOS:
                 self.start_agent(name)
+        self.cluster.start(self.nodes["lb1"])
+        self.wait_vrrp({"lb1": "MASTER"}, "lb1 MASTER on its own", routers)
+        self.cluster.start(self.nodes["lb2"])
+        self.wait_vrrp({"lb1": "MASTER", "lb2": "BACKUP"}, "lb1 MASTER, lb2 BACKUP", routers)
 
     def start_agent(self, name: str) -> None:
         self.agents[name] = netns_cluster.popen_in(
