@@ -80,6 +80,8 @@ class Snapshot:
     alerts: dict[str, Any]
     cluster: dict[str, Any] | None
     heartbeats: int
+    #: Router peering (``Peers.info``), or None without [peers].
+    peers: dict[str, Any] | None = None
 
 
 class RouterCollector:
@@ -192,6 +194,33 @@ class RouterCollector:
 
         if r.cluster is not None:
             yield from _cluster(r.cluster, r.heartbeats)
+        if r.peers is not None:
+            yield from _peers(r.peers)
+
+
+def _peers(info: dict[str, Any]) -> Iterator[Metric]:
+    """Router peering: each peer router's reachability and exchanges, and the messages
+    skipped because a peer sent them. (``knotify_peer_up`` is a watched host's.)"""
+    from prometheus_client.core import CounterMetricFamily as Counter
+    from prometheus_client.core import GaugeMetricFamily as Gauge
+
+    up = Gauge("knotify_router_peer_up", "1 if the peer router answered the last "
+               "exchange of notification log and silences", labels=["peer"])
+    last = Gauge("knotify_router_peer_last_sync_seconds", "seconds since the last exchange "
+                 "with the peer router that worked", labels=["peer"])
+    sync = Counter("knotify_router_peer_sync", "exchanges with each peer router by result "
+                   "(ok, timeout, refused, error)", labels=["peer", "result"])
+    for peer in info["routers"]:
+        up.add_metric([peer["name"]], 1.0 if peer["up"] else 0.0)
+        if peer["last_sync_s"] is not None:
+            last.add_metric([peer["name"]], peer["last_sync_s"])
+        for result in sorted({"ok", "timeout", "refused", "error", *peer["sync"]}):
+            sync.add_metric([peer["name"], result], peer["sync"].get(result, 0))
+    deduped = Counter("knotify_alerts_deduped", "messages not sent because a peer router's "
+                      "notification log showed it sent them", labels=["receiver"])
+    for receiver, count in sorted(info["deduped"].items()):
+        deduped.add_metric([receiver], count)
+    yield from (up, last, sync, deduped)
 
 
 def _gauge(name: str, text: str, value: float) -> Metric:

@@ -50,6 +50,7 @@ from knotify.executor import Executor, Run
 from knotify.fifo import RESYNC_DELAY, AsyncFifoReader, event_from_line
 from knotify.fifo import TURN as FIFO_TURN
 from knotify.outcome import Outcome
+from knotify.peers.service import PEER_OPS, Peers
 from knotify.replay import SpoolReplay
 from knotify.rules import fired
 from knotify.store.db import Database, corrupt
@@ -180,6 +181,7 @@ class Router:
         self.executor: Executor | None = None
         self.alerts: AlertEngine | None = None
         self.cluster: ClusterMonitor | None = None
+        self.peers: Peers | None = None
         self.ctx = zmq.asyncio.Context()
         self.sockets: list[zmq.asyncio.Socket] = []
         self.pub: zmq.Socket[bytes] | None = None
@@ -971,6 +973,8 @@ class Router:
             if op == "reload":
                 ok, detail = self.reload()
                 return reply(ok, detail=detail) if ok else reply(False, error=detail)
+            if op in PEER_OPS and self.peers is not None:
+                return reply(True, **self.peers.command(op, msg))
             if op in ALERT_OPS and self.alerts is not None:
                 return reply(True, **self.alerts.command(op, msg))
             raise WireError(f"unknown op {op[:40]!r}")
@@ -995,7 +999,8 @@ class Router:
             spool_depth=spool.depth(self.config.hook.spool_dir),
             alerts=self.alerts.info() if self.alerts is not None else {},
             cluster=self.cluster.view() if self.cluster is not None else None,
-            heartbeats=self.cluster.heartbeats if self.cluster is not None else 0)
+            heartbeats=self.cluster.heartbeats if self.cluster is not None else 0,
+            peers=self.peers.info() if self.peers is not None else None)
 
     def info(self) -> dict[str, Any]:
         ex = self.executor
@@ -1015,6 +1020,7 @@ class Router:
             "loops": self.supervisor.view(),
             "open_files_limit": getattr(self, "_nofile", None),
             "curve_refused": self.zap.refused if self.zap is not None else 0,
+            "peers": self.peers.info() if self.peers is not None else None,
             **self.stats,
         }
 
@@ -1230,6 +1236,9 @@ class Router:
                                   self.publish)
         self.executor.services = replace(self.executor.services, alerts=self.alerts,
                                          silences=self.alerts)
+        if self.config.peers is not None:  # peering: the send gate, log and replication
+            self.peers = Peers.start(self.config, self.alerts, lambda: self.tracker,
+                                     lambda: self.config.cluster, self.log, self.ctx)
         self.executor.watched = self.watched
         assert self.database is not None
         self.cluster = ClusterMonitor(self.config.cluster,
@@ -1281,6 +1290,8 @@ class Router:
         sup.spawn("alerts", self.alerts.run, ALERTS_MAX_SLEEP)
         sup.every("cluster", CLUSTER_TICK, self.cluster.tick)
         sup.every("forget", FORGET_EVERY, self._forget_deleted)
+        if self.peers is not None:
+            self.peers.spawn(sup)
         if metrics is not None:
             sup.spawn("metrics", metrics.serve_forever)
         for source in self.config.fifos:

@@ -104,6 +104,8 @@ ITEM_STATUSES = (WAITING, COMPOSED, SILENCED, INHIBITED, SUPPRESSED, DROPPED)
 SENDING = "sending"
 SENT = "sent"
 EXPIRED = "expired"
-MESSAGE_STATUSES = (PENDING, SENDING, SENT, EXPIRED, DROPPED)
+#: A peer router sent it (knotify.peers): this router skipped it.
+SENT_BY_PEER = "sent_by_peer"
+MESSAGE_STATUSES = (PENDING, SENDING, SENT, EXPIRED, DROPPED, SENT_BY_PEER)
 #: A delivery attempt: running -> ok | failed | timeout | interrupted.
 ATTEMPT_STATUSES = (RUNNING, OK, FAILED, TIMEOUT, INTERRUPTED)

@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from knotify.actions.base import ActionContext, AlertRequest
 from knotify.alerts import (
@@ -81,6 +81,7 @@ from knotify.vocab import (
 )
 
 if TYPE_CHECKING:
+    from knotify.peers.gate import Verdict
     from knotify.rules import Rule
     from knotify.store.events import EventStore
 
@@ -94,6 +95,15 @@ COMMIT_INTERVAL = 0.01
 #: A healthy receiver's attempts journaled at once: this many times those it may have at
 #: workers (max_parallel_per_receiver), so a job is ready whenever a worker is.
 AHEAD = 4
+
+
+class PeerGate(Protocol):
+    """Router peering as the engine sees it (knotify.peers.service.Peers)."""
+
+    def gate(self, message: outbox.MessageRow, now_ns: int) -> Verdict: ...
+    def skip(self, message: outbox.MessageRow, verdict: Verdict, now_ns: int) -> None: ...
+    def sent(self, message: outbox.MessageRow, now_ns: int) -> None: ...
+    def changed(self) -> None: ...
 
 
 def _clock(ns: int) -> str:
@@ -160,6 +170,8 @@ class AlertEngine:
         #: The cluster labels and hosts of this turn (built on first use; see _index).
         self._turn_index: incident.ClusterIndex | None = None
         self._turn_active: inhibit.Active | None = None
+        #: Router peering ([peers]): the send gate and the notification log, or None.
+        self.peers: PeerGate | None = None
         self.rules_loaded(settings.rules)
 
     def rules_loaded(self, rules: Sequence[Rule]) -> None:
@@ -677,6 +689,15 @@ class AlertEngine:
                 if (self._stopping or busy >= limit
                         or len(self._working) >= AHEAD * s.max_parallel):
                     break
+                if self.peers is not None:  # peering: wait our turn, skip what a peer sent
+                    verdict = self.peers.gate(message, now)
+                    if verdict.peer is not None:
+                        self.peers.skip(message, verdict, now)
+                        self._again = True
+                        continue
+                    if verdict.until_ns > now:
+                        nxt = verdict.until_ns if nxt is None else min(nxt, verdict.until_ns)
+                        continue
                 self._start(message, receiver)
                 busy += 1
         return nxt
@@ -997,6 +1018,8 @@ class AlertEngine:
             self.outbox.update_message(message_id, status=SENT, done=v.done,
                                        ended_ns=now,
                                        detail=f"delivered on attempt {message.attempts}")
+            if self.peers is not None:  # peering: the notification log, pushed to peers
+                self.peers.sent(message, now)
         else:
             if v.status == INTERRUPTED and res.planned is None:
                 delay = 0.0
@@ -1098,6 +1121,8 @@ class AlertEngine:
                 if not isinstance(reason, str) or not isinstance(by, str):
                     raise WireError("silence_add 'reason' and 'by' must be strings")
                 silence = self.silences.add(matchers, float(duration), reason, by)
+                if self.peers is not None:  # peering: every router honours it
+                    self.peers.changed()
                 self.log.info("silence.added", silence=silence.id,
                               matchers=[m.text for m in silence.matchers], reason=reason,
                               by=by, until_ns=silence.ends_ns)
@@ -1110,6 +1135,8 @@ class AlertEngine:
                 if type(ident) is not int or not 0 < ident < 2**63:
                     raise WireError("silence_expire 'id' must be a silence number")
                 silence = self.silences.expire(ident)
+                if self.peers is not None:
+                    self.peers.changed()
                 self.log.info("silence.expired", silence=silence.id)
                 return {"silence": silence.to_dict(now)}
             if op == "alerts":

@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     if args.cluster and not cluster.get("groups"):
         blocks.insert(0, "no cluster yet (an instance reported by two or more hosts, or a "
                       "[[cluster.group]])")
+    router_peers = (answer.get("router") or {}).get("peers")
+    if router_peers and not args.cluster:
+        blocks.append(router_peers_table(router_peers))
     warnings = spool_warnings(answer.get("router") or {})
     if warnings:
         blocks.append("\n".join(warnings))
@@ -146,3 +149,25 @@ def peers_table(peers: list[dict[str, Any]], now: int) -> str:
                      "" if p["interval_s"] is None else format_duration(p["interval_s"]),
                      "" if p["spool"] is None else str(p["spool"])])
     return render(["HOST", "WATCHED", "LAST HEARD", "VIA", "HEARTBEAT", "SPOOLED"], rows)
+
+
+def router_peers_table(info: dict[str, Any]) -> str:
+    """Router peering: the other routers, whether they answer, what they have not had yet,
+    and this router's position per cluster (0 sends first)."""
+    rows = []
+    for r in info["routers"]:
+        state = "up" if r["up"] else ("not yet" if r["up"] is None else "DOWN")
+        last = r.get("last_sync_s")
+        lag = r.get("lag") or {}
+        rows.append([r["name"], r["host"], state,
+                     "never" if last is None else f"{format_duration(last)} ago",
+                     f"{lag.get('nflog', 0)} log, {lag.get('silences', 0)} silences",
+                     str(r.get("last_error") or "")])
+    table = render(["PEER ROUTER", "BESIDE", "REACHABLE", "LAST SYNC", "NOT YET SENT",
+                    "LAST ERROR"], rows)
+    positions = info.get("positions") or {}
+    where = ", ".join(f"{label} {pos}" for label, pos in positions.items()) or "-"
+    deduped = sum(info.get("deduped", {}).values())
+    return (f"this router: {info['name']} (beside {info['host']}), peer_timeout "
+            f"{format_duration(info['peer_timeout_s'])}, position per cluster: {where}; "
+            f"{deduped} message(s) left to a peer\n" + table)

@@ -1,0 +1,121 @@
+"""Router peering with two real router processes and a real webhook receiver (issue 11).
+
+Two routers fed the same events page once; the router beside the VRRP MASTER sends
+and the other journals ``sent_by_peer``; with the first one killed while its group
+waits the other sends, once; with the link between them cut both send (duplicates,
+never a miss), and after it is mended nothing is sent again and a silence added
+during the cut holds on both. Outcomes are read from each router's journal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alert_servers import FAST_ALERTS, HttpSink
+from conftest import wait_for
+from peer_routers import Pair, pair
+
+PAGE_ON_MASTER = """
+[receivers.chat]
+urls = ["{url}"]
+
+[[rule]]
+id = "page"
+kind = "INSTANCE"
+state = "MASTER"
+[[rule.action]]
+type = "alert"
+receivers = ["chat"]
+"""
+
+
+def configure(p: Pair, http: HttpSink, alerts: str = FAST_ALERTS, timeout: str = "3s") -> None:
+    p.configure(alerts + PAGE_ON_MASTER.format(url=http.url()), peer_timeout=timeout)
+
+
+def settled(p: Pair, name: str) -> list[dict[str, Any]]:
+    """Router ``name``'s messages once none is open any more (else [])."""
+    msgs = p.messages(name)
+    return msgs if msgs and all(m["status"] not in ("pending", "sending") for m in msgs) \
+        else []
+
+
+def both_up(p: Pair) -> bool:
+    return all(r["up"] for name in ("lb1", "lb2") for r in p.peers(name)["routers"])
+
+
+def test_two_routers_fed_the_same_failover_page_once(http: HttpSink) -> None:
+    with pair() as p:
+        configure(p, http)
+        p.start()
+        wait_for(lambda: both_up(p), 20, what="the routers to reach each other")
+        p.send(("lb1", "INSTANCE", "VI_1", "BACKUP", 100),
+               ("lb2", "INSTANCE", "VI_1", "MASTER", 150))
+        # lb2 is beside the MASTER: position 0, it sends; lb1 waits 3s, finds lb2's
+        # entry in its log and skips.
+        [sent] = wait_for(lambda: settled(p, "lb2"), 30, what="lb2's message")
+        [skipped] = wait_for(lambda: settled(p, "lb1"), 30, what="lb1's message")
+        assert sent["status"] == "sent"
+        assert skipped["status"] == "sent_by_peer" and "lb2" in skipped["detail"]
+        assert len(http.got()) == 1
+        info = p.peers("lb1")
+        assert info["deduped"] == {"chat": 1}
+        assert info["routers"][0]["merged"]["nflog"] >= 1
+
+
+def test_position_zero_killed_while_its_group_waits_the_other_sends_once(
+        http: HttpSink) -> None:
+    slow = FAST_ALERTS.replace('group_wait = "300ms"', 'group_wait = "3s"')
+    with pair() as p:
+        configure(p, http, alerts=slow)
+        p.start()
+        wait_for(lambda: both_up(p), 20, what="the routers to reach each other")
+        p.send(("lb2", "INSTANCE", "VI_1", "BACKUP", 100),
+               ("lb1", "INSTANCE", "VI_1", "MASTER", 150))
+        # lb1 (beside the MASTER) would send after group_wait: it dies first.
+        p.routers["lb1"].kill()
+        [sent] = wait_for(lambda: settled(p, "lb2"), 40, what="lb2's message")
+        assert sent["status"] == "sent"
+        assert len(http.got()) == 1
+        lines = [r for r in p.routers["lb2"].records() if r.get("event") == "peer.down"]
+        assert lines and lines[0]["peer"] == "lb1"
+
+
+def test_link_cut_both_send_then_nothing_again_and_a_silence_holds_on_both(
+        http: HttpSink) -> None:
+    with pair() as p:
+        configure(p, http)
+        p.start()
+        wait_for(lambda: both_up(p), 20, what="the routers to reach each other")
+        for relay in p.relays.values():
+            relay.cut()
+        wait_for(lambda: not any(r["up"] for n in ("lb1", "lb2")
+                                 for r in p.peers(n)["routers"]), 20,
+                 what="both routers to see the link down")
+        p.send(("lb1", "INSTANCE", "VI_1", "BACKUP", 100),
+               ("lb2", "INSTANCE", "VI_1", "MASTER", 150))
+        wait_for(lambda: settled(p, "lb1") and settled(p, "lb2"), 30, what="both messages")
+        assert [m["status"] for m in p.messages("lb1") + p.messages("lb2")] == ["sent", "sent"]
+        assert len(http.got()) == 2  # duplicates, never a miss
+        # A silence added on lb1 while cut off.
+        p.envs["lb1"].cli("silence", "add", "name=VI_9", "--for", "1h",
+                          "--reason", "maintenance during the cut")
+        for relay in p.relays.values():
+            relay.mend()
+        wait_for(lambda: both_up(p), 20, what="the link to come back")
+
+        def converged() -> bool:
+            a, b = p.peers("lb1"), p.peers("lb2")
+            return a["nflog_entries"] == b["nflog_entries"] == 2 and \
+                "maintenance during the cut" in p.envs["lb2"].cli("silence", "list").stdout
+        wait_for(converged, 20, what="the logs and silences to converge")
+        # The marker: VI_9 fails over on both; both journal its alert silenced.
+        p.send(("lb1", "INSTANCE", "VI_9", "BACKUP", 100),
+               ("lb2", "INSTANCE", "VI_9", "MASTER", 150))
+        for name in ("lb1", "lb2"):
+            def silenced(name: str = name) -> bool:
+                return any(item["status"] == "silenced" for ev in p.envs[name].history()
+                           if ev["name"] == "VI_9" for item in ev.get("alerts", []))
+            wait_for(silenced, 20, what=f"the VI_9 alert silenced on {name}")
+        assert len(http.got()) == 2  # nothing sent again after the link came back
+        assert len(p.messages("lb1")) == len(p.messages("lb2")) == 1
