@@ -133,13 +133,13 @@ def test_log_rows_are_written_once_and_change_numbers_are_never_reused(tmp_path:
     assert log.put(entry("lb2/2", [("f|b", T0)]))
     assert log.last_change() == 2
     rows, upto = log.since(0, T0)
-    assert [r.uid for r in rows] == ["lb2/1", "lb2/2"] and upto == 2
-    assert log.since(1, T0 + 2 * S) == ([entry("lb2/2", [("f|b", T0)])], 2)
+    assert [(c, r.uid) for c, r in rows] == [(1, "lb2/1"), (2, "lb2/2")] and upto == 2
+    assert log.since(0, T0 + 2 * S) == ([(2, entry("lb2/2", [("f|b", T0)]))], 2)
     assert [e.uid for e in log.group("g", "chat", T0 + 2 * S)] == ["lb2/2"]
     assert log.prune(T0 + 2 * S) == 1
     log.put(entry("lb2/3", [("f|c", T0)]))
     assert log.last_change() == 3  # the pruned row's number is not given again
-    assert log.since(2, T0)[0][0].uid == "lb2/3"
+    assert log.since(2, T0)[0][0][1].uid == "lb2/3"
 
 
 def test_a_newer_nflog_schema_is_refused(tmp_path: Path) -> None:
@@ -175,12 +175,12 @@ def test_silences_converge_whatever_order_routers_hear_of_them(tmp_path: Path) -
     a = SilenceRows(Database(str(tmp_path / "a.db")))
     b = SilenceRows(Database(str(tmp_path / "b.db")))
     sid = a.add(["name=VI_1"], T0, T0 + 3600 * S, T0, "ops", "maintenance")
-    [row] = a.since(0)[0]
+    [(_, row)] = a.since(0)[0]
     assert b.merge(row) and not b.merge(row)  # the second time: nothing changes
-    [copy] = b.since(0)[0]
+    [(_, copy)] = b.since(0)[0]
     assert copy.uid == row.uid and copy.matchers == ["name=VI_1"]
     b.set_expired(copy.id, T0 + 10 * S)  # expired on the other router
-    [expired] = b.since(1)[0]
+    [(_, expired)] = b.since(1)[0]
     assert a.merge(expired) and a.get(sid) is not None
     assert a.get(sid).expired_ns == T0 + 10 * S  # type: ignore[union-attr]
     assert not a.merge(row)  # an older copy does not bring it back
@@ -346,4 +346,56 @@ def test_status_info_shows_positions_lag_and_reachability(tmp_path: Path) -> Non
     [peer] = info["routers"]
     assert peer["up"] is None and peer["lag"] == {"nflog": 0, "silences": 1}
     lb1.links["lb2"].note("timeout", clock.now, "no answer")
+    lb1._view_cache = None  # (the view is cached for 0.2 s)
     assert lb1.info()["positions"] == {"VI_1": 0, "VI_2": 0}  # fail-open
+
+
+def test_metrics_show_peer_routers_exchanges_and_deduped_messages(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from knotify.metrics import RouterCollector, Snapshot
+
+    clock = Clock()
+    lb1, _, _ = make(tmp_path, "lb1", "lb2", clock)
+    lb1.links["lb2"].note("ok", clock.now)
+    clock.now += 3 * S
+    lb1.links["lb2"].note("timeout", clock.now, "no answer")
+    lb1.deduped["chat"] = 2
+    collector = RouterCollector()
+    collector.snap = Snapshot(states=[], stats={}, faults={}, loops={}, actions={}, queued=0,
+                              running=0, spool_depth=0, alerts={}, cluster=None, heartbeats=0,
+                              peers=lb1.info())
+    registry = CollectorRegistry()
+    registry.register(collector)  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    assert 'knotify_router_peer_up{peer="lb2"} 0.0' in text
+    assert 'knotify_router_peer_sync_total{peer="lb2",result="ok"} 1.0' in text
+    assert 'knotify_router_peer_sync_total{peer="lb2",result="timeout"} 1.0' in text
+    assert 'knotify_router_peer_sync_total{peer="lb2",result="refused"} 0.0' in text
+    assert 'knotify_router_peer_last_sync_seconds{peer="lb2"} 3.0' in text
+    assert 'knotify_alerts_deduped_total{receiver="chat"} 2.0' in text
+
+
+def test_large_logs_go_in_parts_that_fit_a_peers_max_message(tmp_path: Path) -> None:
+    from knotify.event import encode
+
+    clock = Clock()
+    lb1, _, _ = make(tmp_path, "lb1", "lb2", clock)
+    lb2, _, _ = make(tmp_path, "lb2", "lb1", clock)
+    lb2.max_message = 64 * 1024
+    facts = [(f"firing|{i:032x}", T0) for i in range(200)]  # ~10 KB an entry
+    with lb2.database.transaction():
+        for n in range(50):
+            lb2.nflog.put(entry(f"lb2/{n}", facts))
+    link = lb2.links["lb1"]
+    exchanges = 0
+    while True:
+        body, upto, more = lb2._outgoing(link, clock.now)
+        request = {"v": 1, "op": "peer_sync", "from": "lb2", **body, "want": link.got}
+        assert len(encode(request)) < lb2.max_message
+        lb1.command("peer_sync", request)
+        link.sent = upto
+        exchanges += 1
+        if not more:
+            break
+    assert lb1.nflog.count() == 50 and exchanges > 5

@@ -61,6 +61,13 @@ def test_two_routers_fed_the_same_failover_page_once(http: HttpSink) -> None:
         info = p.peers("lb1")
         assert info["deduped"] == {"chat": 1}
         assert info["routers"][0]["merged"]["nflog"] >= 1
+        assert info["positions"] == {"VI_1": 1}
+        text = p.envs["lb1"].cli("status").stdout
+        assert "this router: lb1 (beside lb1)" in text and "position per cluster: VI_1 1" \
+            in text and "1 message(s) left to a peer" in text
+        lines = text.splitlines()
+        header = next(i for i, line in enumerate(lines) if line.startswith("PEER ROUTER"))
+        assert lines[header + 1].split()[:3] == ["lb2", "lb2", "up"]
 
 
 def test_position_zero_killed_while_its_group_waits_the_other_sends_once(
@@ -119,3 +126,38 @@ def test_link_cut_both_send_then_nothing_again_and_a_silence_holds_on_both(
             wait_for(silenced, 20, what=f"the VI_9 alert silenced on {name}")
         assert len(http.got()) == 2  # nothing sent again after the link came back
         assert len(p.messages("lb1")) == len(p.messages("lb2")) == 1
+
+
+CLUSTER_PAGE = """
+[cluster]
+split_brain_grace = "1s"
+
+[receivers.chat]
+urls = ["{url}"]
+
+[[rule]]
+id = "page-cluster"
+kind = "CLUSTER"
+[[rule.action]]
+type = "alert"
+receivers = ["chat"]
+"""
+
+
+def test_both_routers_see_a_split_brain_it_pages_once(http: HttpSink) -> None:
+    with pair() as p:
+        p.configure(FAST_ALERTS + CLUSTER_PAGE.format(url=http.url()))
+        p.start()
+        wait_for(lambda: both_up(p), 20, what="the routers to reach each other")
+        p.send(("lb1", "INSTANCE", "VI_1", "MASTER", 100),
+               ("lb2", "INSTANCE", "VI_1", "MASTER", 100))
+        # Each router's cluster view makes its own SPLIT_BRAIN event (its own id, its own
+        # name as host); the page is the same news: lb1 (first master in order) sends.
+        [sent] = wait_for(lambda: settled(p, "lb1"), 30, what="lb1's page")
+        [skipped] = wait_for(lambda: settled(p, "lb2"), 30, what="lb2's message")
+        assert sent["status"] == "sent" and "SPLIT_BRAIN" in sent["title"]
+        assert skipped["status"] == "sent_by_peer"
+        split = {ev["host"]: ev["id"] for name in ("lb1", "lb2")
+                 for ev in p.envs[name].history(kind="CLUSTER")}
+        assert set(split) == {"lb1", "lb2"} and split["lb1"] != split["lb2"]
+        assert len(http.got()) == 1

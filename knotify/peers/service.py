@@ -25,7 +25,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import zmq.asyncio
@@ -52,12 +52,31 @@ if TYPE_CHECKING:
     from knotify.supervisor import Supervisor
     from knotify.tracker import Tracker
 
+T = TypeVar("T")
 #: Router ops peering answers.
 PEER_OPS = frozenset({"peer_sync"})
 #: How long a notification log entry is kept (and replicated) after it was sent.
 RETENTION_S = 86_400.0
+#: The cluster view the gate reads is rebuilt at most this often (seconds).
+VIEW_TTL = 0.2
 #: Expired log entries are forgotten this often.
 PRUNE_EVERY_S = 600.0
+
+
+def _fit(rows: list[tuple[int, T]], wire: Callable[[T], dict[str, Any]], upto: int,
+         budget: int) -> tuple[list[dict[str, Any]], int]:
+    """As many of ``rows`` (in change order) as fit in ``budget`` bytes of JSON (one at
+    least, so one large row cannot stall replication), and the last change sent."""
+    out: list[dict[str, Any]] = []
+    used = 0
+    for changed, row in rows:
+        data = wire(row)
+        size = len(encode(data))
+        if out and used + size > budget:
+            return out, changed - 1
+        out.append(data)
+        used += size
+    return out, upto
 
 
 def _silence_wire(row: SilenceRow) -> dict[str, Any]:
@@ -98,7 +117,8 @@ class Peers:
                  silences: SilenceStore, tracker: Callable[[], Tracker],
                  cluster: Callable[[], ClusterSettings], log: Any,
                  ctx: zmq.asyncio.Context, curve: ClientCurve | None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns, max_message: int = 256 * 1024
+                 ) -> None:
         self.settings = settings
         self.database = database
         self.nflog = NotificationLog(database)
@@ -110,6 +130,8 @@ class Peers:
         self.ctx = ctx
         self.curve = curve
         self.clock = clock
+        #: The largest request a peer takes ([router] max_message, as on this router).
+        self.max_message = max_message
         self.links = {r.name: Link(r) for r in settings.routers}
         #: Messages skipped because a peer sent them, by receiver.
         self.deduped: dict[str, int] = {}
@@ -117,6 +139,9 @@ class Peers:
         self.crashed = 0
         self.served = 0
         self._facts: dict[int, tuple[str, ...]] = {}
+        self._labels: dict[int, set[str]] = {}
+        self._view_cache: tuple[float, incident.ClusterIndex, dict[str, set[str]]] | None \
+            = None
         self._pruned = 0.0
         #: Called at each turn of a link's loop (the router's supervisor watches it).
         self.beat: Callable[[str], None] = lambda name: None
@@ -134,7 +159,8 @@ class Peers:
             public, secret = load_secret(config.curve.secret_key)
             curve = ClientCurve(public, public, secret)
         peers = cls(config.peers, engine.journal.database, engine.outbox, engine.silences,
-                    tracker, cluster, log, ctx, curve)
+                    tracker, cluster, log, ctx, curve,
+                    max_message=config.max_message)
         engine.peers = peers
         return peers
 
@@ -161,23 +187,44 @@ class Peers:
             self._facts[message.rowid] = have
         return have
 
+    def _view(self) -> tuple[incident.ClusterIndex, dict[str, set[str]]]:
+        """The cluster labels and each label's MASTER hosts, from the tracker's states;
+        built at most every :data:`VIEW_TTL` seconds (every attempt of every message
+        looks at it)."""
+        now = time.monotonic()
+        if self._view_cache is None or now - self._view_cache[0] > VIEW_TTL:
+            states = self._tracker().states
+            index = incident.ClusterIndex(states, self._cluster())
+            masters: dict[str, set[str]] = {}
+            for (host, kind, name, _vs), ks in states.items():
+                if kind in VRRP_KINDS:
+                    label = index.label(host, name)
+                    if label is not None:
+                        found = masters.setdefault(label, set())
+                        if ks.state == MASTER:
+                            found.add(host)
+            self._view_cache = (now, index, masters)
+        return self._view_cache[1], self._view_cache[2]
+
     def masters(self, message: MessageRow) -> set[str]:
         """Hosts that are VRRP MASTER (the tracker's latest state) for the clusters the
         message's alerts are about."""
-        states = self._tracker().states
-        index = incident.ClusterIndex(states, self._cluster())
-        labels: set[str] = set()
-        for item in self.outbox.message_items(message.origin):
-            kind, name = item.fields.get("kind", ""), item.fields.get("name", "")
-            if kind == CLUSTER:
-                labels.add(name)
-            elif kind in VRRP_KINDS:
-                label = index.label(item.fields.get("host", ""), name)
-                if label is not None:
-                    labels.add(label)
-        return {host for (host, kind, name, _vs), ks in states.items()
-                if kind in VRRP_KINDS and ks.state == MASTER
-                and index.label(host, name) in labels}
+        index, masters = self._view()
+        labels = self._labels.get(message.rowid)
+        if labels is None:
+            labels = set()
+            for item in self.outbox.message_items(message.origin):
+                kind, name = item.fields.get("kind", ""), item.fields.get("name", "")
+                if kind == CLUSTER:
+                    labels.add(name)
+                elif kind in VRRP_KINDS:
+                    label = index.label(item.fields.get("host", ""), name)
+                    if label is not None:
+                        labels.add(label)
+            if len(self._labels) > 10_000:
+                self._labels.clear()
+            self._labels[message.rowid] = labels
+        return set().union(*(masters.get(label, set()) for label in labels))
 
     def reachable(self) -> dict[str, bool]:
         return {name: link.reachable() for name, link in self.links.items()}
@@ -201,6 +248,7 @@ class Peers:
             self.outbox.update_message(message.rowid, status=SENT_BY_PEER, ended_ns=now_ns,
                                        detail=verdict.detail)
         self._facts.pop(message.rowid, None)
+        self._labels.pop(message.rowid, None)
         self.deduped[message.receiver] = self.deduped.get(message.receiver, 0) + 1
         self.log.info("alert.sent_by_peer", event_ids=message.event_ids,
                       message=message.rowid, receiver=message.receiver, peer=verdict.peer)
@@ -213,6 +261,7 @@ class Peers:
                              message.receiver, tuple((f, message.created_ns) for f in facts),
                              now_ns, self.me, now_ns + int(RETENTION_S * 1e9)))
         self._facts.pop(message.rowid, None)
+        self._labels.pop(message.rowid, None)
         self.changed()
 
     def changed(self) -> None:
@@ -242,14 +291,22 @@ class Peers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(link.wake.wait(), SYNC_INTERVAL)
 
-    def _outgoing(self, link: Link, now_ns: int) -> tuple[dict[str, Any], dict[str, int], bool]:
-        entries, nflog_upto = self.nflog.since(link.sent["nflog"], now_ns)
-        silences, silences_upto = self.silences.rows.since(link.sent["silences"])
+    def _rows(self, after: Mapping[str, int], now_ns: int
+              ) -> tuple[dict[str, Any], dict[str, int], bool]:
+        """What a peer that has had changes up to ``after`` gets next (within the
+        budget), the changes that reaches, and whether there is more."""
+        entries, nflog_upto = self.nflog.since(after["nflog"], now_ns)
+        silences, silences_upto = self.silences.rows.since(after["silences"])
+        budget = max(1024, self.max_message // 3)
+        nflog, nflog_upto = _fit(entries, Entry.to_wire, nflog_upto, budget)
+        wire, silences_upto = _fit(silences, _silence_wire, silences_upto, budget)
         more = (nflog_upto < self.nflog.last_change()
                 or silences_upto < self.silences.rows.last_change())
-        return ({"nflog": [e.to_wire() for e in entries],
-                 "silences": [_silence_wire(r) for r in silences]},
+        return ({"nflog": nflog, "silences": wire},
                 {"nflog": nflog_upto, "silences": silences_upto}, more)
+
+    def _outgoing(self, link: Link, now_ns: int) -> tuple[dict[str, Any], dict[str, int], bool]:
+        return self._rows(link.sent, now_ns)
 
     async def exchange(self, link: Link) -> bool:
         """One exchange with ``link``'s router; whether there is more to send or get."""
@@ -374,28 +431,14 @@ class Peers:
             after["nflog"] = 0
         if after["silences"] > self.silences.rows.last_change():
             after["silences"] = 0
-        entries, nflog_upto = self.nflog.since(after["nflog"], now)
-        silences, silences_upto = self.silences.rows.since(after["silences"])
-        more = (nflog_upto < self.nflog.last_change()
-                or silences_upto < self.silences.rows.last_change())
-        return {"name": self.me, "nflog": [e.to_wire() for e in entries],
-                "silences": [_silence_wire(r) for r in silences],
-                "upto": {"nflog": nflog_upto, "silences": silences_upto}, "more": more}
+        body, upto, more = self._rows(after, now)
+        return {"name": self.me, **body, "upto": upto, "more": more}
 
     # -- faces ----------------------------------------------------------------------------------
 
     def positions(self) -> dict[str, int]:
         """This router's position now for each cluster (by its label)."""
-        states = self._tracker().states
-        index = incident.ClusterIndex(states, self._cluster())
-        masters: dict[str, set[str]] = {}
-        for (host, kind, name, _vs), ks in states.items():
-            if kind in VRRP_KINDS:
-                label = index.label(host, name)
-                if label is not None:
-                    masters.setdefault(label, set())
-                    if ks.state == MASTER:
-                        masters[label].add(host)
+        _, masters = self._view()
         s, reachable, hosts = self.settings, self.reachable(), self.hosts()
         return {label: gate.position(s.name, s.order, hosts, found, reachable)[0]
                 for label, found in sorted(masters.items())[:1000]}

@@ -116,14 +116,14 @@ class NotificationLog:
             "expires_ns > ? ORDER BY sent_ns", (group_key, receiver, now_ns))]
 
     def since(self, changed: int, now_ns: int, limit: int = MAX_ROWS
-              ) -> tuple[list[Entry], int]:
-        """Live entries this router got after change ``changed``; and the last change
-        they reach (``changed`` itself when there are none)."""
+              ) -> tuple[list[tuple[int, Entry]], int]:
+        """Live entries this router got after change ``changed``, each with its change
+        number; and the last change they reach (``changed`` when there are none)."""
         rows = self.db.execute(
             f"SELECT {_COLUMNS}, changed FROM nflog WHERE changed > ? ORDER BY changed "
             "LIMIT ?", (changed, limit)).fetchall()
         upto = int(rows[-1][7]) if rows else changed
-        return [_entry(r) for r in rows if int(r[6]) > now_ns], upto
+        return [(int(r[7]), _entry(r)) for r in rows if int(r[6]) > now_ns], upto
 
     def count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM nflog").fetchone()[0])

@@ -115,13 +115,15 @@ class SilenceRows:
         return int(self.db.execute("SELECT coalesce(max(changed), 0) FROM silences")
                    .fetchone()[0])
 
-    def since(self, changed: int, limit: int = MAX_ROWS) -> tuple[list[SilenceRow], int]:
+    def since(self, changed: int, limit: int = MAX_ROWS
+              ) -> tuple[list[tuple[int, SilenceRow]], int]:
         """Silences added or expired after change ``changed`` (rows are never deleted,
-        so change numbers only grow); and the last change they reach."""
+        so change numbers only grow), each with its change number; and the last change
+        they reach."""
         rows = self.db.execute(
             f"SELECT {_COLUMNS}, changed FROM silences WHERE changed > ? ORDER BY changed "
             "LIMIT ?", (changed, limit)).fetchall()
-        return [_row(r) for r in rows], int(rows[-1][9]) if rows else changed
+        return [(int(r[9]), _row(r)) for r in rows], int(rows[-1][9]) if rows else changed
 
     def merge(self, row: SilenceRow) -> bool:
         """A peer's silence: added when new, expired when the peer expired it; whether
