@@ -24,7 +24,7 @@ Each failover must give exactly one page (more is counted and reported as a fail
 of the pair: ``dup``). Needs root, ip netns, keepalived, nftables' kernel side, curl.
 
     .venv/bin/python bench/page_topology.py [--failovers 6] [--group-wait 1s]
-        [--peer-timeout 5s] [--json]
+        [--peer-timeout 5s] [--ack-timeout 250ms] [--heartbeat 5s] [--json]
 """
 
 from __future__ import annotations
@@ -114,10 +114,20 @@ def measure(site: PeerSite, chat: HttpSink, phase: str, count: int, group_wait: 
         pages = chat.got("/hook")[pages0:]
         base = chat.got(f"/baseline/{to}")[base0]
         assert f"{to} BACKUP -> MASTER" in pages[0].json["title"], pages[0].json
+        heard, sent_by = {}, []
+        for r in alive:
+            ev = next(e for e in site.history(r) if e["host"] == to
+                      and e["state"] == "MASTER" and e["class"] == "transition")
+            # when the new MASTER's event reached this router (hook, or the agent's drain
+            # of what the hook spooled for it)
+            heard[r] = (int(ev["recv_ns"]) - ref_ns) / 1e6
+            if any((a.get("message") or {}).get("status") == "sent" for a in ev["alerts"]):
+                sent_by.append(r)
         samples.append({
             "phase": phase, "to": to, "pages": len(pages),
             "page_ms": (pages[0].t_start - ref_ns / 1e9 - group_wait) * 1000,
             "baseline_ms": (base.t_start - ref_ns / 1e9) * 1000,
+            "heard_ms": heard, "sent_by": sent_by,
         })
         to = "lb1" if to == "lb2" else "lb2"
     return samples
@@ -138,6 +148,9 @@ def summary(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "ratio": median(page) / median(base),
             "page_median_to": {to: median([s["page_ms"] for s in mine if s["to"] == to])
                                for to in ("lb1", "lb2") if any(s["to"] == to for s in mine)},
+            "heard_median_ms": {r: median([s["heard_ms"][r] for s in mine])
+                                for r in mine[0]["heard_ms"]},
+            "sent_by": {r: sum(r in s["sent_by"] for s in mine) for r in mine[0]["heard_ms"]},
         }
     return out
 
@@ -147,6 +160,10 @@ def main() -> int:
     parser.add_argument("--failovers", type=int, default=6, help="per phase (6)")
     parser.add_argument("--group-wait", default="1s")
     parser.add_argument("--peer-timeout", default="5s")
+    parser.add_argument("--ack-timeout", default=None,
+                        help="the hooks' [hook] ack_timeout (default: knotify's, 250ms)")
+    parser.add_argument("--heartbeat", default=None,
+                        help="the agents' [agent] heartbeat (default: knotify's, 5s)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     ok, reason = peer_cluster.usable()
@@ -175,7 +192,7 @@ def main() -> int:
         site.create(extra_notify=notify_master)
         chat = site.chat
         assert chat is not None
-        site.write_node_configs(ack_timeout=None, heartbeat=None)  # knotify's defaults
+        site.write_node_configs(ack_timeout=args.ack_timeout, heartbeat=args.heartbeat)
         body = rules(site, args.group_wait)
         site.configure(body, peer_timeout=args.peer_timeout)
         site.start()
@@ -189,7 +206,8 @@ def main() -> int:
 
         site.routers["lb2"].stop()
         site.kenvs["lb2"].write_config(site.router_config("lb2", body, peers=False))
-        site.write_node_configs(routers=("lb2",), ack_timeout=None, heartbeat=None)
+        site.write_node_configs(routers=("lb2",), ack_timeout=args.ack_timeout,
+                                heartbeat=args.heartbeat)
         site.routers["lb2"].start()
         samples += measure(site, chat, "one router", args.failovers, group_wait, ("lb2",))
     finally:
@@ -206,7 +224,9 @@ def main() -> int:
     print(f"knotify: {revision()}; load average before {load_before}, after {load()}")
     print(f"{args.failovers} failovers per phase (lb1 <-> lb2, keepalived 2.2.7 in network "
           f"namespaces), group_wait {args.group_wait} subtracted, peer_timeout "
-          f"{args.peer_timeout}; from keepalived's transition to the webhook POST\n")
+          f"{args.peer_timeout}, ack_timeout {args.ack_timeout or '250ms (default)'}, "
+          f"agent heartbeat {args.heartbeat or '5s (default)'}; from keepalived's "
+          "transition to the webhook POST\n")
     rows = []
     for phase, r in result.items():
         to = ", ".join(f"to {h} {v:.0f}" for h, v in r["page_median_to"].items())
@@ -215,6 +235,12 @@ def main() -> int:
                      f"{r['baseline_median_ms']:.0f}", f"{r['ratio']:.1f}x"])
     print(table(["topology", "n", "dup", "median ms", "p90 ms", "max ms", "median by MASTER",
                  "shell+curl ms", "x baseline"], rows))
+    print("\nwhere the time goes: when the new MASTER's event reached each router (median ms "
+          "from keepalived's transition), and which router sent the pages")
+    print(table(["topology", "event reached", "pages sent by"],
+                [[phase, ", ".join(f"{k} {v:.0f}" for k, v in r["heard_median_ms"].items()),
+                  ", ".join(f"{k} {v}" for k, v in r["sent_by"].items())]
+                 for phase, r in result.items()]))
     return 0
 
 

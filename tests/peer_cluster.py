@@ -45,6 +45,9 @@ from netns import Node
 PORT = 5599
 PRIOS = {"lb1": 100, "lb2": 50}
 INSTANCE = "VI_1"
+#: Longer than a delivery takes on a loaded machine: the router that goes second must
+#: find the first one's message in the log when its turn comes, or both send.
+PEER_TIMEOUT = "5s"
 CLONE_NEWNET = 0x40000000
 NFT_TABLE = "knotify_test"
 #: The environment of the processes the site starts in the namespaces (no KNOTIFY_*).
@@ -223,7 +226,7 @@ timeout = "1s"
             self.node_configs[name] = cfg
 
     def router_config(self, name: str, body: str, peers: bool = True,
-                      peer_timeout: str = "3s") -> str:
+                      peer_timeout: str = PEER_TIMEOUT) -> str:
         """Router ``name``'s config: listen on its node's address with the shared key pair,
         then ``body`` (alerts, receivers, rules); with ``peers`` the ``[peers]`` table
         naming the other router."""
@@ -254,7 +257,7 @@ host = "{other}"
 """ for other in others)
         return text
 
-    def configure(self, body: str, peers: bool = True, peer_timeout: str = "3s") -> None:
+    def configure(self, body: str, peers: bool = True, peer_timeout: str = PEER_TIMEOUT) -> None:
         for name, kenv in self.kenvs.items():
             kenv.write_config(self.router_config(name, body, peers, peer_timeout))
 

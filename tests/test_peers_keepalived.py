@@ -205,7 +205,7 @@ def test_master_nodes_router_killed_while_a_group_waits_the_other_sends_it_once(
         site.create()
         # a group_wait long enough to kill the router inside it on a loaded machine
         site.configure(ALERTS.replace(f'"{GROUP_WAIT}s"', '"6s"') + receivers(site)
-                       + FAILOVER_RULE, peer_timeout="3s")
+                       + FAILOVER_RULE)
         site.start()
         quiet(site)
         chats0, mails0 = len(chats(site)), len(mails(site))
@@ -251,7 +251,7 @@ def test_cut_between_the_routers_pages_at_most_twice_and_nothing_again_after(
     on lb2's router ends it on both."""
     try:
         site.create()
-        site.configure(ALERTS + receivers(site) + FAILOVER_RULE, peer_timeout="2s")
+        site.configure(ALERTS + receivers(site) + FAILOVER_RULE)
         site.start()
         quiet(site)
         chats0, mails0 = len(chats(site)), len(mails(site))
@@ -263,6 +263,7 @@ def test_cut_between_the_routers_pages_at_most_twice_and_nothing_again_after(
         site.wait_vrrp({"lb2": "MASTER"}, "lb2's router to hear lb2 take over", ("lb2",))
         quiet(site, spool=False)
         during = (len(chats(site)) - chats0, len(mails(site)) - mails0)
+        print(f"during the cut: {during[0]} webhook messages, {during[1]} e-mails")
         assert 1 <= during[0] <= 2 and 1 <= during[1] <= 2, during
 
         site.mend_routers()
