@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import KEnv
 
 from knotify import config as configmod
 from knotify.errors import ConfigError
@@ -85,3 +86,23 @@ def test_peers_change_needs_a_restart() -> None:
     new = parse('[peers.routers.lb2]\nendpoint = "tcp://b:1"\n')
     assert "peers" in configmod.restart_needed(old, new)
     assert configmod.reloaded(old, new).peers == old.peers
+
+
+def test_check_config_shows_the_peers(kenv: KEnv) -> None:
+    kenv.write_config('[hook]\nhost = "lb1"\n[peers]\npeer_timeout = "5s"\n'
+                      '[peers.routers.lb2]\nendpoint = "tcp://10.0.0.2:5599"\nhost = "node2"\n')
+    out = kenv.cli("check-config", str(kenv.config)).stdout
+    assert ("  peers    lb1 (beside lb1) with lb2 at tcp://10.0.0.2:5599 (beside node2); each "
+            "position waits 5.0s, order lb1, lb2 when no VRRP MASTER decides") in out, out
+
+
+def test_the_shipped_commented_peers_block_is_valid_uncommented() -> None:
+    from conftest import ROOT
+
+    lines = (ROOT / "config" / "knotify.toml").read_text().splitlines()
+    start = lines.index("# [peers]")
+    end = lines.index("", start)
+    block = "\n".join(line[2:] for line in lines[start:end])
+    peers = configmod.parse(block, FILE).peers
+    assert peers is not None and peers.name == "lb1" and peers.order == ("lb1", "lb2")
+    assert peers.routers[0].endpoint == "tcp://10.0.0.2:5599"

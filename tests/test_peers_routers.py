@@ -9,6 +9,7 @@ during the cut holds on both. Outcomes are read from each router's journal.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from alert_servers import FAST_ALERTS, HttpSink
@@ -68,6 +69,8 @@ def test_two_routers_fed_the_same_failover_page_once(http: HttpSink) -> None:
         lines = text.splitlines()
         header = next(i for i, line in enumerate(lines) if line.startswith("PEER ROUTER"))
         assert lines[header + 1].split()[:3] == ["lb2", "lb2", "up"]
+        # A peered router stops cleanly (its peer links are background tasks too).
+        assert p.routers["lb1"].stop() == 0
 
 
 def test_position_zero_killed_while_its_group_waits_the_other_sends_once(
@@ -126,6 +129,11 @@ def test_link_cut_both_send_then_nothing_again_and_a_silence_holds_on_both(
             wait_for(silenced, 20, what=f"the VI_9 alert silenced on {name}")
         assert len(http.got()) == 2  # nothing sent again after the link came back
         assert len(p.messages("lb1")) == len(p.messages("lb2")) == 1
+        # Expired on lb2 (its own number for the silence): ended on lb1 too.
+        [on_lb2] = json.loads(p.envs["lb2"].cli("silence", "list", "--json").stdout)
+        p.envs["lb2"].cli("silence", "expire", str(on_lb2["id"]))
+        wait_for(lambda: json.loads(p.envs["lb1"].cli("silence", "list", "--json").stdout)
+                 == [], 20, what="the expiry to reach lb1")
 
 
 CLUSTER_PAGE = """
@@ -161,3 +169,51 @@ def test_both_routers_see_a_split_brain_it_pages_once(http: HttpSink) -> None:
                  for ev in p.envs[name].history(kind="CLUSTER")}
         assert set(split) == {"lb1", "lb2"} and split["lb1"] != split["lb2"]
         assert len(http.got()) == 1
+
+
+def test_peer_sync_refusals_over_the_wire_and_the_router_serves_on(http: HttpSink) -> None:
+    from knotify import transport, zmtp
+
+    with pair() as p:
+        configure(p, http)
+        p.start("lb1")
+        env = p.envs["lb1"]
+        sock = f"ipc://{env.runtime}/knotify.sock"
+
+        def ask(msg: dict[str, Any]) -> dict[str, Any]:
+            return dict(json.loads(zmtp.request(sock, json.dumps({"v": 1, **msg}).encode(),
+                                                10)))
+        for msg, reason in (
+            ({"op": "peer_sync", "from": "lb7", "want": {"nflog": 0, "silences": 0}},
+             "not in this router's [peers.routers]"),
+            ({"op": "peer_sync", "from": "lb2", "want": "all"}, "'want'"),
+            ({"op": "peer_sync", "from": "lb2", "want": {"nflog": 0, "silences": 0},
+              "silences": [{"uid": "u1", "matchers": ["host=$(reboot)", "name;rm"]}]},
+             "FIELD=VALUE"),
+        ):
+            answer = ask(msg)
+            assert answer["ok"] is False and reason in answer["error"], answer
+        # A CURVE key that is not an admin may not use it.
+        env.cli("keygen", "intruder", "--dir", str(p.keys))
+        curve = transport.load_client(str(p.keys / "router.key"),
+                                      str(p.keys / "intruder.key_secret"))
+
+        def intruder() -> dict[str, Any]:
+            payload = json.dumps({"v": 1, "op": "peer_sync", "from": "lb2",
+                                  "want": {"nflog": 0, "silences": 0}}).encode()
+            return dict(json.loads(transport.curve_request(
+                f"tcp://127.0.0.1:{p.ports['lb1']}", payload, 5, curve)))
+        answer = wait_for(lambda: (a := intruder()) and "not authorised" not in
+                          a.get("error", "") and a, 20, what="the new key to be read")
+        assert answer["ok"] is False and "may not use 'peer_sync'" in answer["error"]
+        ok = ask({"op": "peer_sync", "from": "lb2", "want": {"nflog": 0, "silences": 0}})
+        assert ok["ok"] and ok["name"] == "lb1"  # and it serves on
+
+
+def test_a_router_without_peers_does_not_know_peer_sync(kenv: Any, router: Any) -> None:
+    from knotify import zmtp
+
+    router.start()
+    answer = json.loads(zmtp.request(f"ipc://{kenv.runtime}/knotify.sock", json.dumps(
+        {"v": 1, "op": "peer_sync", "from": "lb2"}).encode(), 10))
+    assert answer["ok"] is False and "unknown op 'peer_sync'" in answer["error"]

@@ -55,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
               f"{format_duration(c.silent_after)}"
               + "".join(f"; {g.label} = {g.instances.describe()}"
                         + (f" on {g.hosts.describe()}" if g.hosts else "") for g in c.groups))
+    peers = config.peers
+    if peers is not None:
+        print(f"  peers    {peers.name} (beside {peers.host}) with "
+              + ", ".join(f"{r.name} at {r.endpoint} (beside {r.host})" for r in peers.routers)
+              + f"; each position waits {format_duration(peers.peer_timeout)}, order "
+              + ", ".join(peers.order) + " when no VRRP MASTER decides")
     if config.metrics.listen:
         print(f"  metrics  http://{config.metrics.listen}/metrics")
     for rule in config.rules:
