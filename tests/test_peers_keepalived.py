@@ -241,6 +241,13 @@ def silences(site: PeerSite, router: str) -> list[dict[str, Any]]:
     return list(json.loads(site.kenvs[router].cli("silence", "list", "--all", "--json").stdout))
 
 
+def peer_view(site: PeerSite, router: str) -> dict[str, Any]:
+    """``knotify status --json``'s view of the other router, from ``router``."""
+    info = json.loads(site.kenvs[router].cli("status", "--json").stdout)["router"]["peers"]
+    [other] = info["routers"]
+    return dict(other)
+
+
 def test_cut_between_the_routers_pages_at_most_twice_and_nothing_again_after(
     site: PeerSite
 ) -> None:
@@ -257,6 +264,10 @@ def test_cut_between_the_routers_pages_at_most_twice_and_nothing_again_after(
         chats0, mails0 = len(chats(site)), len(mails(site))
 
         site.cut_routers()
+        # each router's status says the other does not answer (so it does not wait for it)
+        wait_for(lambda: all(peer_view(site, n)["up"] is False for n in PRIOS), 60,
+                 interval=0.5, what="both routers to see the other down")
+        assert "DOWN" in site.kenvs["lb1"].cli("status").stdout
         site.fail_over("lb2")
         # each router hears its own node only; the other node spools for it
         site.wait_vrrp({"lb1": "BACKUP"}, "lb1's router to hear lb1 leave", ("lb1",))
@@ -269,6 +280,10 @@ def test_cut_between_the_routers_pages_at_most_twice_and_nothing_again_after(
         site.mend_routers()
         site.wait_failover("lb2")  # the late events reached both routers
         quiet(site)
+        for name in PRIOS:  # back up, and nothing of either log left to send
+            wait_for(lambda name=name: peer_view(site, name)["up"] is True
+                     and not any(peer_view(site, name)["lag"].values()), 60, interval=0.5,
+                     what=f"{name}'s router to be in sync with its peer")
         after = (len(chats(site)) - chats0, len(mails(site)) - mails0)
         assert after == during, \
             f"sent again after the link returned: {[r.json['title'] for r in chats(site)]}"
