@@ -1,6 +1,7 @@
 """Real receivers for the alert tests: an HTTP server (json://, Mattermost webhooks) and SMTP.
 
-Both run in the test process on 127.0.0.1 and record what they get. The HTTP
+Both run in the test process on 127.0.0.1 (or another address: ``host``, e.g. a bridge
+in a network namespace, tests/peer_cluster.py) and record what they get. The HTTP
 server can be down (not listening), answer with an error, or stall, per path
 prefix, and can be started later on the same port ("the chat was down for a
 minute"). The SMTP server is aiosmtpd's, receiving for real.
@@ -53,6 +54,7 @@ class HttpSink:
     ``Retry-After: RETRY_AFTER`` unless it is empty; they are kept in ``refused``)."""
 
     port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
     requests: list[Request] = field(default_factory=list)
     started: list[Request] = field(default_factory=list)
     refused: list[Request] = field(default_factory=list)
@@ -111,7 +113,7 @@ class HttpSink:
                 pass
 
         ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -123,10 +125,10 @@ class HttpSink:
             self._server = None
 
     def url(self, path: str = "/hook", scheme: str = "json", auth: str = "") -> str:
-        return f"{scheme}://{auth + '@' if auth else ''}127.0.0.1:{self.port}{path}"
+        return f"{scheme}://{auth + '@' if auth else ''}{self.host}:{self.port}{path}"
 
     def mattermost_url(self, token: str = TOKEN) -> str:
-        return f"mmost://127.0.0.1:{self.port}/{token}"
+        return f"mmost://{self.host}:{self.port}/{token}"
 
     def got(self, prefix: str = "") -> list[Request]:
         with self._lock:
@@ -157,9 +159,10 @@ class Mail:
 
 
 class SmtpSink:
-    """aiosmtpd on 127.0.0.1, keeping every message it receives."""
+    """aiosmtpd on 127.0.0.1 (or ``host``), keeping every message it receives."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = free_port()
         self.mails: list[Mail] = []
         sink = self
@@ -172,7 +175,7 @@ class SmtpSink:
                 sink.mails.append(Mail(envelope.mail_from, list(envelope.rcpt_tos), msg))
                 return "250 OK"
 
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(Handler(), hostname=host, port=self.port)
 
     def start(self) -> SmtpSink:
         self.controller.start()
@@ -182,7 +185,7 @@ class SmtpSink:
         self.controller.stop()
 
     def url(self, to: str = "ops@example.com", sender: str = "knotify@example.com") -> str:
-        return f"mailto://127.0.0.1:{self.port}?to={to}&from={sender}"
+        return f"mailto://{self.host}:{self.port}?to={to}&from={sender}"
 
 
 #: Short durations for tests: nothing here waits on a clock, only polls for results.
