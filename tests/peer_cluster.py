@@ -326,7 +326,7 @@ host = "{other}"
             raise AssertionError(f"{exc}; the routers see {seen}") from None
 
     def history(self, router: str, **filters: str) -> list[dict[str, Any]]:
-        return self.kenvs[router].history(**filters)
+        return self.kenvs[router].history(10_000, **filters)
 
     # -- cuts -----------------------------------------------------------------------------
 

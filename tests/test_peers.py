@@ -225,7 +225,8 @@ class Log:
 
 
 def make(tmp_path: Path, me: str, other: str, clock: Clock,
-         states: dict[Any, KeyState] | None = None) -> tuple[Peers, Outbox, Log]:
+         states: dict[Any, KeyState] | None = None,
+         settled: bool = True) -> tuple[Peers, Outbox, Log]:
     db = Database(str(tmp_path / f"{me}.db"))
     outbox = Outbox(db)
     silences = SilenceStore(SilenceRows(db))
@@ -235,6 +236,8 @@ def make(tmp_path: Path, me: str, other: str, clock: Clock,
     log = Log()
     peers = Peers(settings, db, outbox, silences, lambda: tracker, ClusterSettings, log,
                   zmq.asyncio.Context.instance(), None, clock=clock)
+    if settled:  # the first exchange with the peer has ended (it answered)
+        peers.links[other].note("ok", clock())
     return peers, outbox, log
 
 
@@ -284,6 +287,42 @@ def test_a_peer_that_sent_a_message_makes_the_other_skip_it(tmp_path: Path) -> N
     assert lb1.deduped == {"chat": 1}
     assert ("alert.sent_by_peer", {"event_ids": ["e1"], "message": m1, "receiver": "chat",
                                    "peer": "lb2"}) in log1.lines
+
+
+def test_a_started_router_sends_nothing_before_its_first_exchange_with_each_peer(
+        tmp_path: Path) -> None:
+    # lb2's router restarts while lb1's router (position 1 before) already sent the
+    # page: lb2 is now position 0, but must first hear lb1's log, then skip the message.
+    clock = Clock()
+    states = {("lb2", "INSTANCE", "VI_1", ""): ks("MASTER"),
+              ("lb1", "INSTANCE", "VI_1", ""): ks("BACKUP")}
+    lb1, out1, _ = make(tmp_path, "lb1", "lb2", clock, states)
+    m1 = message(out1, "e1", T0)
+    with lb1.database.transaction():
+        lb1.sent(out1.message(m1), T0)  # type: ignore[arg-type]
+    clock.now = T0 + 1 * S
+    lb2, out2, _ = make(tmp_path, "lb2", "lb1", clock, states, settled=False)
+    m2 = message(out2, "e1", T0)
+    early = lb2.gate(out2.message(m2), clock.now)  # type: ignore[arg-type]
+    assert early.peer is None and early.until_ns > clock.now
+    assert "first exchange with lb1" in early.detail
+    # The first exchange: lb1 answers with its log.
+    lb2.merge(lb2.links["lb1"], wire(lb1, "lb2"))
+    lb2.links["lb1"].note("ok", clock.now)
+    assert lb2.gate(out2.message(m2), clock.now).peer == "lb1"  # type: ignore[arg-type]
+
+
+def test_a_peer_that_never_answers_holds_a_started_router_back_only_a_little(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    lb2, out2, _ = make(tmp_path, "lb2", "lb1", clock, settled=False)
+    m2 = message(out2, "e1", T0)
+    assert not lb2.gate(out2.message(m2), T0).sends(T0)  # type: ignore[arg-type]
+    clock.now = T0 + 6 * S  # past SETTLE_S without an exchange ending: position decides
+    later = lb2.gate(out2.message(m2), clock.now)  # type: ignore[arg-type]
+    assert "first exchange" not in later.detail and later.ahead == ("lb1",)
+    lb2.links["lb1"].note("timeout", clock.now, "no answer")  # ended, unanswered: sends
+    assert lb2.gate(out2.message(m2), clock.now).sends(clock.now)  # type: ignore[arg-type]
 
 
 def test_peer_sync_replies_with_what_the_peer_has_not_had(tmp_path: Path) -> None:
@@ -339,7 +378,7 @@ def test_status_info_shows_positions_lag_and_reachability(tmp_path: Path) -> Non
     states = {("lb2", "INSTANCE", "VI_1", ""): ks("MASTER"),
               ("lb1", "INSTANCE", "VI_1", ""): ks("BACKUP"),
               ("lb1", "INSTANCE", "VI_2", ""): ks("MASTER")}
-    lb1, _, _ = make(tmp_path, "lb1", "lb2", clock, states)
+    lb1, _, _ = make(tmp_path, "lb1", "lb2", clock, states, settled=False)
     lb1.silences.add(["name=VI_1"], 3600, "maintenance", "ops")
     info = lb1.info()
     assert info["positions"] == {"VI_1": 1, "VI_2": 0}
@@ -356,7 +395,7 @@ def test_metrics_show_peer_routers_exchanges_and_deduped_messages(tmp_path: Path
     from knotify.metrics import RouterCollector, Snapshot
 
     clock = Clock()
-    lb1, _, _ = make(tmp_path, "lb1", "lb2", clock)
+    lb1, _, _ = make(tmp_path, "lb1", "lb2", clock, settled=False)
     lb1.links["lb2"].note("ok", clock.now)
     clock.now += 3 * S
     lb1.links["lb2"].note("timeout", clock.now, "no answer")

@@ -281,8 +281,11 @@ def test_cut_between_the_routers_pages_at_most_twice_and_nothing_again_after(
         site.wait_failover("lb2")  # the late events reached both routers
         quiet(site)
         for name in PRIOS:  # back up, and nothing of either log left to send
-            wait_for(lambda name=name: peer_view(site, name)["up"] is True
-                     and not any(peer_view(site, name)["lag"].values()), 60, interval=0.5,
+            def in_sync(name: str = name) -> bool:
+                view = peer_view(site, name)
+                return view["up"] is True and not any(view["lag"].values())
+
+            wait_for(in_sync, 60, interval=0.5,
                      what=f"{name}'s router to be in sync with its peer")
         after = (len(chats(site)) - chats0, len(mails(site)) - mails0)
         assert after == during, \

@@ -58,6 +58,10 @@ PEER_OPS = frozenset({"peer_sync"})
 RETENTION_S = 86_400.0
 #: The cluster view the gate reads is rebuilt at most this often (seconds).
 VIEW_TTL = 0.2
+#: After a start, how long sending waits at most for the first exchange with each peer
+#: (it ends within REQUEST_TIMEOUT, answered or not), and how often the gate looks again.
+SETTLE_S = 2 * REQUEST_TIMEOUT + 1.0
+SETTLE_POLL_NS = 200_000_000
 #: Expired log entries are forgotten this often.
 PRUNE_EVERY_S = 600.0
 
@@ -83,6 +87,9 @@ class Peers:
         #: The largest request a peer takes ([router] max_message, as on this router).
         self.max_message = max_message
         self.links = {r.name: Link(r) for r in settings.routers}
+        #: Until the first exchange with each peer has ended (or SETTLE_S passed), nothing
+        #: is sent: a router started while a group waits must first hear what was sent.
+        self.settle_until_ns = clock() + int(SETTLE_S * 1e9)
         #: Messages skipped because a peer sent them, by receiver.
         self.deduped: dict[str, int] = {}
         #: Exchanges that crashed (a bug), and peer_sync requests served.
@@ -194,6 +201,10 @@ class Peers:
 
     def _decide(self, message: MessageRow, now_ns: int) -> Verdict:
         s = self.settings
+        unsettled = [link.name for link in self.links.values() if link.up is None]
+        if unsettled and now_ns < self.settle_until_ns:
+            return Verdict(until_ns=min(now_ns + SETTLE_POLL_NS, self.settle_until_ns),
+                           detail=f"waits for the first exchange with {', '.join(unsettled)}")
         return gate.decide(
             me=s.name, entries=self.nflog.group(message.group_key or "", message.receiver,
                                                 now_ns),
