@@ -11,9 +11,13 @@ resolved). A receiver's posts go out one after another (one group key), so an
 older post never overtakes a newer one.
 
 - A message composed for the receiver (:meth:`Desk.composed`) fires the alert of
-  each of its events; an event that ends an incident (SPLIT_BRAIN_RESOLVED,
-  MASTER_BACK, PEER_BACK, OK) or that moves the subject to another state resolves
-  the subject's alert in its previous state.
+  each of its events; an event that moves the subject to another state resolves
+  the subject's alert in its previous state. An event that ends an incident
+  (SPLIT_BRAIN_RESOLVED, MASTER_BACK, PEER_BACK, OK), and a rule's page sent only
+  because the state it pages ended (``send_resolved``: FAULT -> BACKUP for a rule
+  on FAULT), resolves that alert and fires none: nobody paged the new state. Such a
+  page may be composed before or after the tick below saw the change (its group
+  waits ``group_wait``); either way it posts the alert resolved.
 - :meth:`Desk.tick` (the engine's loop, at least once a second) resolves every active
   alert whose subject the tracker no longer sees in that state (a FAULT instance
   back in BACKUP, whatever rule matched that) and, every ``repost_interval``, posts
@@ -56,6 +60,18 @@ def _ns(text: str | None, default: int) -> int:
         return int(text) if text else default
     except ValueError:
         return default
+
+
+def _ended(fields: Mapping[str, str]) -> str | None:
+    """The state an item says ended ("" if unknown), or None for an item that pages its
+    own state: an event that ends an incident (SPLIT_BRAIN_RESOLVED, MASTER_BACK,
+    PEER_BACK, OK), or a rule's page sent only because its paged state ended
+    (``send_resolved``: FAULT -> BACKUP for a rule on FAULT)."""
+    if fields.get(render.ENDS_FIELD):
+        return fields[render.ENDS_FIELD]
+    if fields.get("state", "") in ENDING_STATES:
+        return fields.get("prev_state", "")
+    return None
 
 
 def _clock(ns: int) -> str:
@@ -106,18 +122,29 @@ class Desk:
                     touched[old.fingerprint] = None
                     ended = True
             severity = item.spec.get("severity") or None
-            if state in ENDING_STATES:
-                prev = f.get("prev_state", "")
-                if not ended and prev and prev != INIT and prev not in ENDING_STATES:
-                    # Nothing of ours to end (paged elsewhere, or by the other router):
-                    # say it ended all the same; Alertmanager merges it with the firing one.
+            prev = _ended(f)
+            if prev is not None:
+                # It says a condition ended: that alert is resolved, and nothing fires
+                # for the state it moved to (no rule paged that).
+                if prev and prev != INIT and prev not in ENDING_STATES:
                     labels = labels_for({**f, "state": prev}, severity, dict(am.labels),
                                         group_by)
                     fp = fingerprint(labels)
-                    if self.get(receiver.name, fp) is None:
-                        self.rows.put(AMAlert(receiver.name, fp, labels,
-                                              self._annotations(receiver, item), key, prev,
-                                              ts, ts, [item.event_id]))
+                    known = self.get(receiver.name, fp)
+                    if known is None:
+                        if not ended:
+                            # Nothing of ours to end (paged elsewhere, or by the other
+                            # router): say it ended all the same; Alertmanager merges it
+                            # with the firing one.
+                            self.rows.put(AMAlert(receiver.name, fp, labels,
+                                                  self._annotations(receiver, item), key,
+                                                  prev, ts, ts, [item.event_id]))
+                            touched[fp] = None
+                    else:
+                        if known.ends_ns is None:  # the same condition, seen from elsewhere
+                            self._resolve(known, ts)
+                        # Resolved already (the tick saw the state change first): this
+                        # message says so again rather than nothing.
                         touched[fp] = None
                 continue
             labels = labels_for(f, severity, dict(am.labels), group_by)
@@ -234,7 +261,8 @@ class Desk:
         """The alerts message ``message`` carries, as they stand now (firing or resolved).
 
         A message with none linked (one escalated here from another receiver) carries
-        its events' alerts as firing ones, not remembered.
+        its events' alerts as firing ones, not remembered; an event that says a condition
+        ended carries that alert resolved at its time, never one firing for its new state.
         """
         posted = self.rows.posted(message)
         if posted:
@@ -243,10 +271,19 @@ class Desk:
         am = receiver.alertmanager
         if row is None or am is None:
             return []
-        out = []
+        out: dict[str, dict[str, Any]] = {}
         for item in self.outbox.message_items(row.origin):
-            labels = labels_for(item.fields, item.spec.get("severity") or None, dict(am.labels))
-            out.append({"labels": labels, "annotations": self._annotations(receiver, item),
-                        "starts_ns": _ns(item.fields.get("ts_ns"), row.created_ns),
-                        "ends_ns": None})
-        return out
+            f = item.fields
+            ts = _ns(f.get("ts_ns"), row.created_ns)
+            prev = _ended(f)
+            if prev is not None and (not prev or prev == INIT or prev in ENDING_STATES):
+                continue  # it ended nothing anyone was paged for
+            labels = labels_for(f if prev is None else {**f, "state": prev},
+                                item.spec.get("severity") or None, dict(am.labels))
+            fp = fingerprint(labels)
+            if prev is not None and fp in out:  # fired and ended in this one message
+                out[fp]["ends_ns"] = ts
+                continue
+            out[fp] = {"labels": labels, "annotations": self._annotations(receiver, item),
+                       "starts_ns": ts, "ends_ns": None if prev is None else ts}
+        return list(out.values())

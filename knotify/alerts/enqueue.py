@@ -71,10 +71,15 @@ class Enqueue:
         row = core.outbox.stream(stream_id, ev.key) or StreamRow(
             stream_id, ev.key, [], {}, None, None, {}, Stream())
         stream = row.state
-        if stream.alerted_state != tr.prev_state and self._ends_only(ctx):
+        ends_only = self._ends_only(ctx)
+        if stream.alerted_state != tr.prev_state and ends_only:
             # The end of an incident goes to the rule that paged for it, and only then.
             return Outcome(SKIPPED, detail=f"nothing was alerted for {tr.prev_state}, so its "
                            "end is not news"), None
+        if ends_only:  # it says the paged state ended; its new state is paged by nobody
+            fields[render.ENDS_FIELD] = tr.prev_state
+        else:
+            fields.pop(render.ENDS_FIELD, None)
         row.receivers = list(action.receivers)
         row.spec = dict(action.spec)
         row.repeat_s = action.repeat_s

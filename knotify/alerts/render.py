@@ -65,6 +65,10 @@ MAX_NAMES = 6
 #: The item field with the hosts of its incident ("lb1,lb2"), set when grouping by
 #: incident (knotify.alerts.incident): such items read as one incident.
 HOSTS_FIELD = "incident_hosts"
+#: The item field set (to the state it left) on the alert of an event that a rule pages
+#: only because it ends an incident that rule paged for (``send_resolved``: FAULT ->
+#: BACKUP for a rule on FAULT). It says the condition ended; the new state is not paged.
+ENDS_FIELD = "ends_incident"
 
 
 def template(text: str) -> Template:

@@ -58,6 +58,7 @@ def stable(core: Core, row: StreamRow, current: KeyState, now: int) -> None:
         fields = event_fields(*loaded, rule)
     else:
         fields = {**row.fields, "state": current.state, "id": current.event_id}
+    fields.pop(render.ENDS_FIELD, None)  # it says a state holds, not that one ended
     suppressed = flap.end(stream)
     fields["change"] = render.change_text(
         render.STABLE, fields, count=suppressed,
@@ -77,6 +78,7 @@ def stable(core: Core, row: StreamRow, current: KeyState, now: int) -> None:
 def repeat_alert(core: Core, row: StreamRow, current: KeyState, now: int) -> None:
     """A stream still in a bad state after repeat_interval: alert it again."""
     fields = dict(row.fields)
+    fields.pop(render.ENDS_FIELD, None)  # it says a state holds, not that one ended
     fields["change"] = render.change_text(
         render.REPEAT, fields, since=format_duration(max(0, now - current.since_ns) / 1e9))
     event_id = row.event_id or current.event_id
