@@ -1,21 +1,13 @@
 """Peering inside the router: the send gate, the notification log, and replication.
 
-:class:`Peers` is what the router and the alert engine call:
-
-- :meth:`Peers.gate` before each attempt of a message: wait this router's turn
-  (position x ``peer_timeout`` from when the message was composed), or skip it when
-  peers' notification logs cover it (:mod:`knotify.peers.gate`); :meth:`Peers.skip`
-  journals the skip (message status ``sent_by_peer``, with the peer's name);
-- :meth:`Peers.sent` when a message was delivered: its notification log entry, in
-  the same transaction as the outcome, then pushed to every peer;
-- :meth:`Peers.changed` when a silence was added or expired here: pushed likewise;
-- :meth:`Peers.command` answers a peer's ``peer_sync``.
-
-Replication is one exchange per peer (:meth:`Peers.exchange`), run on every write and
-at least every :data:`~knotify.peers.settings.SYNC_INTERVAL` (anti-entropy): each side
-sends the log entries and silences the other has not had yet (change numbers, kept per
-peer in memory: after a restart everything live is sent again, and merging what is
-held already does nothing), so after a cut the logs converge and nothing is sent twice.
+:class:`Peers` is what the router and the alert engine call: :meth:`Peers.gate` before
+each attempt (wait this router's turn, or skip what peers' logs cover:
+:mod:`knotify.peers.gate`), :meth:`Peers.skip` (journaled ``sent_by_peer``),
+:meth:`Peers.sent` (a delivery's log entry, pushed to peers), :meth:`Peers.changed` (a
+silence added or expired here) and :meth:`Peers.command` (a peer's ``peer_sync``).
+Replication runs on every write and every :data:`~knotify.peers.settings.SYNC_INTERVAL`
+(anti-entropy): each side sends what the other has not had yet (change numbers per peer,
+in memory: after a restart everything live is sent again; merging it does nothing).
 """
 
 from __future__ import annotations
@@ -52,14 +44,12 @@ if TYPE_CHECKING:
     from knotify.supervisor import Supervisor
     from knotify.tracker import Tracker
 
-#: Router ops peering answers.
-PEER_OPS = frozenset({"peer_sync"})
 #: How long a notification log entry is kept (and replicated) after it was sent.
 RETENTION_S = 86_400.0
 #: The cluster view the gate reads is rebuilt at most this often (seconds).
 VIEW_TTL = 0.2
-#: After a start, how long sending waits at most for the first exchange with each peer
-#: (it ends within REQUEST_TIMEOUT, answered or not), and how often the gate looks again.
+#: After a start, sending waits at most this long for the first exchange with each peer
+#: (it ends within REQUEST_TIMEOUT, answered or not); the gate looks again this often.
 SETTLE_S = 2 * REQUEST_TIMEOUT + 1.0
 SETTLE_POLL_NS = 200_000_000
 #: Expired log entries are forgotten this often.
