@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import netns
+from conftest import KEnv, RouterProcess
 from netns import PREFIX, Cluster, Node, ip
 
 BOGUS_MAC = "02:00:00:00:00:99"
@@ -118,3 +119,21 @@ def keepalived_conf(node: Node, hook: Path, cfg: Path, vrid: int = 81,
         f'    notify "{run}"',
         f'    notify_master_rx_lower_pri "{run} rx-lower-pri VI_1"',
         "}", ""])
+
+
+class NamespaceRouter(RouterProcess):
+    """``knotify run`` inside network namespace ``ns`` (its ipc sockets still reach the CLI)."""
+
+    def __init__(self, kenv: KEnv, ns: str, ready_timeout: float = 20.0) -> None:
+        super().__init__(kenv)
+        self.ns = ns
+        self.ready_timeout = ready_timeout
+
+    def start(self, wait: bool = True, extra: list[str] | None = None) -> NamespaceRouter:
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.proc = popen_in(self.ns, knotify_argv("run", "--log-format", "json", "--log-level",
+                                                   "debug", *(extra or [])),
+                             self.log_path, self.kenv.env)
+        if wait:
+            self.wait_ready(self.ready_timeout)
+        return self

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import netns
 import netns_cluster
 from alert_servers import HttpSink, SmtpSink
-from conftest import ROOT, KEnv, RouterProcess, wait_for
+from conftest import ROOT, KEnv, wait_for
 from netns import Node
 
 PORT = 5599
@@ -99,24 +99,6 @@ def in_netns(ns: str, fn: Callable[[], T]) -> T:
     return result[0]
 
 
-class NodeRouter(RouterProcess):
-    """``knotify run`` inside a node's namespace (its ipc sockets still reach the CLI)."""
-
-    def __init__(self, kenv: KEnv, ns: str) -> None:
-        super().__init__(kenv)
-        self.ns = ns
-
-    def start(self, wait: bool = True, extra: list[str] | None = None) -> NodeRouter:
-        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self.proc = netns_cluster.popen_in(
-            self.ns, netns_cluster.knotify_argv("run", "--log-format", "json", "--log-level",
-                                                "debug", *(extra or [])),
-            self.log_path, self.kenv.env)
-        if wait:
-            self.wait_ready(40)
-        return self
-
-
 def keepalived_conf(node: Node, hook: Path, check: Path, cfg: Path, vip: str,
                     extra_notify: Iterable[str] = ()) -> str:
     """VI_1 with unicast peers, the generic notify hook and the two file-driven checks."""
@@ -149,7 +131,7 @@ class PeerSite:
         self.work = cluster.workdir
         self.nodes: dict[str, Node] = {}
         self.kenvs: dict[str, KEnv] = {}
-        self.routers: dict[str, NodeRouter] = {}
+        self.routers: dict[str, netns_cluster.NamespaceRouter] = {}
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.node_configs: dict[str, Path] = {}
         self.chat: HttpSink | None = None
@@ -184,7 +166,8 @@ class PeerSite:
             self.set_check(name, "fault", True)
             (self.root / name).mkdir()
             self.kenvs[name] = KEnv(self.root / name)
-            self.routers[name] = NodeRouter(self.kenvs[name], self.nodes[name].ns)
+            self.routers[name] = netns_cluster.NamespaceRouter(
+                self.kenvs[name], self.nodes[name].ns, ready_timeout=40)
         self.write_node_configs()
         for node in self.nodes.values():
             node.keepalived_conf.write_text(keepalived_conf(

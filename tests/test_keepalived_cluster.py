@@ -32,30 +32,12 @@ from typing import Any
 import netns
 import netns_cluster
 import pytest
-from conftest import ROOT, KEnv, RouterProcess, need, wait_for
+from conftest import ROOT, KEnv, need, wait_for
 
 pytestmark = [pytest.mark.keepalived, pytest.mark.slow, pytest.mark.timeout(300)]
 
 PORT = 5599
 PRIOS = {"node1": 100, "node2": 50, "node3": 30}
-
-
-class HubRouter(RouterProcess):
-    """``knotify run`` inside the hub namespace (its ipc sockets still reach the CLI)."""
-
-    def __init__(self, kenv: KEnv, ns: str) -> None:
-        super().__init__(kenv)
-        self.ns = ns
-
-    def start(self, wait: bool = True, extra: list[str] | None = None) -> HubRouter:
-        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self.proc = netns_cluster.popen_in(
-            self.ns, netns_cluster.knotify_argv("run", "--log-format", "json", "--log-level",
-                                                "debug", *(extra or [])),
-            self.log_path, self.kenv.env)
-        if wait:
-            self.wait_ready()
-        return self
 
 
 @pytest.fixture
@@ -132,7 +114,7 @@ timeout = "1s"
             self.configs[name] = cfg
             node.keepalived_conf.write_text(
                 netns_cluster.keepalived_conf(node, self.hook, cfg))
-        self.router = HubRouter(kenv, hub.hub_ns)
+        self.router = netns_cluster.NamespaceRouter(kenv, hub.hub_ns)
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
 
     def start_agent(self, name: str) -> None:
